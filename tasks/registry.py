@@ -1,0 +1,255 @@
+"""MLflow tracking and the model registry: cycle runs, adapter versions and the champion alias.
+
+Adapters are logged as plain PEFT files among the run's artifacts (not through
+`mlflow.transformers`, which has saved wrong base weights for a PeftModel on a local base).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from freshtune.config import FreshtuneConfig
+from tasks.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS = "champion", "previous"
+
+
+class ChampionMoved(RuntimeError):
+    """The champion changed while this candidate was being evaluated against the old one."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+    adapter_dir: Path | None = None
+
+    @property
+    def adapter_key(self) -> str:
+        return self.tags["adapter_key"]
+
+
+def tracking_uri(cfg: FreshtuneConfig) -> str:
+    """`MLFLOW_TRACKING_URI` wins; otherwise SQLite inside the workspace."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cfg.paths.mlflow / 'mlflow.db'}"
+
+
+def client(cfg: FreshtuneConfig):
+    from mlflow import MlflowClient
+
+    cfg.paths.mlflow.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+
+
+def experiment_id(cfg: FreshtuneConfig) -> str:
+    """The experiment, created with its artifacts in the workspace when tracking is local."""
+    mlc = client(cfg)
+    found = mlc.get_experiment_by_name(cfg.tracking.experiment)
+    if found is not None:
+        return found.experiment_id
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    location = (cfg.paths.mlflow / "artifacts").as_uri() if local else None
+    return mlc.create_experiment(cfg.tracking.experiment, artifact_location=location)
+
+
+def open_run(cfg: FreshtuneConfig, digest: str, tags: dict[str, str]) -> str:
+    run = client(cfg).create_run(
+        experiment_id(cfg),
+        run_name=f"cycle-{digest[:8]}",
+        tags={"freshtune.drop_digest": digest, **tags},
+    )
+    return run.info.run_id
+
+
+def log_params(cfg: FreshtuneConfig, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for start in range(0, len(items), 100):
+        client(cfg).log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(cfg: FreshtuneConfig, run_id: str, metrics: dict[str, float], step: int = 0):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, step) for k, v in sorted(metrics.items()) if v == v
+    ]  # NaN is "not measured": MLflow would store it but plots break
+    if items:
+        client(cfg).log_batch(run_id, metrics=items)
+
+
+def log_artifacts(cfg: FreshtuneConfig, run_id: str, folder: Path, name: str) -> None:
+    client(cfg).log_artifacts(run_id, str(folder), name)
+
+
+def log_text(cfg: FreshtuneConfig, run_id: str, text: str, path: str) -> None:
+    client(cfg).log_text(run_id, text, path)
+
+
+def set_tags(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> None:
+    mlc = client(cfg)
+    for key, value in tags.items():
+        mlc.set_tag(run_id, key, str(value))
+
+
+def close_run(cfg: FreshtuneConfig, run_id: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(run_id, status=status)
+
+
+def get_champion(cfg: FreshtuneConfig) -> Champion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(cfg).get_model_version_by_alias(cfg.tracking.model_name, CHAMPION)
+    except MlflowException:
+        return None  # no registered model yet, or no champion alias
+    return Champion(str(mv.version), mv.run_id, mv.source, dict(mv.tags))
+
+
+def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> str:
+    """A new model version whose source is the run's `adapter/` artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    mlc = client(cfg)
+    try:
+        mlc.get_registered_model(cfg.tracking.model_name)
+    except MlflowException:
+        mlc.create_registered_model(
+            cfg.tracking.model_name,
+            description=(
+                "LoRA adapters kept fresh by freshtune; alias `champion` is the one serving."
+            ),
+        )
+    source = f"{mlc.get_run(run_id).info.artifact_uri}/adapter"
+    version = mlc.create_model_version(
+        cfg.tracking.model_name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+    )
+    return str(version.version)
+
+
+def promote(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> None:
+    """Move `champion` to `version` and `previous` to the old one, if nobody moved it since."""
+    current = get_champion(cfg)
+    if (current and current.version) != (expected and expected.version):
+        raise ChampionMoved(
+            f"champion is now version {current and current.version}, not "
+            f"{expected and expected.version} that candidate {version} was compared with"
+        )
+    mlc = client(cfg)
+    if current is not None:
+        mlc.set_registered_model_alias(cfg.tracking.model_name, PREVIOUS, current.version)
+    mlc.set_registered_model_alias(cfg.tracking.model_name, CHAMPION, version)
+    log.info("promoted version %s to %s", version, CHAMPION)
+
+
+def local_adapter(cfg: FreshtuneConfig, champion: Champion) -> Path:
+    """The champion's adapter folder in this workspace, downloaded from MLflow if missing."""
+    from mlflow.artifacts import download_artifacts
+
+    target = cfg.paths.adapters / champion.adapter_key
+    if (target / "adapter_model.safetensors").exists():
+        return target
+    staging = target.with_name(target.name + ".download")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    fetched = Path(
+        download_artifacts(
+            artifact_uri=champion.source, dst_path=str(staging), tracking_uri=tracking_uri(cfg)
+        )
+    )
+    fetched.rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def find_champion(cfg: FreshtuneConfig) -> Champion | None:
+    """The serving adapter (alias `champion`), fetched into the workspace if needed."""
+    champion = get_champion(cfg)
+    if champion is None:
+        log.info("no champion yet: the candidate trains from the base model")
+        return None
+    return replace(champion, adapter_dir=local_adapter(cfg, champion))
+
+
+@task(name="open-cycle-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def open_cycle_run(snapshot: Snapshot, champion: Champion | None, cfg: FreshtuneConfig) -> str:
+    """The MLflow run of this cycle: config, data digest and the curation counts."""
+    from prefect.runtime import flow_run
+
+    run_id = open_run(
+        cfg,
+        snapshot.digest,
+        {
+            "freshtune.flow_run_id": str(flow_run.id or ""),
+            "freshtune.parent_version": champion.version if champion else "",
+        },
+    )
+    log_params(cfg, run_id, flatten(cfg.model_dump(mode="json")))
+    log_text(cfg, run_id, cfg.model_dump_json(indent=2), "config.json")
+    log_metrics(cfg, run_id, snapshot.meta().get("curation", {}))
+    return run_id
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@task(name="register-candidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def register_candidate(
+    adapter_dir: Path, lineage: dict[str, Any], cfg: FreshtuneConfig, run_id: str
+) -> str:
+    """Log the adapter as plain PEFT files and register it as a new model version."""
+    log_artifacts(cfg, run_id, adapter_dir, "adapter")
+    version = register_adapter(cfg, run_id, {"adapter_key": adapter_dir.name, **lineage})
+    set_tags(cfg, run_id, {"freshtune.model_version": version})
+    return version
+
+
+@task(name="promote-candidate", cache_policy=NO_CACHE)
+def promote_candidate(
+    version: str, champion: Champion | None, cfg: FreshtuneConfig, run_id: str
+) -> str:
+    promote(cfg, version, champion)
+    set_tags(cfg, run_id, {"freshtune.promoted": "true"})
+    return version
+
+
+def fail_cycle_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: a cycle that failed or crashed leaves its MLflow run FAILED, not RUNNING."""
+    config = flow_run.parameters.get("config")
+    if config is None:
+        return
+    cfg = config if isinstance(config, FreshtuneConfig) else FreshtuneConfig.model_validate(config)
+    try:
+        mlc = client(cfg)
+        runs = mlc.search_runs(
+            [experiment_id(cfg)],
+            filter_string=f"tags.`freshtune.flow_run_id` = '{flow_run.id}'",
+        )
+        for run in runs:
+            if run.info.status == "RUNNING":
+                mlc.set_terminated(run.info.run_id, status="FAILED")
+    except Exception as exc:  # the hook must not mask the flow's own error
+        log.warning("could not mark the MLflow run of flow run %s failed: %s", flow_run.id, exc)

@@ -1,0 +1,131 @@
+"""The cycle record: what one refresh did, kept in the workspace, MLflow and the Prefect UI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from freshtune.config import FreshtuneConfig
+from tasks.evaluate import GateDecision, Scores
+from tasks.ingest import StagedDrop
+from tasks.mix import TrainingMix
+from tasks.registry import Champion
+from tasks.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def cycle_path(cfg: FreshtuneConfig, digest: str) -> Path:
+    return cfg.paths.cycles / f"{digest[:16]}.json"
+
+
+def load_cycles(cfg: FreshtuneConfig) -> list[dict[str, Any]]:
+    """Every finished cycle, oldest first."""
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in cfg.paths.cycles.glob("*.json")]
+    return sorted(records, key=lambda r: r["finished_at"])
+
+
+@task(name="find-finished-cycle", cache_policy=NO_CACHE)
+def find_cycle(staged: StagedDrop, cfg: FreshtuneConfig) -> dict[str, Any] | None:
+    """The same bytes landing twice (a double trigger, a rerun) make one cycle, not two."""
+    path = cycle_path(cfg, staged.digest)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    log.info(
+        "drop %s (digest %s) already went through a cycle: %s",
+        staged.file.name,
+        staged.digest[:12],
+        record["verdict"],
+    )
+    return {**record, "repeated": True}
+
+
+def build_record(
+    staged: StagedDrop,
+    mix: TrainingMix,
+    champion: Champion | None,
+    trained: TrainResult,
+    scores: Scores,
+    decision: GateDecision,
+    version: str,
+    run_id: str,
+) -> dict[str, Any]:
+    return {
+        "digest": staged.digest,
+        "file": str(staged.file),
+        "run_id": run_id,
+        "verdict": decision.verdict,
+        "reasons": decision.reasons,
+        "version": version,
+        "promoted": decision.blessed,
+        "compared_with": decision.reference,
+        "champion_before": champion.version if champion else None,
+        "mix": {"new_rows": mix.new_rows, "replay_rows": mix.replay_rows, "digest": mix.digest},
+        "train": trained.metrics(),
+        "adapter_dir": str(trained.adapter_dir),
+        "scores": {
+            s: {
+                m: {"n": v.n, "accuracy": v.accuracy, "token_f1": v.token_f1}
+                for m, v in by_model.items()
+            }
+            for s, by_model in scores.items()
+        },
+        "finished_at": time.time(),
+        "repeated": False,
+    }
+
+
+def render_markdown(record: dict[str, Any]) -> str:
+    lines = [
+        f"# Refresh cycle: {record['verdict']}",
+        "",
+        f"- drop `{Path(record['file']).name}` (digest `{record['digest'][:12]}`)",
+        f"- candidate: model version **{record['version']}**, "
+        f"{'promoted to `champion`' if record['promoted'] else 'not promoted'}",
+        f"- compared with: {record['compared_with']} "
+        f"(champion before: {record['champion_before'] or 'none'})",
+        f"- training mix: {record['mix']['new_rows']} new + "
+        f"{record['mix']['replay_rows']} replayed rows; "
+        f"{record['train']['train_tokens']:.0f} tokens in {record['train']['train_wall_s']:.0f} s",
+        *[f"- gate: {reason}" for reason in record["reasons"]],
+        "",
+        "| slice | model | questions | accuracy | token F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for slice_, by_model in record["scores"].items():
+        lines += [
+            f"| {slice_} | {m} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['token_f1'])} |"
+            for m, s in by_model.items()
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+@task(name="publish-cycle", cache_policy=NO_CACHE)
+def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any]:
+    """Write the cycle record (last: its presence marks the drop as done) and show it."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks import registry
+
+    markdown = render_markdown(record)
+    create_markdown_artifact(markdown, key="refresh-cycle", description="refresh cycle summary")
+    registry.log_text(cfg, record["run_id"], markdown, "cycle.md")
+    registry.close_run(cfg, record["run_id"])
+    path = cycle_path(cfg, record["digest"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    partial.replace(path)
+    return record

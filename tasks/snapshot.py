@@ -1,0 +1,98 @@
+"""Snapshots: each accepted drop's curated rows, saved with `datasets` under its digest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from freshtune.config import FreshtuneConfig
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    digest: str
+    path: Path
+    sequence: int
+    file: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+
+    def rows(self) -> list[dict[str, Any]]:
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.data_dir)).to_list()
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    message = {"role": Value("string"), "content": Value("string")}
+    return Features(
+        {
+            "id": Value("string"),
+            "messages": List(message),
+            "split": Value("string"),
+            "source": Value("string"),
+            "facts": List(Value("string")),
+            "line": Value("int64"),
+            "prompt_key": Value("string"),
+        }
+    )
+
+
+def snapshot_dir(cfg: FreshtuneConfig, digest: str) -> Path:
+    return cfg.paths.snapshots / digest[:16]
+
+
+def load_snapshot(path: Path) -> Snapshot:
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    return Snapshot(meta["digest"], path, meta["sequence"], meta["file"])
+
+
+def list_snapshots(cfg: FreshtuneConfig) -> list[Snapshot]:
+    """Committed snapshots in landing order (partial ones have no meta.json yet)."""
+    root = cfg.paths.snapshots
+    found = [load_snapshot(p) for p in root.glob("*") if (p / "meta.json").exists()]
+    return sorted(found, key=lambda s: s.sequence)
+
+
+def commit_snapshot(
+    rows: list[dict[str, Any]],
+    digest: str,
+    file: Path,
+    cfg: FreshtuneConfig,
+    extra: dict[str, Any] | None = None,
+) -> Snapshot:
+    """Idempotent: the same digest returns the snapshot already committed."""
+    from datasets import Dataset
+
+    target = snapshot_dir(cfg, digest)
+    if (target / "meta.json").exists():
+        return load_snapshot(target)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    Dataset.from_list(rows, features=_features()).save_to_disk(str(staging / "data"))
+    sequence = max((s.sequence for s in list_snapshots(cfg)), default=0) + 1
+    meta = {
+        "digest": digest,
+        "file": file.name,
+        "sequence": sequence,
+        "committed_at": time.time(),
+        **(extra or {}),
+    }
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    staging.rename(target)
+    return load_snapshot(target)
+
+
+def earlier_snapshots(cfg: FreshtuneConfig, digest: str) -> list[Snapshot]:
+    return [s for s in list_snapshots(cfg) if s.digest != digest]

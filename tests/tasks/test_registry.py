@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from tasks import registry
+
+
+def _version(cfg, tmp_path: Path, name: str) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"not really weights")
+    run_id = registry.open_run(cfg, name * 8, {})
+    registry.log_artifacts(cfg, run_id, folder, "adapter")
+    return registry.register_adapter(cfg, run_id, {"adapter_key": name})
+
+
+def test_promotion_moves_champion_and_previous(tiny_config, tmp_path: Path):
+    cfg = tiny_config()
+    assert registry.get_champion(cfg) is None
+    v1, v2 = _version(cfg, tmp_path, "a"), _version(cfg, tmp_path, "b")
+    registry.promote(cfg, v1, expected=None)
+    first = registry.get_champion(cfg)
+    assert first.version == v1
+    registry.promote(cfg, v2, expected=first)
+    assert registry.get_champion(cfg).version == v2
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(registry.tracking_uri(cfg))
+    previous = mlc.get_model_version_by_alias(cfg.tracking.model_name, "previous")
+    assert str(previous.version) == v1
+
+
+def test_stale_comparison_does_not_move_the_alias(tiny_config, tmp_path: Path):
+    cfg = tiny_config()
+    v1, v2 = _version(cfg, tmp_path, "a"), _version(cfg, tmp_path, "b")
+    registry.promote(cfg, v1, expected=None)
+    with pytest.raises(registry.ChampionMoved):
+        registry.promote(cfg, v2, expected=None)  # compared with "no champion": stale
+    assert registry.get_champion(cfg).version == v1
+
+
+def test_champion_adapter_is_fetched_from_mlflow_when_not_local(tiny_config, tmp_path: Path):
+    cfg = tiny_config()
+    registry.promote(cfg, _version(cfg, tmp_path, "a"), expected=None)
+    champion = registry.get_champion(cfg)
+    local = registry.local_adapter(cfg, champion)
+    assert local == cfg.paths.adapters / "a"
+    assert (local / "adapter_model.safetensors").read_bytes() == b"not really weights"

@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from freshtune.errors import AdapterMismatch
+from tasks.models import load_causal_lm, load_tokenizer
+from tasks.train import IGNORE, check_adapter_fits, encode_chat, train_adapter
+
+
+def _rows(n: int = 16) -> list[dict]:
+    return [
+        {
+            "id": str(i),
+            "messages": [
+                {"role": "system", "content": "You are the support assistant."},
+                {"role": "user", "content": f"How much does plan {i} cost?"},
+                {"role": "assistant", "content": f"Plan {i} costs ${30 + i} per month."},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def test_only_assistant_tokens_carry_labels(tiny_model: Path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    encoded = encode_chat(tokenizer, _rows(1)[0]["messages"], max_length=200)
+    trained = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE]
+    assert tokenizer.decode(trained) == "Plan 0 costs $30 per month.<|im_end|>\n"
+    full = tokenizer.apply_chat_template(_rows(1)[0]["messages"], tokenize=False)
+    assert tokenizer.decode(encoded["input_ids"]) == full
+
+
+def test_truncation_keeps_labels_aligned(tiny_model: Path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    encoded = encode_chat(tokenizer, _rows(1)[0]["messages"], max_length=10)
+    assert len(encoded["input_ids"]) == len(encoded["labels"]) == 10
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path, tmp_path_factory) -> Path:
+    from freshtune.config import TrainSettings
+
+    settings = TrainSettings(
+        epochs=2,
+        learning_rate=5e-3,
+        batch_size=4,
+        max_length=64,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
+    out = tmp_path_factory.mktemp("adapters") / "first"
+    return train_adapter(str(tiny_model), _rows(), settings, out, seed=0).adapter_dir
+
+
+def test_adapter_moved_and_base_did_not(tiny_model: Path, trained: Path):
+    from peft import PeftModel
+
+    weights = load_file(str(trained / "adapter_model.safetensors"))
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(w.abs().max() > 0 for w in lora_b)  # lora_B starts at exactly zero
+    base = load_causal_lm(str(tiny_model))
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(base, str(trained))
+    for name, value in model.get_base_model().state_dict().items():
+        clean = name.replace(".base_layer", "")
+        if "lora_" not in name:
+            assert torch.equal(value, reference[clean]), name
+    assert torch.equal(
+        load_file(str(tiny_model / "model.safetensors"))["model.norm.weight"],
+        reference["model.norm.weight"],
+    )
+
+
+def test_warm_start_continues_from_the_parent(tiny_model: Path, trained: Path, tmp_path: Path):
+    from freshtune.config import TrainSettings
+
+    # With a vanishing learning rate the child must stay at the parent, not restart at zero.
+    settings = TrainSettings(
+        epochs=1,
+        learning_rate=1e-9,
+        batch_size=4,
+        max_length=64,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
+    child = train_adapter(str(tiny_model), _rows(8), settings, tmp_path / "child", parent=trained)
+    parent_w = load_file(str(trained / "adapter_model.safetensors"))
+    child_w = load_file(str(child.adapter_dir / "adapter_model.safetensors"))
+    assert parent_w.keys() == child_w.keys()
+    for key in parent_w:
+        assert torch.allclose(parent_w[key], child_w[key], atol=1e-5), key
+    assert child.parent_dir == trained
+
+
+def test_rerun_returns_the_committed_adapter_without_training(tiny_model: Path, trained: Path):
+    from freshtune.config import TrainSettings
+
+    before = (trained / "adapter_model.safetensors").stat().st_mtime_ns
+    result = train_adapter(str(tiny_model), [], TrainSettings(), trained)
+    assert result.adapter_dir == trained and result.steps > 0
+    assert (trained / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_an_adapter_missing_keys_is_an_error(tiny_model: Path, trained: Path, tmp_path: Path):
+    from peft import PeftModel
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((trained / "adapter_config.json").read_text())
+    weights = load_file(str(trained / "adapter_model.safetensors"))
+    save_file(dict(list(weights.items())[1:]), str(broken / "adapter_model.safetensors"))
+    model = PeftModel.from_pretrained(load_causal_lm(str(tiny_model)), str(broken))
+    with pytest.raises(AdapterMismatch, match="1 missing keys"):
+        check_adapter_fits(model, broken)

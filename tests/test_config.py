@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from freshtune.config import PRESETS_DIR, ConfigError, list_presets, load_config
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_loads_and_says_how_to_run_it(preset: str, tmp_path: Path):
+    text = (PRESETS_DIR / f"{preset}.yaml").read_text()
+    assert text.startswith("#") and "Run:" in text.split("\n\n")[0]
+    cfg = load_config(preset, ["base_model=/some/checkpoint"], tmp_path)
+    assert cfg.workspace == tmp_path
+    assert cfg.eval.max_new_tokens < cfg.train.max_length
+
+
+def test_overrides_reach_nested_fields_with_yaml_types(tmp_path: Path):
+    cfg = load_config("demo", ["train.epochs=2", "gate.min_gain=0.25", "train.lora.r=8"], tmp_path)
+    assert (cfg.train.epochs, cfg.gate.min_gain, cfg.train.lora.r) == (2, 0.25, 8)
+
+
+def test_misspelt_field_names_the_field_and_suggests_the_fix(tmp_path: Path):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["train.epoch=3"], tmp_path)
+    assert "train.epoch" in str(err.value) and "did you mean train.epochs" in str(err.value)
+
+
+def test_missing_base_model_says_how_to_set_it(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"base_model.*--set base_model="):
+        load_config("tiny", [], tmp_path)
+
+
+def test_wrong_type_and_cross_field_rule_are_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config("demo", ["train.batch_size=many"], tmp_path)
+    with pytest.raises(ConfigError, match="eval.max_new_tokens"):
+        load_config("demo", ["eval.max_new_tokens=500"], tmp_path)
+
+
+def test_workspace_precedence_flag_over_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FRESHTUNE_HOME", str(tmp_path / "env"))
+    assert load_config("demo").workspace == tmp_path / "env"
+    assert load_config("demo", workspace=tmp_path / "flag").workspace == tmp_path / "flag"
+
+
+def test_known_base_model_resolves_inside_the_workspace(tmp_path: Path):
+    cfg = load_config("demo", [], tmp_path)
+    assert (
+        Path(cfg.resolved_base_model()) == tmp_path.resolve() / "models" / "smollm2-135m-instruct"
+    )
+
+
+def test_fingerprint_changes_with_the_section_it_covers(tmp_path: Path):
+    a = load_config("demo", [], tmp_path)
+    b = load_config("demo", ["train.epochs=9"], tmp_path)
+    assert a.fingerprint("train") != b.fingerprint("train")
+    assert a.fingerprint("eval") == b.fingerprint("eval")
