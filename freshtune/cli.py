@@ -166,7 +166,11 @@ def demo_data(
     """Write month N's drop of the demo domain (a fictional telecom support desk)."""
     from freshtune.demo_domain import write_drop
 
-    path = write_drop(month, out, seed=seed, noise=noise)
+    try:
+        path = write_drop(month, out, seed=seed, noise=noise)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
 
 

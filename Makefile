@@ -1,0 +1,40 @@
+# freshtune — two commands do all set-up:  `make demo` runs the main job, `make test` the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Without an NVIDIA GPU we install PyTorch's CPU wheel: first from a local wheel if pip is
+# configured with one (--no-index fails fast otherwise; torch's own dependencies then come
+# with the project's), else from PyTorch's CPU index.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+ifeq ($(HAS_GPU),yes)
+	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
+else
+	$(BIN)/python -m pip install --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null \
+	  || $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX)
+endif
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+demo: setup  ## fetch SmolLM2, write two monthly drops, run the refresh loop on each
+	$(BIN)/freshtune demo --months 2
+
+test: setup  ## the whole suite, as CI runs it
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .freshtune .pytest_cache

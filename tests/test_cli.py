@@ -1,0 +1,59 @@
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from freshtune.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("refresh", "status", "demo-data", "demo", "models"):
+        assert command in result.output
+    assert "fetch" in runner.invoke(app, ["models", "--help"]).output
+
+
+def test_usage_errors_exit_2(tmp_path: Path):
+    assert runner.invoke(app, ["refresh"]).exit_code == 2
+    bad = runner.invoke(app, ["status", "-w", str(tmp_path), "--set", "gate.min_gian=1"])
+    assert bad.exit_code == 2 and "did you mean gate.min_gain" in bad.output
+    unknown = runner.invoke(app, ["models", "fetch", "gpt-17", "-w", str(tmp_path)])
+    assert unknown.exit_code == 2 and "smollm2" in unknown.output
+
+
+def test_demo_data_is_deterministic(tmp_path: Path):
+    for name in ("a", "b"):
+        result = runner.invoke(
+            app, ["demo-data", "--month", "2", "--out", str(tmp_path / f"{name}.jsonl")]
+        )
+        assert result.exit_code == 0, result.output
+    wrong = runner.invoke(app, ["demo-data", "--month", "1", "--out", str(tmp_path / "x.csv")])
+    assert wrong.exit_code == 2 and ".jsonl" in wrong.output
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "eval"}
+
+
+def test_status_before_any_cycle(tmp_path: Path):
+    result = runner.invoke(app, ["status", "--json", "-w", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"champion": None, "cycles": []}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_refresh_then_status_show_the_champion(tiny_model, demo_drops, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    args = ["--config", "tiny", "--set", f"base_model={tiny_model}", "-w", str(tmp_path / "ws")]
+    result = runner.invoke(app, ["refresh", str(demo_drops[0]), *args])
+    assert result.exit_code == 0, result.output
+    assert "BLESSED" in result.output and "model version 1: promoted" in result.output
+    status = runner.invoke(app, ["status", "--json", *args])
+    data = json.loads(status.stdout)
+    assert data["champion"]["version"] == "1"
+    assert data["champion"]["tags"]["drop_digest"] == data["cycles"][0]["digest"]
+    text = runner.invoke(app, ["status", *args]).output
+    assert "champion: version 1" in text and "month-01.jsonl" in text
