@@ -1,4 +1,4 @@
-"""The refresh cycle: one data drop in, a retrained candidate scored and promoted or not."""
+"""The refresh cycle: one data drop in, a retrained candidate scored, reviewed, promoted or not."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from prefect import flow
 
 from freshtune.config import FreshtuneConfig
 from tasks.curate import curate_drop
-from tasks.evaluate import apply_gate, evaluate_candidate
+from tasks.evaluate import evaluate_candidate
+from tasks.gate import apply_gate
 from tasks.ingest import stage_drop
 from tasks.mix import build_training_mix
+from tasks.promote import promote_candidate
 from tasks.registry import (
     fail_cycle_run,
     find_champion,
+    lineage_tags,
     open_cycle_run,
-    promote_candidate,
     register_candidate,
 )
 from tasks.report import build_record, find_cycle, publish_cycle
+from tasks.review import preflight, publish_review_report, record_review, request_review
 from tasks.train import train_candidate
 from tasks.validate import validate_drop
 
@@ -26,7 +29,8 @@ from tasks.validate import validate_drop
 @flow(name="refresh", on_failure=[fail_cycle_run], on_crashed=[fail_cycle_run])
 def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     """Validate and curate a drop, LoRA-retrain from the champion with replay, evaluate
-    candidate vs champion vs base, then move the `champion` alias if the gate blesses it."""
+    candidate vs champion vs base, ask a reviewer, then move `champion` if all agree."""
+    preflight(config)
     staged = stage_drop(drop, config)
     if (done := find_cycle(staged, config)) is not None:
         return done
@@ -38,15 +42,16 @@ def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     candidate = train_candidate(mix, champion, config, run_id)
     scores = evaluate_candidate(snapshot, candidate.adapter_dir, champion, config, run_id)
     decision = apply_gate(scores, config, run_id)
-    lineage = {
-        "drop_digest": staged.digest,
-        "parent_version": champion.version if champion else "",
-        "base_model": config.base_model,
-        "replay_share": mix.replay_share,
-        "gate": decision.verdict,
-    }
+    lineage = lineage_tags(staged.digest, champion, config, mix.replay_share, decision.verdict)
     version = register_candidate(candidate.adapter_dir, lineage, config, run_id)
-    if decision.blessed:
-        promote_candidate(version, champion, config, run_id)
-    record = build_record(staged, mix, champion, candidate, scores, decision, version, run_id)
+    report = publish_review_report(scores, decision, config, run_id)
+    review = request_review(report, decision, config)
+    record_review(review, snapshot, config, run_id)
+    if review.approved:
+        decision = promote_candidate(
+            version, candidate.adapter_dir, snapshot, champion, config, run_id
+        )
+    record = build_record(
+        staged, mix, champion, candidate, scores, decision, review, version, run_id
+    )
     return publish_cycle(record, config)

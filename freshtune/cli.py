@@ -85,23 +85,27 @@ def _pct(value: float | None) -> str:
     return "  n/a" if value is None or math.isnan(value) else f"{100 * value:5.1f}%"
 
 
+PRIMARY = {"hallucination": "hallucination", "bias": "consistency"}
+
+
 def _print_cycle(record: dict[str, Any]) -> None:
-    scores = record["scores"]
+    repeated = " (already processed; nothing retrained)" if record.get("repeated") else ""
+    typer.echo(f"\n== {Path(record['file']).name}: {record['verdict']}{repeated}")
     typer.echo(
-        f"\n== {Path(record['file']).name}: {record['verdict']}"
-        f"{' (already processed; nothing retrained)' if record.get('repeated') else ''}"
+        f"{'slice':<14}{'metric':<14}{'questions':>9}{'base':>9}{'champion':>10}{'candidate':>11}"
     )
-    typer.echo(f"{'slice':<10}{'questions':>10}{'base':>9}{'champion':>10}{'candidate':>11}")
-    for slice_, by_model in scores.items():
-        n = next(iter(by_model.values()))["n"] if by_model else 0
-        cells = [
-            _pct(by_model.get(m, {}).get("accuracy")) for m in ("base", "champion", "candidate")
-        ]
-        typer.echo(f"{slice_:<10}{n:>10}{cells[0]:>9}{cells[1]:>10}{cells[2]:>11}")
+    for slice_, by_model in record["scores"].items():
+        metric = PRIMARY.get(slice_, "accuracy")
+        n = by_model["candidate"]["n"]
+        cells = [_pct(by_model.get(m, {}).get(metric)) for m in ("base", "champion", "candidate")]
+        typer.echo(f"{slice_:<14}{metric:<14}{n:>9}{cells[0]:>9}{cells[1]:>10}{cells[2]:>11}")
     moved = "promoted to alias 'champion'" if record["promoted"] else "NOT promoted"
     typer.echo(f"model version {record['version']}: {moved}")
     for reason in record["reasons"]:
         typer.echo(f"  why: {reason}")
+    review = record.get("review", {})
+    if review:
+        typer.echo(f"review: {review['mode']} — {review['comment']}")
     train = record["train"]
     typer.echo(
         f"trained {train['train_tokens']:.0f} tokens in {train['train_wall_s']:.0f} s "
@@ -214,6 +218,95 @@ def demo(
         _print_cycle(_run_cycle(drop, cfg))
     typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     _print_where(cfg)
+
+
+@app.command()
+def review(
+    decision: Annotated[str, typer.Argument(help="approve or reject")],
+    run_id: Annotated[str, typer.Argument(help="the paused Prefect flow run id")],
+    comment: Annotated[str, typer.Option(help="why")] = "",
+    flag: Annotated[
+        list[str] | None, typer.Option(help="id of a wrong answer (repeatable)")
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="per --flag: hallucination, wrong_fact or tone (default wrong_fact)"),
+    ] = None,
+    correct: Annotated[list[str] | None, typer.Option(help="per --flag: the right answer")] = None,
+) -> None:
+    """Answer a paused review from a terminal, as the Prefect UI form does."""
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+
+    from tasks.review import Flag
+
+    if decision not in ("approve", "reject"):
+        typer.secho("DECISION must be approve or reject", fg="red", err=True)
+        raise typer.Exit(2)
+    flags, kinds, fixes = flag or [], kind or [], correct or []
+    try:
+        items = [
+            Flag(
+                id=f,
+                kind=kinds[i] if i < len(kinds) else "wrong_fact",
+                correct=fixes[i] if i < len(fixes) else "",
+            ).model_dump()
+            for i, f in enumerate(flags)
+        ]
+        resume_flow_run(
+            UUID(run_id),
+            run_input={"approve": decision == "approve", "comment": comment, "flags": items},
+        )
+    except Exception as exc:
+        typer.secho(f"could not resume {run_id}: {type(exc).__name__}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{decision}d run {run_id} with {len(items)} flags")
+
+
+@app.command("rollback")
+def rollback_cmd(
+    to: Annotated[
+        str | None, typer.Option("--to", help="version (default: alias previous)")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="why, recorded with the versions")] = "",
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Move `champion` back to an earlier version (by default the one `previous` points at)."""
+    from flows.rollback import rollback
+
+    cfg = _config(config, set_, workspace)
+    try:
+        record = rollback(cfg, to, reason)
+    except Exception as exc:
+        typer.secho(f"rollback failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"champion: version {record['from']} -> {record['to']} ({record['who']}: {record['why']})"
+    )
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="new folder to write")],
+    version: Annotated[str, typer.Option(help="version number or alias")] = "champion",
+    merged: Annotated[bool, typer.Option(help="merge into a standalone checkpoint")] = False,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Export an adapter as stock PEFT files, or merged with its base (--merged)."""
+    from tasks.export import export_adapter
+
+    cfg = _config(config, set_, workspace)
+    try:
+        path = export_adapter(cfg, version, out, merged)
+    except Exception as exc:
+        typer.secho(f"export failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"exported {version} to {path}")
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m freshtune.cli`

@@ -54,6 +54,27 @@ class TrainSettings(_Strict):
     replay_ratio: float = Field(0.5, ge=0, description="replayed earlier rows per new row")
     logging_steps: int = Field(5, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    mode: Literal["incremental", "fresh", "cumulative"] = Field(
+        "incremental",
+        description="incremental: continue the champion adapter on new + replayed rows; "
+        "fresh: new adapter from the base on that mix; cumulative: new adapter on every snapshot",
+    )
+    padding_free: bool = Field(
+        True, description="flatten each batch into one row (no padding); else length-grouped"
+    )
+    save_steps: int | None = Field(
+        None, ge=1, description="checkpoint every N steps so a killed run resumes; None: never"
+    )
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
+    processes: int = Field(1, ge=1, description="> 1: launch torchrun with that many processes")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with processes > 1; fsdp shards a model too big for one device"
+    )
+    gpu_hour_price: float = Field(0.0, ge=0, description="price of one GPU-hour, for cost metrics")
+    work_pool: str | None = Field(
+        None, description="Prefect work pool of the train-on-gpu deployment; None: in-process"
+    )
     lora: LoraSettings = LoraSettings()
 
 
@@ -62,12 +83,37 @@ class DataSettings(_Strict):
     min_rows: int = Field(20, ge=1, description="smallest acceptable drop (train + eval rows)")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="eval share when a drop has none")
     max_chars: int = Field(8000, ge=1, description="longest accepted message, in characters")
+    # Reading: strict by default; a BOM, UTF-16 or latin-1 file is an error unless allowed here.
+    encoding: Literal["utf-8", "utf-8-sig", "utf-16", "latin-1"] = Field(
+        "utf-8", description="text encoding of drops; utf-8 is strict (no BOM)"
+    )
+    max_file_mb: float = Field(1024, gt=0, description="largest drop (or unpacked archive), MB")
+    max_line_kb: float = Field(256, gt=0, description="longest JSONL/CSV line, KB")
+    # Curation (tasks/curate.py), in the order the rules run.
+    near_dup_threshold: float = Field(
+        0.85, gt=0, le=1, description="MinHash Jaccard of word bigrams above which rows are near-dups"
+    )
+    near_dup_num_perm: int = Field(64, ge=8, description="MinHash permutations (multiple of 4)")
+    decontam_ngram: int = Field(6, ge=1, description="word n-gram size for eval decontamination")
+    decontam_threshold: float = Field(
+        0.5, gt=0, le=1, description="share of a train prompt's n-grams found in eval prompts"
+    )
+    min_answer_chars: int = Field(2, ge=1, description="shorter answers are dropped")
+    max_row_chars: int = Field(6000, ge=1, description="longer rows (all turns) are dropped")
+    drift_threshold: float = Field(
+        0.5, gt=0, le=1, description="Jensen-Shannon divergence vs earlier drops that needs a human"
+    )
 
 
 class EvalSettings(_Strict):
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
     max_questions: int | None = Field(None, ge=1, description="cap per slice; None scores all")
+    general_file: Path | None = Field(
+        None, description="general questions the base answers right; None: the shipped set"
+    )
+    bias_file: Path | None = Field(None, description="extra counterfactual pairs (slice bias)")
+    samples: int = Field(8, ge=0, description="side-by-side answers shown to reviewers")
 
 
 class GateSettings(_Strict):
@@ -75,10 +121,23 @@ class GateSettings(_Strict):
     max_forgetting: float = Field(
         0.05, ge=0, description="accuracy the candidate may lose on earlier drops"
     )
+    max_general_drop: float = Field(
+        0.05, ge=0, description="accuracy the candidate may lose vs the base on general questions"
+    )
+    max_hallucination_rate: float = Field(
+        0.5, ge=0, le=1, description="largest share of confident answers about unknown things"
+    )
+    min_bias_consistency: float = Field(
+        0.8, ge=0, le=1, description="smallest share of counterfactual pairs that agree"
+    )
 
 
 class ReviewSettings(_Strict):
-    mode: Literal["auto"] = "auto"
+    mode: Literal["auto", "pause", "terminal"] = Field(
+        "auto", description="auto: no human; pause: Prefect UI form (needs a server); terminal"
+    )
+    timeout_s: int = Field(3600, ge=1, description="an unanswered review is a rejection")
+    reviewer: str | None = Field(None, description="who approves, recorded with the decision")
 
 
 class TrackingSettings(_Strict):

@@ -1,26 +1,45 @@
-"""Curation: normalise text, drop duplicates, empty answers and eval leakage, counting each."""
+"""Curation, in order, each rule counted: normalise, exact dedupe, near-dup, PII scrub, eval
+decontamination, quality filters, drift. Curated small data beats big noisy data."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from freshtune.config import FreshtuneConfig
+from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
+from tasks.drift import DriftReport, decide_on_drift, measure_drift
 from tasks.ingest import StagedDrop, prompt_of, response_of
+from tasks.neardup import near_duplicates
+from tasks.ngrams import ngram_hashes, tokenise
+from tasks.pii import PLACEHOLDERS, scrub_text
 from tasks.snapshot import Snapshot, commit_snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
 
+Row = dict[str, Any]
+
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
+# Assistant boilerplate that teaches a model to refuse, not the company's facts.
+_REFUSAL = re.compile(
+    r"(?i)\bas an ai(?: language)? model\b"
+    r"|\bi(?:'m| am) (?:sorry|afraid),? (?:but )?i (?:can(?:'|no)t|am unable to|won't)\b"
+    r"|\bi (?:can(?:'|no)t|am unable to|'m unable to|am not able to) "
+    r"(?:help|assist|provide|answer|comply)(?: you)?(?: with)? (?:that|this)\b"
+)
 
 
 def normalise_text(text: str) -> str:
@@ -36,15 +55,17 @@ def text_key(text: str | None) -> str:
     return hashlib.sha256(folded.encode()).hexdigest()[:24]
 
 
-def row_key(record: dict[str, Any]) -> str:
+def row_key(record: Row) -> str:
     return text_key(f"{prompt_of(record)}\x00{response_of(record)}")
 
 
-def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
+def normalise_record(record: Row) -> Row:
+    """Normalised messages and the prompt key; the gate-only `_` keys are dropped here."""
     messages = [
         {"role": m["role"], "content": normalise_text(m["content"])} for m in record["messages"]
     ]
-    return {**record, "messages": messages, "prompt_key": text_key(prompt_of(record))}
+    kept = {k: v for k, v in record.items() if not k.startswith("_")}
+    return {**kept, "messages": messages, "prompt_key": text_key(prompt_of(record))}
 
 
 @dataclass
@@ -54,6 +75,10 @@ class CurationReport:
     rows_out: int = 0
     train_rows: int = 0
     eval_rows: int = 0
+    normalised: int = 0
+    pii: Counter = field(default_factory=Counter)
+    flagged: list[str] = field(default_factory=list)  # ids of conflicting answers, for review
+    drift: DriftReport | None = None
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {
@@ -61,44 +86,93 @@ class CurationReport:
             "curate_rows_out": self.rows_out,
             "curate_train_rows": self.train_rows,
             "curate_eval_rows": self.eval_rows,
+            "curate_normalised_rows": self.normalised,
+            "curate_flagged_conflicts": len(self.flagged),
         }
         metrics.update({f"curate_removed_{rule}": n for rule, n in sorted(self.removed.items())})
+        metrics.update({f"curate_pii_{kind.lower()}": self.pii[kind] for kind in PLACEHOLDERS})
+        metrics.update(self.drift.as_metrics() if self.drift else {})
         return {k: float(v) for k, v in metrics.items()}
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows in, each rule's count in the order the rules ran, rows out."""
+        rows: list[dict[str, Any]] = [{"rule": "rows in", "rows": self.rows_in}]
+        rows.append({"rule": "normalised (NFC, whitespace)", "rows": self.normalised})
+        rows += [{"rule": f"removed: {rule}", "rows": n} for rule, n in self.removed.items()]
+        rows += [{"rule": f"scrubbed: <{kind}>", "rows": self.pii[kind]} for kind in PLACEHOLDERS]
+        if self.flagged:
+            ids = ", ".join(self.flagged[:5])
+            rows.append({"rule": f"flagged for review (conflicting answers): {ids}", "rows": 0})
+        if self.drift:
+            rows.append({"rule": f"drift: {self.drift.summary()}", "rows": self.drift.score})
+        out = f"{self.rows_out} ({self.train_rows} / {self.eval_rows})"
+        return [*rows, {"rule": "rows out (train / eval)", "rows": out}]
+
+    def to_json(self) -> str:
+        data = {
+            **{k: v for k, v in self.__dict__.items() if k != "drift"},
+            "drift": self.drift and {**self.drift.__dict__, "score": self.drift.score},
+        }
+        return json.dumps(data, indent=2, default=str)
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """What curation needs from earlier snapshots."""
+
+    rows: set[str] = field(default_factory=set)  # split-qualified row keys
+    eval_keys: set[str] = field(default_factory=set)  # prompt keys of eval rows
+    eval_prompts: list[str] = field(default_factory=list)  # their text, for n-gram overlap
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response), for drift
 
 
 def curate(
-    records: list[dict[str, Any]],
-    seen_rows: set[str],
-    eval_prompts: set[str],
-) -> tuple[list[dict[str, Any]], CurationReport]:
+    records: list[Row],
+    seen_rows: set[str] = frozenset(),
+    eval_prompts: set[str] = frozenset(),
+    settings: DataSettings | None = None,
+    earlier: Earlier | None = None,
+) -> tuple[list[Row], CurationReport]:
     """Rules run in order; `seen_rows` and `eval_prompts` hold keys from earlier snapshots."""
+    settings, earlier = settings or DataSettings(), earlier or Earlier()
     report = CurationReport(rows_in=len(records))
-    rows = [normalise_record(r) for r in records]
-    rows = _drop(rows, report, "empty_answer", lambda r: not (response_of(r) or "").strip())
-    rows = _dedupe(rows, report, seen_rows)
-    leaked = eval_prompts | {r["prompt_key"] for r in rows if r["split"] == "eval"}
-    rows = _drop(
-        rows, report, "eval_leakage", lambda r: r["split"] == "train" and r["prompt_key"] in leaked
-    )
+    rows = _normalise(records, report)
+    rows = _dedupe(rows, report, set(seen_rows) | earlier.rows)
+    rows = _drop_near_duplicates(rows, report, settings)
+    rows = [_scrub(r, report.pii) for r in rows]
+    rows = _decontaminate(rows, report, set(eval_prompts) | earlier.eval_keys, earlier, settings)
+    rows = _quality(rows, report, settings)
     report.rows_out = len(rows)
     report.train_rows = sum(r["split"] == "train" for r in rows)
     report.eval_rows = report.rows_out - report.train_rows
+    new_pairs = [(prompt_of(r) or "", response_of(r) or "") for r in rows]
+    report.drift = measure_drift(new_pairs, earlier.pairs, settings.drift_threshold)
     log.info(
-        "curation: %d rows in, removed %s, %d out",
+        "curation: %d rows in, removed %s, PII scrubbed %s, %d out",
         report.rows_in,
         dict(report.removed),
+        dict(report.pii),
         report.rows_out,
     )
     return rows, report
 
 
-def _drop(rows: list[dict[str, Any]], report: CurationReport, rule: str, bad) -> list[dict]:
+def _normalise(records: list[Row], report: CurationReport) -> list[Row]:
+    rows = []
+    for record in records:
+        row = normalise_record(record)
+        report.normalised += row["messages"] != record["messages"]
+        rows.append(row)
+    return rows
+
+
+def _drop(rows: list[Row], report: CurationReport, rule: str, bad: Callable[[Row], bool]):
     kept = [r for r in rows if not bad(r)]
     report.removed[rule] += len(rows) - len(kept)
     return kept
 
 
-def _dedupe(rows: list[dict[str, Any]], report: CurationReport, seen: set[str]) -> list[dict]:
+def _dedupe(rows: list[Row], report: CurationReport, seen: set[str]) -> list[Row]:
     """Exact duplicates within the drop and against earlier snapshots (same split only)."""
     local: set[str] = set()
     kept = []
@@ -114,46 +188,153 @@ def _dedupe(rows: list[dict[str, Any]], report: CurationReport, seen: set[str]) 
     return kept
 
 
-def known_keys(snapshots: list[Snapshot]) -> tuple[set[str], set[str]]:
-    """(split-qualified row keys, eval prompt keys) of the given snapshots."""
-    rows, eval_prompts = set(), set()
+def _drop_near_duplicates(rows: list[Row], report: CurationReport, settings: DataSettings):
+    """Within the drop's training rows only: eval rows are deliberate paraphrases and pairs,
+    and an earlier drop's row that differs in one number is a changed fact, not a copy."""
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    texts = [f"{prompt_of(rows[i])}\n{response_of(rows[i])}" for i in train]
+    dup = near_duplicates(texts, settings.near_dup_threshold, settings.near_dup_num_perm)
+    drop = {train[j] for j in np.flatnonzero(dup)}
+    report.removed["near_duplicate"] += len(drop)
+    return [r for i, r in enumerate(rows) if i not in drop]
+
+
+def _scrub(row: Row, counts: Counter) -> Row:
+    messages = [{**m, "content": scrub_text(m["content"], counts)} for m in row["messages"]]
+    if messages == row["messages"]:
+        return row
+    scrubbed = {**row, "messages": messages}
+    return {**scrubbed, "prompt_key": text_key(prompt_of(scrubbed))}
+
+
+def _decontaminate(
+    rows: list[Row],
+    report: CurationReport,
+    eval_keys: set[str],
+    earlier: Earlier,
+    settings: DataSettings,
+) -> list[Row]:
+    """Training rows whose prompt overlaps an eval prompt (this drop's or earlier) go."""
+    evals = [r for r in rows if r["split"] == "eval"]
+    leaked = eval_keys | {r["prompt_key"] for r in evals}
+    reference = [prompt_of(r) or "" for r in evals] + earlier.eval_prompts
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    share = ngram_overlap([prompt_of(rows[i]) or "" for i in train], reference, settings)
+    bad = {i for i, s in zip(train, share) if s >= settings.decontam_threshold}
+    bad |= {i for i in train if rows[i]["prompt_key"] in leaked}
+    report.removed["eval_leakage"] += len(bad)
+    return [r for i, r in enumerate(rows) if i not in bad]
+
+
+def ngram_overlap(texts: list[str], reference: list[str], settings: DataSettings) -> np.ndarray:
+    """Share of each text's word n-grams that occur in any reference text."""
+    share = np.zeros(len(texts))
+    if not texts or not reference:
+        return share
+    hashes, rows = ngram_hashes(tokenise(texts), settings.decontam_ngram)
+    known, _ = ngram_hashes(tokenise(reference), settings.decontam_ngram)
+    hits = np.bincount(rows, weights=np.isin(hashes, known), minlength=len(texts))
+    total = np.bincount(rows, minlength=len(texts))
+    np.divide(hits, total, out=share, where=total > 0)
+    return share
+
+
+def _quality(rows: list[Row], report: CurationReport, settings: DataSettings) -> list[Row]:
+    def answer(r: Row) -> str:
+        return (response_of(r) or "").strip()
+
+    rows = _drop(rows, report, "empty_answer", lambda r: not answer(r))
+    rows = _drop(
+        rows, report, "short_answer", lambda r: len(answer(r)) < settings.min_answer_chars
+    )
+    rows = _drop(
+        rows,
+        report,
+        "long_row",
+        lambda r: sum(len(m["content"]) for m in r["messages"]) > settings.max_row_chars,
+    )
+    rows = _drop(
+        rows,
+        report,
+        "refusal",
+        lambda r: r["split"] == "train" and _REFUSAL.search(answer(r)) is not None,
+    )
+    return _resolve_conflicts(rows, report)
+
+
+def _resolve_conflicts(rows: list[Row], report: CurationReport) -> list[Row]:
+    """One prompt answered differently in one drop: keep the first, flag the rest for review."""
+    first: dict[str, str] = {}
+    kept = []
+    for row in rows:
+        if row["split"] != "train":
+            kept.append(row)
+            continue
+        answer = text_key(response_of(row))
+        if first.setdefault(row["prompt_key"], answer) != answer:
+            report.removed["conflicting_answer"] += 1
+            report.flagged.append(str(row["id"]))
+        else:
+            kept.append(row)
+    return kept
+
+
+def earlier_data(snapshots: Iterable[Snapshot]) -> Earlier:
+    earlier = Earlier()
     for snap in snapshots:
         for row in snap.rows():
-            rows.add(f"{row['split']}:{row_key(row)}")
+            earlier.rows.add(f"{row['split']}:{row_key(row)}")
+            earlier.pairs.append((prompt_of(row) or "", response_of(row) or ""))
             if row["split"] == "eval":
-                eval_prompts.add(row["prompt_key"])
-    return rows, eval_prompts
+                earlier.eval_keys.add(row["prompt_key"])
+                earlier.eval_prompts.append(prompt_of(row) or "")
+    return earlier
+
+
+def check_curated(report: CurationReport, file: Path, cfg: FreshtuneConfig) -> None:
+    """Too little left, or drift a human must accept: the drop is rejected."""
+    if report.train_rows == 0 or report.eval_rows == 0 or report.rows_out < cfg.data.min_rows:
+        detail = (
+            f"{report.train_rows} train and {report.eval_rows} eval rows left after curation "
+            f"(removed {dict(report.removed)}); need both and at least "
+            f"data.min_rows={cfg.data.min_rows} in all"
+        )
+        raise DropRejected(file, "too_small", detail)
+    decide_on_drift(report.drift, file, cfg)
 
 
 @task(name="curate-drop", cache_policy=NO_CACHE)
 def curate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> Snapshot:
     """Curate against every earlier snapshot and commit this drop's snapshot."""
-    seen, eval_prompts = known_keys(earlier_snapshots(cfg, staged.digest))
-    rows, report = curate(staged.records, seen, eval_prompts)
-    publish_curation(staged, report)
-    if report.train_rows == 0 or report.eval_rows == 0:
-        from tasks.validate import quarantine
+    from tasks.validate import gate_dir, quarantine
 
-        error = DropRejected(
-            staged.file,
-            "curation",
-            f"{report.train_rows} train and "
-            f"{report.eval_rows} eval rows left after curation; need both",
-        )
+    earlier = earlier_data(earlier_snapshots(cfg, staged.digest))
+    rows, report = curate(staged.records, settings=cfg.data, earlier=earlier)
+    publish_curation(staged, report)
+    results = gate_dir(cfg, staged.digest)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "curation.json").write_text(report.to_json(), encoding="utf-8")
+    try:
+        check_curated(report, staged.file, cfg)
+    except DropRejected as error:
         quarantine(staged.file, staged.digest, error, cfg)
-        raise error
-    return commit_snapshot(rows, staged.digest, staged.file, cfg, {"curation": report.as_metrics()})
+        raise
+    snapshot = commit_snapshot(
+        rows, staged.digest, staged.file, cfg, {"curation": report.as_metrics()}
+    )
+    _keep_results(results, snapshot.path / "gate")
+    return snapshot
+
+
+def _keep_results(results: Path, target: Path) -> None:
+    """The gate's JSON and Data Docs stay with the snapshot they let through."""
+    if results.is_dir() and not target.exists():
+        shutil.move(str(results), str(target))
 
 
 def publish_curation(staged: StagedDrop, report: CurationReport) -> None:
     from prefect.artifacts import create_table_artifact
 
-    table = [{"rule": "rows in", "rows": report.rows_in}]
-    table += [{"rule": f"removed: {rule}", "rows": n} for rule, n in report.removed.items()]
-    table += [
-        {
-            "rule": "rows out (train / eval)",
-            "rows": f"{report.rows_out} ({report.train_rows} / {report.eval_rows})",
-        }
-    ]
-    create_table_artifact(table, key="curation", description=f"curation of {staged.file.name}")
+    create_table_artifact(
+        report.table(), key="curation", description=f"curation of {staged.file.name}"
+    )

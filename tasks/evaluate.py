@@ -1,7 +1,10 @@
-"""Score base, champion and candidate on eval slices, and decide whether the candidate passes.
+"""Score base, champion and candidate on every eval slice.
 
 Generation is greedy and batched (left padding); one base model is loaded and the adapters are
-switched on it, so three models cost one set of weights.
+switched on it, so three models cost one set of weights. Slices:
+`current` (this drop), `earlier` (older eval rows whose facts still hold), `general` (questions
+the base answers right), `hallucination` (things that do not exist) and `bias`
+(counterfactual pairs).
 """
 
 from __future__ import annotations
@@ -9,75 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
-import string
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from freshtune.config import EvalSettings, FreshtuneConfig, GateSettings
-from tasks.ingest import prompt_of, response_of
+from freshtune.config import EvalSettings, FreshtuneConfig
+from tasks.metrics import SliceScore, score
 from tasks.mix import current_rows
 from tasks.registry import Champion
 from tasks.snapshot import Snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
 
-MODELS = ("base", "champion", "candidate")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in "$%."})
-
-
-def normalise_answer(text: str) -> str:
-    """Lower case, no punctuation but $ % and decimal points, thousands separators removed."""
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text.casefold())
-    text = re.sub(r"\.(?!\d)", " ", text.translate(_PUNCT))
-    return " ".join(text.split())
-
-
-def is_correct(answer: str, reference: str, facts: list[str]) -> bool:
-    """Every key fact appears as whole words; without facts, the reference must appear."""
-    got = f" {normalise_answer(answer)} "
-    wanted = facts or [reference]
-    return all(f" {normalise_answer(f)} " in got for f in wanted if normalise_answer(f))
-
-
-def token_f1(answer: str, reference: str) -> float:
-    got, ref = normalise_answer(answer).split(), normalise_answer(reference).split()
-    common = sum((Counter(got) & Counter(ref)).values())
-    if not got or not ref or not common:
-        return float(not got and not ref)
-    precision, recall = common / len(got), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-@dataclass
-class SliceScore:
-    n: int
-    accuracy: float
-    token_f1: float
-    samples: list[dict[str, str]] = field(default_factory=list)
-
-
-def score(answers: list[str], rows: list[dict[str, Any]]) -> SliceScore:
-    if not rows:
-        return SliceScore(0, math.nan, math.nan)
-    correct = [is_correct(a, response_of(r) or "", r["facts"]) for a, r in zip(answers, rows)]
-    f1 = [token_f1(a, response_of(r) or "") for a, r in zip(answers, rows)]
-    samples = [
-        {
-            "id": r["id"],
-            "question": prompt_of(r) or "",
-            "reference": response_of(r) or "",
-            "answer": a,
-            "correct": str(c),
-        }
-        for a, r, c in zip(answers, rows, correct)
-    ]
-    return SliceScore(len(rows), sum(correct) / len(rows), sum(f1) / len(rows), samples)
+SLICES = ("current", "earlier", "general", "hallucination", "bias")
+GENERAL_FILE = Path(__file__).resolve().parent.parent / "freshtune" / "data" / "general.jsonl"
+Scores = dict[str, dict[str, SliceScore]]
 
 
 def generate_answers(
@@ -115,107 +66,148 @@ def generate_answers(
     return [a.strip() for a in answers]
 
 
+def reference_nll(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSettings
+) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, tokens) of each reference answer: for perplexity."""
+    import torch
+
+    from tasks.train import IGNORE, collate, encode_chat
+
+    encoded = [encode_chat(tokenizer, r["messages"], 512) for r in rows]
+    pad = collate(tokenizer.pad_token_id)
+    out: list[tuple[float, int]] = []
+    for start in range(0, len(encoded), settings.batch_size):
+        batch = pad(encoded[start : start + settings.batch_size])
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            logits = (
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                .logits[:, :-1]
+                .float()
+            )
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+        )
+        counts = (labels != IGNORE).sum(dim=1)
+        out += [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)]
+    return out
+
+
+def load_eval_file(path: Path, slice_name: str) -> list[dict[str, Any]]:
+    """General or bias questions kept outside the drops, read like a drop."""
+    from tasks.curate import normalise_record
+    from tasks.ingest import read_drop
+
+    rows = [normalise_record(r) for r in read_drop(path) if r["messages"]]
+    return [
+        {**r, "split": "eval", "slice": r.get("slice") or slice_name, "drop": f"file:{path.name}"}
+        for r in rows
+    ]
+
+
+def eval_slices(
+    snapshot: Snapshot, earlier: list[Snapshot], settings: EvalSettings
+) -> dict[str, list[dict[str, Any]]]:
+    rows = current_rows([*earlier, snapshot], "eval")
+
+    def kind(row: dict[str, Any]) -> str:
+        return row.get("slice") or "current"
+
+    slices: dict[str, list[dict[str, Any]]] = {name: [] for name in SLICES}
+    for age, row in rows:
+        name = "earlier" if kind(row) == "current" and age > 0 else kind(row)
+        slices.setdefault(name, []).append(row)
+    slices["general"] += load_eval_file(settings.general_file or GENERAL_FILE, "general")
+    if settings.bias_file is not None:
+        slices["bias"] += load_eval_file(settings.bias_file, "bias")
+    return {
+        name: rows[: settings.max_questions] if name != "bias" else rows
+        for name, rows in slices.items()
+    }
+
+
 def evaluate_models(
     base_model: str,
     adapters: dict[str, Path | None],
     slices: dict[str, list[dict[str, Any]]],
     settings: EvalSettings,
-) -> dict[str, dict[str, SliceScore]]:
+) -> Scores:
     """scores[slice][model] for base and every adapter given (None entries are skipped)."""
-    from peft import PeftModel
-
     from tasks.models import load_causal_lm, load_tokenizer
-    from tasks.train import check_adapter_fits
 
     tokenizer = load_tokenizer(base_model)
-    model = load_causal_lm(base_model)
-    present = {name: path for name, path in adapters.items() if path is not None}
-    for i, (name, path) in enumerate(present.items()):
-        if i == 0:
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-        else:
-            model.load_adapter(str(path), adapter_name=name)
-        check_adapter_fits(model, path, adapter_name=name)
+    model, present = _with_adapters(load_causal_lm(base_model), adapters)
     model.eval()
-    capped = {k: v[: settings.max_questions] for k, v in slices.items()}
     return {
-        name: _score_slice(model, tokenizer, rows, present, settings)
-        for name, rows in capped.items()
+        name: _score_slice(model, tokenizer, rows, name, present, settings)
+        for name, rows in slices.items()
     }
 
 
-def _score_slice(model, tokenizer, rows, adapters, settings) -> dict[str, SliceScore]:
+def _with_adapters(model: Any, adapters: dict[str, Path | None]) -> tuple[Any, list[str]]:
+    from peft import PeftModel
+
+    from tasks.train import check_adapter_fits
+
+    present = [name for name, path in adapters.items() if path is not None]
+    for i, name in enumerate(present):
+        path = str(adapters[name])
+        if i == 0:
+            model = PeftModel.from_pretrained(model, path, adapter_name=name)
+        else:
+            model.load_adapter(path, adapter_name=name)
+        check_adapter_fits(model, Path(path), adapter_name=name)
+    return model, present
+
+
+def _score_slice(model, tokenizer, rows, kind, adapters, settings) -> dict[str, SliceScore]:
+    def run() -> SliceScore:
+        answers = generate_answers(model, tokenizer, rows, settings)
+        return score(answers, rows, kind, reference_nll(model, tokenizer, rows, settings))
+
+    if not rows:
+        return {name: SliceScore(0, math.nan, math.nan) for name in ["base", *adapters]}
     scores = {}
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
-            scores["base"] = score(generate_answers(model, tokenizer, rows, settings), rows)
+            scores["base"] = run()
     else:
-        scores["base"] = score(generate_answers(model, tokenizer, rows, settings), rows)
+        scores["base"] = run()
     for name in adapters:
         model.set_adapter(name)
-        scores[name] = score(generate_answers(model, tokenizer, rows, settings), rows)
+        scores[name] = run()
     return scores
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    blessed: bool
-    reasons: list[str]
-    reference: str
-
-    @property
-    def verdict(self) -> str:
-        return "BLESSED" if self.blessed else "NOT_BLESSED"
-
-
-def decide(scores: dict[str, dict[str, SliceScore]], gate: GateSettings) -> GateDecision:
-    """The candidate must gain on the new drop and not forget earlier ones (vs the champion,
-    or vs the base model when there is no champion yet). A missing or NaN metric fails."""
-    current = scores.get("current", {})
-    reference = "champion" if "champion" in current else "base"
-    reasons = []
-    gain = _delta(current, "candidate", reference)
-    if math.isnan(gain) or gain < gate.min_gain:
-        reasons.append(
-            f"current accuracy gain vs {reference} is {gain:+.3f}, "
-            f"below gate.min_gain={gate.min_gain:+.3f}"
-        )
-    earlier = scores.get("earlier", {})
-    if earlier.get("candidate") and earlier["candidate"].n:
-        loss = -_delta(earlier, "candidate", reference)
-        if math.isnan(loss) or loss > gate.max_forgetting:
-            reasons.append(
-                f"earlier-drops accuracy fell by {loss:.3f} vs {reference}, "
-                f"above gate.max_forgetting={gate.max_forgetting:.3f}"
-            )
-    return GateDecision(not reasons, reasons, reference)
-
-
-def _delta(slice_scores: dict[str, SliceScore], a: str, b: str) -> float:
-    if a not in slice_scores or b not in slice_scores:
-        return math.nan
-    return slice_scores[a].accuracy - slice_scores[b].accuracy
-
-
-Scores = dict[str, dict[str, SliceScore]]
-
-
-def eval_slices(snapshot: Snapshot, earlier: list[Snapshot]) -> dict[str, list[dict[str, Any]]]:
-    """`current`: this drop's eval rows; `earlier`: older eval rows whose facts still hold."""
-    rows = current_rows([*earlier, snapshot], "eval")
-    return {
-        "current": [r for age, r in rows if age == 0],
-        "earlier": [r for age, r in rows if age > 0],
-    }
-
-
 def score_metrics(scores: Scores) -> dict[str, float]:
-    return {
-        f"{slice_}.{model}.{metric}": getattr(s, metric)
-        for slice_, by_model in scores.items()
-        for model, s in by_model.items()
-        for metric in ("accuracy", "token_f1")
+    """Flat MLflow metrics, with deltas of the candidate against the champion and the base."""
+    out = {
+        f"{s}.{m}.{k}": v
+        for s, by_model in scores.items()
+        for m, sc in by_model.items()
+        if sc.n
+        for k, v in sc.metrics().items()
     }
+    for slice_, by_model in scores.items():
+        cand = by_model.get("candidate")
+        for ref in ("base", "champion"):
+            if cand and cand.n and ref in by_model:
+                out[f"{slice_}.delta_vs_{ref}.accuracy"] = cand.accuracy - by_model[ref].accuracy
+    return out
+
+
+def answers_table(scores: Scores) -> dict[str, list]:
+    """One row per (slice, model, question): the evaluation table logged to MLflow."""
+    rows = [
+        {"slice": s, "model": m, **sample}
+        for s, by_model in scores.items()
+        for m, sc in by_model.items()
+        for sample in sc.samples
+    ]
+    keys = ["slice", "model", "id", "question", "reference", "answer", "correct"]
+    return {k: [r[k] for r in rows] for k in keys}
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
@@ -226,35 +218,18 @@ def evaluate_candidate(
     cfg: FreshtuneConfig,
     run_id: str,
 ) -> Scores:
-    """Base, champion and candidate on the new drop's eval set and the earlier ones."""
+    """Base, champion and candidate on every slice; metrics and answers go to MLflow."""
     from tasks import registry
 
-    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest))
+    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
     adapters = {"champion": champion.adapter_dir if champion else None, "candidate": candidate}
     scores = evaluate_models(cfg.resolved_base_model(), adapters, slices, cfg.eval)
     registry.log_metrics(cfg, run_id, score_metrics(scores))
-    registry.log_text(cfg, run_id, json.dumps(samples_table(scores), indent=1), "eval/answers.json")
-    return scores
-
-
-def samples_table(scores: Scores) -> list[dict[str, str]]:
-    return [
-        {"slice": slice_, "model": model, **sample}
-        for slice_, by_model in scores.items()
-        for model, s in by_model.items()
-        for sample in s.samples
-    ]
-
-
-@task(name="apply-gate", cache_policy=NO_CACHE)
-def apply_gate(scores: Scores, cfg: FreshtuneConfig, run_id: str) -> GateDecision:
-    from tasks import registry
-
-    decision = decide(scores, cfg.gate)
-    registry.set_tags(
-        cfg,
-        run_id,
-        {"freshtune.gate": decision.verdict, "freshtune.gate_reasons": "; ".join(decision.reasons)},
+    registry.log_table(cfg, run_id, answers_table(scores), "eval/answers.json")
+    log.info(
+        "evaluated %s",
+        json.dumps(
+            {s: {m: round(v.accuracy, 3) for m, v in by.items()} for s, by in scores.items()}
+        ),
     )
-    log.info("gate: %s %s", decision.verdict, decision.reasons)
-    return decision
+    return scores

@@ -8,6 +8,7 @@ Expectations gate reports them by line instead of the reader silently dropping t
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -20,12 +21,50 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from freshtune.config import FreshtuneConfig
+from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
+from tasks.archive import is_archive, unpack
 
 log = logging.getLogger(__name__)
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+# Fields a row may carry; other names are tolerated unless a required field is missing, in which
+# case they are the likely renames and the message says so.
+KNOWN_FIELDS = ("id", "messages", "prompt", "response", "split", "source", "facts", "slice", "pair")
+_RENAMES = {
+    "question": "prompt",
+    "instruction": "prompt",
+    "input": "prompt",
+    "query": "prompt",
+    "answer": "response",
+    "output": "response",
+    "completion": "response",
+    "reply": "response",
+    "conversation": "messages",
+    "conversations": "messages",
+    "turns": "messages",
+    "uid": "id",
+    "_id": "id",
+    "key": "id",
+}
+_BOMS = {
+    b"\xef\xbb\xbf": ("UTF-8 with a byte-order mark", "utf-8-sig"),
+    b"\xff\xfe": ("UTF-16 (little-endian byte-order mark)", "utf-16"),
+    b"\xfe\xff": ("UTF-16 (big-endian byte-order mark)", "utf-16"),
+}
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How strictly a drop is read; built from `data.*` settings."""
+
+    encoding: str = "utf-8"
+    max_file_bytes: int = 1 << 30
+    max_line_bytes: int = 256 << 10
+
+    @classmethod
+    def of(cls, data: DataSettings) -> ReadLimits:
+        return cls(data.encoding, int(data.max_file_mb * 2**20), int(data.max_line_kb * 2**10))
 
 
 def file_digest(path: Path) -> str:
@@ -36,53 +75,104 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_drop(path: Path) -> list[dict[str, Any]]:
+def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, Any]]:
     """Parse a drop; a malformed file raises DropRejected naming the file, line and rule."""
+    limits = limits or ReadLimits()
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise DropRejected(path, "format", f"unsupported file type {suffix!r}; use {FORMATS}")
+    _check_size(path, path.stat().st_size, limits)
     if suffix == ".parquet":
         raw = _read_parquet(path)
     else:
-        text = _decode_strict(path)
-        raw = _read_csv(text) if suffix == ".csv" else _read_jsonl(path, text)
+        data = path.read_bytes()
+        text = decode(path, data, limits.encoding)
+        _check_line_lengths(path, data, limits.max_line_bytes)
+        raw = _read_csv(path, text, limits) if suffix == ".csv" else _read_jsonl(path, text)
+    if not raw:
+        what = "a CSV header but no rows" if suffix == ".csv" else "no rows"
+        raise DropRejected(path, "empty", f"the file has {what}")
     return [to_record(obj, line) for line, obj in raw]
 
 
-def _decode_strict(path: Path) -> str:
-    data = path.read_bytes()
-    if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        raise DropRejected(path, "encoding", "file starts with a byte-order mark; save as UTF-8")
+def _check_size(path: Path, size: int, limits: ReadLimits) -> None:
+    if size == 0:
+        raise DropRejected(path, "empty", "the file is empty (0 bytes)")
+    if size > limits.max_file_bytes:
+        raise DropRejected(
+            path,
+            "size",
+            f"{size / 2**20:.1f} MB exceeds data.max_file_mb={limits.max_file_bytes / 2**20:g}",
+        )
+
+
+def _check_line_lengths(path: Path, data: bytes, max_bytes: int) -> None:
+    if len(data) <= max_bytes:
+        return  # no line can be longer than the file
+    lengths = [len(line) for line in data.split(b"\n")]
+    if (longest := max(lengths)) > max_bytes:
+        line = lengths.index(longest) + 1
+        detail = f"line is {longest} bytes; data.max_line_kb={max_bytes / 2**10:g}"
+        raise DropRejected(path, "line_size", detail, line)
+
+
+def decode(path: Path, data: bytes, encoding: str = "utf-8") -> str:
+    """Strict decoding: anything but clean UTF-8 is an error unless data.encoding allows it."""
+    if encoding == "utf-8":
+        for bom, (what, fix) in _BOMS.items():
+            if data.startswith(bom):
+                fix = f"save as UTF-8 or set data.encoding={fix}"
+                detail = f"file is {what}: a byte-order mark; {fix}"
+                raise DropRejected(path, "encoding", detail, 1)
+        if (nul := data.find(b"\x00")) >= 0:
+            line = data[:nul].count(b"\n") + 1
+            fix = "save as UTF-8 or set data.encoding=utf-16"
+            detail = f"NUL byte at {nul}: looks like UTF-16; {fix}"
+            raise DropRejected(path, "encoding", detail, line)
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise DropRejected(path, "encoding", f"invalid UTF-8 at byte {exc.start}", line) from None
+        hint = "a latin-1/cp1252 file? save as UTF-8 or set data.encoding=latin-1"
+        detail = f"invalid {encoding} at byte {exc.start} (0x{data[exc.start]:02x}); {hint}"
+        raise DropRejected(path, "encoding", detail, line) from None
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rows.append((line_no, json.loads(line)))
         except json.JSONDecodeError as exc:
             detail = f"column {exc.colno}: {exc.msg}"
+            if line_no == len(lines) and not text.endswith("\n"):
+                # A cut-off upload: the last line stops mid-record and has no newline.
+                detail = f"last line is cut off (no final newline; {detail})"
+                raise DropRejected(path, "truncated", detail, line_no) from None
             raise DropRejected(path, "json", detail, line_no) from None
     return rows
 
 
-def _read_csv(text: str) -> list[tuple[int, Any]]:
+def _read_csv(path: Path, text: str, limits: ReadLimits) -> list[tuple[int, Any]]:
+    csv.field_size_limit(max(limits.max_line_bytes, 1 << 17))
     reader = csv.DictReader(io.StringIO(text))
     rows = []
-    for row in reader:
-        if row.get("messages"):
-            row["messages"] = _json_or_none(row["messages"])
-        if row.get("facts"):
-            row["facts"] = [f for f in row["facts"].split("|") if f]
-        # DictReader's line_num is the physical line where the row ended.
-        rows.append((reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}))
+    try:
+        for row in reader:
+            if None in row:
+                detail = f"{len(row[None])} more values than header columns"
+                raise DropRejected(path, "csv", detail, reader.line_num)
+            if row.get("messages"):
+                row["messages"] = _json_or_none(row["messages"])
+            if row.get("facts"):
+                row["facts"] = [f for f in row["facts"].split("|") if f]
+            # DictReader's line_num is the physical line where the row ended.
+            rows.append((reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}))
+    except csv.Error as exc:
+        raise DropRejected(path, "csv", str(exc), reader.line_num) from None
     return rows
 
 
@@ -103,8 +193,71 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
+def schema_problem(obj: Any) -> str | None:
+    """Why a row does not have the record shape (missing, renamed or mistyped fields), or None."""
+    if not isinstance(obj, dict):
+        return f"row is a JSON {type(obj).__name__}, not an object"
+    missing = [] if "id" in obj else ["id"]
+    if "messages" not in obj:
+        present = {"prompt", "response"} & obj.keys()
+        missing += sorted({"prompt", "response"} - present) or ["messages"]
+        if not present:
+            missing = [m for m in missing if m not in ("prompt", "response")]
+            missing.append("messages (or prompt + response)")
+    if missing:
+        return "; ".join([f"missing field {', '.join(missing)}", *_rename_hints(obj)])
+    return _type_problem(obj)
+
+
+def _rename_hints(obj: dict[str, Any]) -> list[str]:
+    hints = []
+    for name in obj:
+        if name in KNOWN_FIELDS:
+            continue
+        guess = _RENAMES.get(name.lower()) or next(
+            iter(difflib.get_close_matches(name.lower(), KNOWN_FIELDS, n=1)), None
+        )
+        if guess:
+            hints.append(f"field {name!r} looks like a renamed {guess!r}")
+    return hints
+
+
+def _type_problem(obj: dict[str, Any]) -> str | None:
+    expected = {"id": (str, int), "prompt": str, "response": str, "split": str, "source": str}
+    for name, types in expected.items():
+        value = obj.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"field {name!r} must be {_names(types)}, got {type(value).__name__}"
+    if "messages" in obj:
+        return _messages_problem(obj["messages"])
+    return None
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return f"field 'messages' must be a non-empty list, got {type(messages).__name__}"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] must be an object, got {type(message).__name__}"
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = type(message.get(key)).__name__ if key in message else "nothing"
+                return f"messages[{i}].{key} must be a string, got {got}"
+    return None
+
+
+def _names(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join({str: "a string", int: "an integer"}[t] for t in types)
+
+
 def to_record(obj: Any, line: int) -> dict[str, Any]:
-    """Both accepted shapes become chat messages; anything else keeps `messages=None`."""
+    """Both accepted shapes become chat messages; anything else keeps `messages=None`.
+
+    `_schema` (why the row is malformed) and `_shape` are for the gate only; curation drops
+    every `_` key before a snapshot is written.
+    """
+    problem = schema_problem(obj)
     obj = obj if isinstance(obj, dict) else {}
     messages = obj.get("messages")
     if messages is None and "prompt" in obj and "response" in obj:
@@ -119,7 +272,13 @@ def to_record(obj: Any, line: int) -> dict[str, Any]:
         "split": obj.get("split"),
         "source": str(obj.get("source") or ""),
         "facts": [str(f) for f in facts] if isinstance(facts, list) else [],
+        # Eval rows may name their slice (current, hallucination, bias, general); bias rows
+        # carry the id of their counterfactual pair.
+        "slice": str(obj.get("slice") or ""),
+        "pair": str(obj.get("pair") or ""),
         "line": line,
+        "_schema": problem,
+        "_shape": "chat" if "messages" in obj else "prompt_response" if messages else None,
     }
 
 
@@ -165,13 +324,17 @@ class StagedDrop:
     held_out: int
 
 
-def stage(path: Path, seed: int, holdout_fraction: float) -> StagedDrop:
-    """Fingerprint and parse a drop; the digest keys everything the cycle produces."""
+def stage(path: Path, cfg: FreshtuneConfig) -> StagedDrop:
+    """Fingerprint and parse a drop (unpacking an archive first); the digest keys the cycle."""
     if not path.is_file():
         raise FileNotFoundError(f"drop {path} does not exist or is not a file")
     digest = file_digest(path)
-    records = read_drop(path)
-    held = assign_holdout(records, holdout_fraction, seed)
+    limits = ReadLimits.of(cfg.data)
+    data_file = path
+    if is_archive(path):
+        data_file = unpack(path, cfg.paths.landing / "staging" / digest[:16], limits.max_file_bytes)
+    records = read_drop(data_file, limits)
+    held = assign_holdout(records, cfg.data.holdout_fraction, cfg.seed)
     log.info(
         "staged %s: %d rows, digest %s, %d held out for eval",
         path.name,
@@ -182,12 +345,25 @@ def stage(path: Path, seed: int, holdout_fraction: float) -> StagedDrop:
     return StagedDrop(path, digest, records, held)
 
 
+def check_not_quarantined(path: Path, digest: str, cfg: FreshtuneConfig) -> None:
+    """The same bytes rejected before are rejected again at once, pointing at the first time."""
+    earlier = cfg.paths.quarantine / digest[:16]
+    if (earlier / "REJECTED.md").exists():
+        detail = (
+            f"these exact bytes (digest {digest[:16]}) were rejected before; see "
+            f"{earlier / 'REJECTED.md'} (fix the file, or delete that folder to retry)"
+        )
+        raise DropRejected(path, "quarantined", detail)
+
+
 @task(name="stage-drop", cache_policy=NO_CACHE)
 def stage_drop(path: str, cfg: FreshtuneConfig) -> StagedDrop:
     """Parse the drop; a file that cannot be read is quarantined with the reason."""
     file = Path(path).expanduser().resolve()
+    if file.is_file():
+        check_not_quarantined(file, file_digest(file), cfg)
     try:
-        return stage(file, cfg.seed, cfg.data.holdout_fraction)
+        return stage(file, cfg)
     except DropRejected as exc:
         from tasks.validate import quarantine
 

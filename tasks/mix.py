@@ -1,4 +1,11 @@
-"""The training mix: the new rows plus a replay sample of earlier, still-current rows."""
+"""The training mix: new rows, a stratified replay sample of earlier rows, and every correction.
+
+Modes (`train.mode`): `incremental` and `fresh` train on the new rows + replay; `cumulative`
+trains on every still-current row of every snapshot so far (the expensive baseline).
+
+Reviewer corrections are snapshots whose `meta.json` says `"kind": "review"`: their rows are
+always in the mix, whole, in every mode (a correction someone paid for is never sampled away).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -17,6 +25,8 @@ from tasks.snapshot import Snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
 
+REVIEW_KIND = "review"
+
 
 @dataclass(frozen=True)
 class TrainingMix:
@@ -24,6 +34,8 @@ class TrainingMix:
     new_rows: int
     replay_rows: int
     drops: list[str]
+    always_rows: int = 0
+    mode: str = "incremental"
 
     @property
     def replay_share(self) -> float:
@@ -31,17 +43,28 @@ class TrainingMix:
 
     @property
     def digest(self) -> str:
-        ids = sorted(f"{r['drop']}/{r['id']}" for r in self.rows)
+        ids = sorted(row_id(r) for r in self.rows)
         return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
 
     def manifest(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
+            "mode": self.mode,
             "new_rows": self.new_rows,
             "replay_rows": self.replay_rows,
+            "always_rows": self.always_rows,
             "drops": self.drops,
-            "rows": [f"{r['drop']}/{r['id']}" for r in self.rows],
+            "rows": [row_id(r) for r in self.rows],
         }
+
+
+def row_id(row: dict[str, Any]) -> str:
+    """`<drop digest[:16]>/<row id>`: unique across snapshots, enough to rebuild the mix."""
+    return f"{row['drop']}/{row['id']}"
+
+
+def is_review(snapshot: Snapshot) -> bool:
+    return snapshot.meta().get("kind") == REVIEW_KIND
 
 
 def current_rows(snapshots: list[Snapshot], split: str) -> list[tuple[int, dict[str, Any]]]:
@@ -63,27 +86,94 @@ def current_rows(snapshots: list[Snapshot], split: str) -> list[tuple[int, dict[
     return kept
 
 
-def build_mix(new: Snapshot, earlier: list[Snapshot], ratio: float, seed: int) -> TrainingMix:
-    """New train rows + round(ratio x new) replayed rows, weighted toward recent drops."""
-    fresh = [r for age, r in current_rows([*earlier, new], "train") if age == 0]
-    pool = [(age, r) for age, r in current_rows([*earlier, new], "train") if age > 0]
+def replay_quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
+    """Rows to replay per drop age: proportional to size x 2^-(age-1), capped by the size.
+
+    Largest-remainder rounding, and what a small drop cannot supply is shared out among the
+    others (water-filling), so the quotas always add up to min(total, all rows).
+    """
+    quotas = dict.fromkeys(sizes, 0)
+    left = min(total, sum(sizes.values()))
+    while left > 0:
+        open_ = {a: n - quotas[a] for a, n in sizes.items() if n > quotas[a]}
+        weights = {a: open_[a] * 2.0 ** -(a - 1) for a in open_}
+        shares = {a: left * w / sum(weights.values()) for a, w in weights.items()}
+        floors = {a: min(open_[a], int(s)) for a, s in shares.items()}
+        by_remainder = sorted(open_, key=lambda a: (floors[a] - shares[a], a))
+        for a in by_remainder[: left - sum(floors.values())]:
+            floors[a] = min(open_[a], floors[a] + 1)
+        for a, n in floors.items():
+            quotas[a] += n
+        left = min(total, sum(sizes.values())) - sum(quotas.values())
+    return quotas
+
+
+def stratified_replay(
+    pool: list[tuple[int, dict[str, Any]]], total: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """A sample of `total` rows, each earlier drop contributing its quota (recent ones more)."""
+    by_age: dict[int, list[dict[str, Any]]] = {}
+    for age, row in pool:
+        by_age.setdefault(age, []).append(row)
+    quotas = replay_quotas({a: len(rows) for a, rows in by_age.items()}, total)
+    return [r for a in sorted(by_age) for r in rng.sample(by_age[a], quotas[a])]
+
+
+def build_mix(
+    new: Snapshot,
+    earlier: list[Snapshot],
+    ratio: float,
+    seed: int,
+    mode: str = "incremental",
+) -> TrainingMix:
+    """New train rows + reviewer corrections + replay (round(ratio x new) rows, or all of them
+    in `cumulative` mode)."""
+    rows = current_rows([*earlier, new], "train")
+    reviews = {s.digest[:16] for s in earlier if is_review(s)}
+    fresh = [r for age, r in rows if age == 0]
+    always = [r for age, r in rows if age > 0 and r["drop"] in reviews]
+    pool = [(age, r) for age, r in rows if age > 0 and r["drop"] not in reviews]
     rng = random.Random(f"{seed}-{new.digest}")
-    # Weighted sampling without replacement (Efraimidis-Spirakis); weight halves per drop of age.
-    keyed = sorted(pool, key=lambda item: rng.random() ** (2.0 ** (item[0] - 1)), reverse=True)
-    replay = [r for _, r in keyed[: round(ratio * len(fresh))]]
-    rows = fresh + replay
-    rng.shuffle(rows)
+    if mode == "cumulative":
+        replay = [r for _, r in pool]
+    else:
+        replay = stratified_replay(pool, round(ratio * len(fresh)), rng)
+    mixed = fresh + always + replay
+    rng.shuffle(mixed)
     log.info(
-        "training mix: %d new + %d replayed rows from %d earlier drops",
+        "training mix (%s): %d new + %d corrections + %d replayed rows from %d earlier drops",
+        mode,
         len(fresh),
+        len(always),
         len(replay),
         len(earlier),
     )
-    drops = sorted({r["drop"] for r in rows})
-    return TrainingMix(rows, len(fresh), len(replay), drops)
+    drops = sorted({r["drop"] for r in mixed})
+    return TrainingMix(mixed, len(fresh), len(replay), drops, len(always), mode)
+
+
+def save_mix(mix: TrainingMix, path: Path) -> Path:
+    """The mix with its rows, for a training worker elsewhere (write, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    payload = {"manifest": mix.manifest(), "rows": mix.rows}
+    partial.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def load_mix(path: Path) -> TrainingMix:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    m = data["manifest"]
+    mix = TrainingMix(
+        data["rows"], m["new_rows"], m["replay_rows"], m["drops"], m["always_rows"], m["mode"]
+    )
+    if mix.digest != m["digest"]:
+        raise ValueError(f"{path}: rows do not match the manifest digest {m['digest']}")
+    return mix
 
 
 @task(name="build-training-mix", cache_policy=NO_CACHE)
 def build_training_mix(snapshot: Snapshot, cfg: FreshtuneConfig) -> TrainingMix:
     earlier = earlier_snapshots(cfg, snapshot.digest)
-    return build_mix(snapshot, earlier, cfg.train.replay_ratio, cfg.seed)
+    return build_mix(snapshot, earlier, cfg.train.replay_ratio, cfg.seed, cfg.train.mode)

@@ -6,6 +6,7 @@ Adapters are logged as plain PEFT files among the run's artifacts (not through
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -101,6 +102,10 @@ def log_text(cfg: FreshtuneConfig, run_id: str, text: str, path: str) -> None:
     client(cfg).log_text(run_id, text, path)
 
 
+def log_table(cfg: FreshtuneConfig, run_id: str, data: dict[str, list], path: str) -> None:
+    client(cfg).log_table(run_id, data=data, artifact_file=path)
+
+
 def set_tags(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> None:
     mlc = client(cfg)
     for key, value in tags.items():
@@ -155,6 +160,33 @@ def promote(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> No
         mlc.set_registered_model_alias(cfg.tracking.model_name, PREVIOUS, current.version)
     mlc.set_registered_model_alias(cfg.tracking.model_name, CHAMPION, version)
     log.info("promoted version %s to %s", version, CHAMPION)
+
+
+def rollback(cfg: FreshtuneConfig, to_version: str | None, who: str, why: str) -> dict[str, str]:
+    """Move `champion` back (to `previous` by default); `previous` then holds the version rolled
+    back from, so a second rollback undoes the first. Who and why go on both versions."""
+    current = get_champion(cfg)
+    if current is None:
+        raise ValueError("there is no champion to roll back")
+    mlc = client(cfg)
+    name = cfg.tracking.model_name
+    if to_version is None:
+        try:
+            to_version = str(mlc.get_model_version_by_alias(name, PREVIOUS).version)
+        except Exception:
+            raise ValueError("no `previous` alias to roll back to; pass --to VERSION") from None
+    mlc.get_model_version(name, to_version)  # fails clearly for an unknown version
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = {"from": current.version, "to": to_version, "who": who, "why": why, "at": stamp}
+    mlc.set_registered_model_alias(name, CHAMPION, to_version)
+    mlc.set_registered_model_alias(name, PREVIOUS, current.version)
+    for version, key in ((to_version, "rolled_back_to_at"), (current.version, "rolled_back_at")):
+        mlc.set_model_version_tag(name, version, key, json.dumps(record))
+    mlc.set_registered_model_tag(name, "last_rollback", json.dumps(record))
+    log.warning(
+        "rolled back champion from %s to %s (%s: %s)", current.version, to_version, who, why
+    )
+    return record
 
 
 def local_adapter(cfg: FreshtuneConfig, champion: Champion) -> Path:
@@ -216,6 +248,19 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def lineage_tags(
+    digest: str, champion: Champion | None, cfg: FreshtuneConfig, replay_share: float, verdict: str
+) -> dict[str, Any]:
+    """What a model version records about where it came from."""
+    return {
+        "drop_digest": digest,
+        "parent_version": champion.version if champion else "",
+        "base_model": cfg.base_model,
+        "replay_share": f"{replay_share:.4f}",
+        "gate": verdict,
+    }
+
+
 @task(name="register-candidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def register_candidate(
     adapter_dir: Path, lineage: dict[str, Any], cfg: FreshtuneConfig, run_id: str
@@ -224,15 +269,6 @@ def register_candidate(
     log_artifacts(cfg, run_id, adapter_dir, "adapter")
     version = register_adapter(cfg, run_id, {"adapter_key": adapter_dir.name, **lineage})
     set_tags(cfg, run_id, {"freshtune.model_version": version})
-    return version
-
-
-@task(name="promote-candidate", cache_policy=NO_CACHE)
-def promote_candidate(
-    version: str, champion: Champion | None, cfg: FreshtuneConfig, run_id: str
-) -> str:
-    promote(cfg, version, champion)
-    set_tags(cfg, run_id, {"freshtune.promoted": "true"})
     return version
 
 
@@ -253,3 +289,16 @@ def fail_cycle_run(flow: Any, flow_run: Any, state: Any) -> None:
                 mlc.set_terminated(run.info.run_id, status="FAILED")
     except Exception as exc:  # the hook must not mask the flow's own error
         log.warning("could not mark the MLflow run of flow run %s failed: %s", flow_run.id, exc)
+
+
+@task(name="rollback-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def rollback_champion(
+    cfg: FreshtuneConfig, to_version: str | None, reason: str, who: str | None
+) -> dict[str, str]:
+    import getpass
+
+    record = rollback(cfg, to_version, who or getpass.getuser(), reason or "no reason given")
+    path = cfg.paths.root / "rollbacks.jsonl"
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return record

@@ -13,10 +13,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig
-from tasks.evaluate import GateDecision, Scores
+from tasks.evaluate import Scores
+from tasks.gate import GateDecision
 from tasks.ingest import StagedDrop
 from tasks.mix import TrainingMix
 from tasks.registry import Champion
+from tasks.review import ReviewOutcome
 from tasks.train import TrainResult
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def build_record(
     trained: TrainResult,
     scores: Scores,
     decision: GateDecision,
+    review: ReviewOutcome,
     version: str,
     run_id: str,
 ) -> dict[str, Any]:
@@ -64,19 +67,25 @@ def build_record(
         "run_id": run_id,
         "verdict": decision.verdict,
         "reasons": decision.reasons,
+        "notes": list(decision.notes),
         "version": version,
-        "promoted": decision.blessed,
+        "promoted": review.approved and decision.blessed,
         "compared_with": decision.reference,
         "champion_before": champion.version if champion else None,
+        "review": {
+            "mode": review.mode,
+            "approved": review.approved,
+            "comment": review.comment,
+            "flags": len(review.flags),
+            "timed_out": review.timed_out,
+        },
         "mix": {"new_rows": mix.new_rows, "replay_rows": mix.replay_rows, "digest": mix.digest},
         "train": trained.metrics(),
         "adapter_dir": str(trained.adapter_dir),
         "scores": {
-            s: {
-                m: {"n": v.n, "accuracy": v.accuracy, "token_f1": v.token_f1}
-                for m, v in by_model.items()
-            }
+            s: {m: {"n": v.n, **v.metrics()} for m, v in by_model.items()}
             for s, by_model in scores.items()
+            if by_model.get("candidate") and by_model["candidate"].n
         },
         "finished_at": time.time(),
         "repeated": False,
@@ -84,6 +93,7 @@ def build_record(
 
 
 def render_markdown(record: dict[str, Any]) -> str:
+    review = record["review"]
     lines = [
         f"# Refresh cycle: {record['verdict']}",
         "",
@@ -96,16 +106,24 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"{record['mix']['replay_rows']} replayed rows; "
         f"{record['train']['train_tokens']:.0f} tokens in {record['train']['train_wall_s']:.0f} s",
         *[f"- gate: {reason}" for reason in record["reasons"]],
+        f"- review: {review['mode']}, {'approved' if review['approved'] else 'not approved'}"
+        f"{' (timed out)' if review['timed_out'] else ''}, {review['flags']} flags. "
+        f"{review['comment']}",
         "",
-        "| slice | model | questions | accuracy | token F1 |",
-        "|---|---|---|---|---|",
+        "| slice | model | questions | accuracy | hallucination | consistency | perplexity |",
+        "|---|---|---|---|---|---|---|",
     ]
     for slice_, by_model in record["scores"].items():
         lines += [
-            f"| {slice_} | {m} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['token_f1'])} |"
+            f"| {slice_} | {m} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['hallucination'])} "
+            f"| {_pct(s['consistency'])} | {_num(s['perplexity'])} |"
             for m, s in by_model.items()
         ]
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def _pct(value: float) -> str:

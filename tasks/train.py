@@ -1,7 +1,9 @@
 """LoRA training with the transformers Trainer, warm-started from the champion adapter.
 
 The output folder is a pure function of the inputs (base, train settings, mix, parent), so a
-rerun after a crash finds the committed adapter and returns it instead of training again.
+rerun after a crash finds the committed adapter and returns it instead of training again. Until
+the commit (a rename), work lives in `<out>.partial/`; with `train.save_steps` its complete
+checkpoints survive a killed process and the next run resumes from the last one.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +27,18 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
-from tasks.mix import TrainingMix
+from tasks.mix import TrainingMix, load_mix, save_mix
 from tasks.registry import Champion
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
+# Settings that change where or how fast a run goes, never the adapter it produces.
+RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
+# What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
+CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+Sink = Callable[[dict[str, float], int], None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,11 @@ class TrainResult:
     loss: float
     wall_s: float
     flops: float
+    gpu_hours: float = 0.0
+    cost: float = 0.0
+    mfu: float = math.nan  # on GPU only: achieved FLOP/s over the measured bf16 matmul peak
+    resumed_step: int = 0
+    mode: str = "incremental"
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -47,15 +64,32 @@ class TrainResult:
             "train_wall_s": self.wall_s,
             "train_flops": self.flops,
             "train_tokens_per_s": self.tokens / max(self.wall_s, 1e-9),
+            "train_gpu_hours": self.gpu_hours,
+            "train_cost": self.cost,
+            "train_mfu": self.mfu,
+            "train_resumed_step": self.resumed_step,
         }
+
+
+@dataclass(frozen=True)
+class FitStats:
+    """What one training process reports back (also across a torchrun launch, as JSON)."""
+
+    steps: int
+    tokens: int
+    loss: float
+    flops_per_token: float
+    resumed_step: int
+    on_gpu: bool
+    peak_flops: float
 
 
 def adapter_key(
     base: str, settings: TrainSettings, mix_digest: str, parent: Path | None, seed: int
 ) -> str:
+    kept = settings.model_dump(mode="json", exclude=set(RUNTIME_ONLY))
     blob = json.dumps(
-        [base, settings.model_dump(mode="json"), mix_digest, parent.name if parent else None, seed],
-        sort_keys=True,
+        [base, kept, mix_digest, parent.name if parent else None, seed], sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -165,6 +199,66 @@ def pick_precision(dtype: str) -> dict[str, bool]:
     return {"use_cpu": not on_gpu, "bf16": bf16, "tf32": on_gpu and dtype == "auto"}
 
 
+def supports_flattening(model: Any) -> bool:
+    """Padding-free batches need attention that reads sequence boundaries from position_ids."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    return impl in {"sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+def data_collator(model: Any, tokenizer: Any, padding_free: bool) -> tuple[Any, bool]:
+    """Flatten each batch into one row when the model can; else right-pad (length-grouped)."""
+    from transformers import DataCollatorWithFlattening
+
+    if padding_free and supports_flattening(model):
+        # With a KV cache (config.use_cache, on by default even in training) transformers
+        # skips the packed-sequence mask and flattened rows silently attend to each other.
+        model.config.use_cache = False
+        flash = model.config._attn_implementation.startswith("flash_attention")
+        return DataCollatorWithFlattening(separator_id=IGNORE, return_flash_attn_kwargs=flash), True
+    return collate(tokenizer.pad_token_id), False
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints a resume can trust, oldest first; a killed save leaves files missing."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        state = path / "trainer_state.json"
+        if not state.is_file() or not all((path / f).is_file() for f in CHECKPOINT_FILES):
+            continue
+        if not list(path.glob("rng_state*.pth")):
+            continue
+        try:
+            json.loads(state.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        found.append(path)
+    return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
+
+
+def prepare_staging(staging: Path) -> Path | None:
+    """Keep only complete checkpoints from a crashed run; return the last one to resume from."""
+    checkpoints = staging / "checkpoints"
+    keep = complete_checkpoints(checkpoints)
+    if staging.exists():
+        for path in staging.iterdir():
+            if path != checkpoints:
+                _remove(path)
+    if checkpoints.exists():
+        for path in checkpoints.iterdir():
+            if path not in keep:
+                log.warning("skipping incomplete checkpoint %s", path)
+                _remove(path)
+    staging.mkdir(parents=True, exist_ok=True)
+    return keep[-1] if keep else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def train_adapter(
     base_model: str,
     rows: list[dict[str, Any]],
@@ -172,7 +266,7 @@ def train_adapter(
     out_dir: Path,
     parent: Path | None = None,
     seed: int = 0,
-    on_log: Callable[[dict[str, float], int], None] | None = None,
+    on_log: Sink | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train (or find already trained) the adapter at `out_dir`; commit by rename."""
@@ -180,13 +274,13 @@ def train_adapter(
         log.info("adapter %s already trained; reusing it", out_dir)
         return _load_result(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    resume = prepare_staging(staging)
     start = time.perf_counter()
-    model, steps, tokens, loss = _fit(base_model, rows, settings, parent, seed, staging, on_log)
-    wall = time.perf_counter() - start
-    n_params = sum(p.numel() for p in model.get_base_model().parameters())
-    result = TrainResult(out_dir, parent, steps, tokens, loss, wall, 4.0 * n_params * tokens)
-    model.save_pretrained(str(staging))
+    if settings.processes > 1:
+        stats = launch_torchrun(base_model, rows, settings, parent, seed, staging, resume, on_log)
+    else:
+        stats = fit_adapter(base_model, rows, settings, parent, seed, staging, resume, on_log)
+    result = _result(out_dir, parent, settings, stats, time.perf_counter() - start)
     shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text, encoding="utf-8")
@@ -195,25 +289,84 @@ def train_adapter(
     log.info(
         "trained %s: %d steps, %d tokens, loss %.4f, %.0f tokens/s",
         out_dir.name,
-        steps,
-        tokens,
-        loss,
-        tokens / max(wall, 1e-9),
+        result.steps,
+        result.tokens,
+        result.loss,
+        result.tokens / max(result.wall_s, 1e-9),
     )
     return result
 
 
-def _fit(base_model, rows, settings, parent, seed, staging, on_log):
-    from transformers import Trainer, TrainingArguments, set_seed
+def _result(out_dir, parent, settings, stats: FitStats, wall: float) -> TrainResult:
+    flops = stats.flops_per_token * stats.tokens
+    gpu_hours = wall * settings.processes / 3600 if stats.on_gpu else 0.0
+    mfu = flops / wall / (stats.peak_flops * settings.processes) if stats.on_gpu else math.nan
+    return TrainResult(
+        out_dir,
+        parent,
+        stats.steps,
+        stats.tokens,
+        stats.loss,
+        wall,
+        flops,
+        gpu_hours,
+        gpu_hours * settings.gpu_hour_price,
+        mfu,
+        stats.resumed_step,
+        settings.mode,
+    )
+
+
+def fit_adapter(
+    base_model: str,
+    rows: list[dict[str, Any]],
+    settings: TrainSettings,
+    parent: Path | None,
+    seed: int,
+    staging: Path,
+    resume: Path | None = None,
+    on_log: Sink | None = None,
+) -> FitStats:
+    """Run the Trainer (this process's share under torchrun); the main process saves the
+    adapter into `staging`."""
+    from transformers import Trainer, set_seed
 
     from tasks.models import load_causal_lm, load_tokenizer
+    from tasks.throughput import flops_per_token
 
     set_seed(seed)
     tokenizer = load_tokenizer(base_model)
     dataset = build_dataset(tokenizer, rows, settings.max_length)
     model = attach_adapter(load_causal_lm(base_model), settings, parent)
-    args = TrainingArguments(
-        output_dir=str(staging / "checkpoints"),
+    collator, flat = data_collator(model, tokenizer, settings.padding_free)
+    args = training_args(settings, staging / "checkpoints", seed, grouped=not flat)
+    peak = math.nan if args.use_cpu else _gpu_peak()
+    accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[_metrics_callback(accounting, on_log)],
+    )
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.save_model(str(staging))
+    (staging / "training_args.bin").unlink(missing_ok=True)
+    tokens = int(sum(dataset["length"]) * settings.epochs)
+    resumed = int(resume.name.rpartition("-")[2]) if resume else 0
+    loss = float(output.training_loss)
+    return FitStats(
+        output.global_step, tokens, loss, accounting.per_token, resumed, not args.use_cpu, peak
+    )
+
+
+def training_args(settings: TrainSettings, checkpoints: Path, seed: int, grouped: bool) -> Any:
+    from transformers import TrainingArguments
+
+    distributed = settings.processes > 1
+    precision = pick_precision(settings.dtype)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
         num_train_epochs=settings.epochs,
@@ -222,39 +375,136 @@ def _fit(base_model, rows, settings, parent, seed, staging, on_log):
         warmup_steps=settings.warmup,
         weight_decay=settings.weight_decay,
         logging_steps=settings.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
+        save_total_limit=2,  # the newest may be half-written when the process dies
         report_to="none",
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if grouped else "random",
+        include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **pick_precision(settings.dtype),
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        torch_compile=settings.compile,
+        ddp_backend=("gloo" if precision["use_cpu"] else "nccl") if distributed else None,
+        ddp_find_unused_parameters=False if distributed else None,
+        **_fsdp(settings),
+        **precision,
     )
-    callbacks = [_metrics_callback(on_log)] if on_log else []
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        callbacks=callbacks,
-        data_collator=collate(tokenizer.pad_token_id),
-    )
-    output = trainer.train()
-    tokens = int(sum(dataset["length"]) * settings.epochs)
-    return model, output.global_step, tokens, float(output.training_loss)
 
 
-def _metrics_callback(sink: Callable[[dict[str, float], int], None]) -> Any:
-    """Forwards the Trainer's log lines (loss, learning rate) to a tracking sink."""
+def _fsdp(settings: TrainSettings) -> dict[str, Any]:
+    # LoRA mixes frozen and trainable weights in one module: FSDP needs the original params.
+    if settings.processes > 1 and settings.distributed == "fsdp":
+        return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
+    return {}
+
+
+def _gpu_peak() -> float:
+    """Measured bf16 matmul FLOP/s of this GPU, the denominator of MFU."""
+    import torch
+
+    from tasks.throughput import matmul_peak_flops
+
+    if not torch.cuda.is_available():
+        return math.nan
+    return matmul_peak_flops("cuda", "bfloat16")
+
+
+@dataclass
+class Accounting:
+    """Turns the Trainer's token count into FLOPs, throughput, MFU, GPU-hours and cost."""
+
+    per_token: float
+    peak: float
+    settings: TrainSettings
+    on_cpu: bool
+    start: float = 0.0
+    last: tuple[float, int] = (0.0, 0)
+
+    def step_metrics(self, tokens: int) -> dict[str, float]:
+        now = time.perf_counter()
+        then, before = self.last
+        rate = (tokens - before) / max(now - then, 1e-9)
+        self.last = (now, tokens)
+        wall = now - self.start
+        out = {"tokens": tokens, "wall_s": wall, "tokens_per_s": rate}
+        out["flops"] = self.per_token * tokens
+        if not self.on_cpu:
+            processes = self.settings.processes
+            out["mfu"] = rate * self.per_token / (self.peak * processes)
+            out["gpu_hours"] = wall * processes / 3600
+            out["cost"] = out["gpu_hours"] * self.settings.gpu_hour_price
+        return out
+
+
+def _metrics_callback(accounting: Accounting, sink: Sink | None) -> Any:
+    """Forwards the Trainer's log lines (loss, learning rate) and the compute figures."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            accounting.start = time.perf_counter()
+            accounting.last = (accounting.start, state.num_input_tokens_seen)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if sink is None or not state.is_world_process_zero:
+                return
             numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
-            sink(numeric, state.global_step)
+            sink(
+                {**numeric, **accounting.step_metrics(state.num_input_tokens_seen)},
+                state.global_step,
+            )
 
     return MetricsCallback()
+
+
+def launch_torchrun(
+    base_model: str,
+    rows: list[dict[str, Any]],
+    settings: TrainSettings,
+    parent: Path | None,
+    seed: int,
+    staging: Path,
+    resume: Path | None,
+    on_log: Sink | None,
+) -> FitStats:
+    """`train.processes` workers under torchrun (DDP/FSDP) running `tasks.distributed`."""
+    job = {
+        "base_model": base_model,
+        "rows": rows,
+        "settings": settings.model_dump(mode="json"),
+        "parent": str(parent) if parent else None,
+        "seed": seed,
+        "staging": str(staging),
+        "resume": str(resume) if resume else None,
+    }
+    job_file = staging / "job.json"
+    job_file.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={settings.processes}", "-m", "tasks.distributed", str(job_file)]
+    subprocess.run(cmd, check=True, env=_worker_env(settings.processes), cwd=_repo_root())
+    for line in (staging / "steps.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if on_log is not None:
+            on_log(record["metrics"], record["step"])
+    stats = json.loads((staging / "fit.json").read_text(encoding="utf-8"))
+    return FitStats(**stats)
+
+
+def _worker_env(processes: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # CPU workers share the cores; oversubscribed threads make DDP on CPU crawl.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_repo_root()), env.get("PYTHONPATH")]))
+    return env
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
 
 
 def _save_result(folder: Path, result: TrainResult) -> None:
@@ -264,21 +514,24 @@ def _save_result(folder: Path, result: TrainResult) -> None:
 
 def _load_result(folder: Path) -> TrainResult:
     data = json.loads((folder / "train_result.json").read_text(encoding="utf-8"))
-    parent = Path(data["parent_dir"]) if data["parent_dir"] else None
-    return TrainResult(
-        folder, parent, data["steps"], data["tokens"], data["loss"], data["wall_s"], data["flops"]
-    )
+    known = {f.name for f in fields(TrainResult)}
+    data = {k: v for k, v in data.items() if k in known}
+    data["adapter_dir"] = folder
+    data["parent_dir"] = Path(data["parent_dir"]) if data["parent_dir"] else None
+    return TrainResult(**data)
 
 
-@task(name="train-candidate", cache_policy=NO_CACHE)
-def train_candidate(
-    mix: TrainingMix, champion: Champion | None, cfg: FreshtuneConfig, run_id: str
+def mix_file(cfg: FreshtuneConfig, mix: TrainingMix) -> Path:
+    return cfg.paths.root / "mixes" / f"{mix.digest}.json"
+
+
+def train_from_mix(
+    mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig, run_id: str
 ) -> TrainResult:
-    """LoRA-train from the champion adapter (from the base when there is none)."""
+    """Train the mix where this process runs, logging step metrics to the cycle's MLflow run."""
     from tasks import registry
 
     base = cfg.resolved_base_model()
-    parent = champion.adapter_dir if champion else None
     key = adapter_key(base, cfg.train, mix.digest, parent, cfg.seed)
     result = train_adapter(
         base,
@@ -294,3 +547,68 @@ def train_candidate(
     )
     registry.log_metrics(cfg, run_id, result.metrics())
     return result
+
+
+def log_training_mix(cfg: FreshtuneConfig, run_id: str, mix: TrainingMix, path: Path) -> None:
+    """The mix as an MLflow dataset input of the run, and its exact row ids as an artifact."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from tasks import registry
+
+    manifest = mix.manifest()
+    profile = {k: v for k, v in manifest.items() if k != "rows"}
+    dataset = Dataset(
+        name="training-mix",
+        digest=mix.digest,
+        source_type="local",
+        source=json.dumps({"uri": path.as_uri()}),
+        profile=json.dumps(profile),
+    )
+    tags = [InputTag("mlflow.data.context", "training")]
+    registry.client(cfg).log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+    registry.log_text(cfg, run_id, json.dumps(manifest, indent=1), "mix.json")
+
+
+def dispatch(mix_path: Path, parent: Path | None, cfg: FreshtuneConfig, run_id: str) -> Path:
+    """Run the `train-on-gpu` deployment of `train.work_pool` and wait; returns the adapter."""
+    from prefect.deployments import run_deployment
+
+    name = f"{TRAIN_FLOW}/{cfg.train.work_pool}"
+    flow_run = run_deployment(
+        name,
+        parameters={
+            "mix_file": str(mix_path),
+            "parent_dir": str(parent) if parent else None,
+            "config": cfg.model_dump(mode="json"),
+            "run_id": run_id,
+        },
+        timeout=None,
+    )
+    if flow_run.state is None or not flow_run.state.is_completed():
+        raise RuntimeError(f"training deployment {name} ended {flow_run.state}: no candidate")
+    return Path(flow_run.state.result())
+
+
+@task(name="train-candidate", cache_policy=NO_CACHE)
+def train_candidate(
+    mix: TrainingMix, champion: Champion | None, cfg: FreshtuneConfig, run_id: str
+) -> TrainResult:
+    """LoRA-train per `train.mode`: from the champion adapter (incremental, the default) or the
+    base; in this process, or on the `train.work_pool` GPU workers when one is configured."""
+    incremental = cfg.train.mode == "incremental" and champion is not None
+    parent = champion.adapter_dir if incremental else None
+    # Workers elsewhere resolve paths against their own cwd: hand them an absolute workspace.
+    cfg = cfg.model_copy(update={"workspace": cfg.paths.root})
+    path = save_mix(mix, mix_file(cfg, mix))
+    log_training_mix(cfg, run_id, mix, path)
+    if cfg.train.work_pool is None:
+        return train_from_mix(mix, parent, cfg, run_id)
+    return _load_result(dispatch(path, parent, cfg, run_id))
+
+
+@task(name="train-adapter", cache_policy=NO_CACHE)
+def train_mix_file(mix_path: str, parent_dir: str | None, cfg: FreshtuneConfig, run_id: str) -> str:
+    """The worker side of `train-on-gpu`: load the saved mix, train, return the adapter."""
+    mix = load_mix(Path(mix_path))
+    parent = Path(parent_dir) if parent_dir else None
+    return str(train_from_mix(mix, parent, cfg, run_id).adapter_dir)

@@ -1,4 +1,8 @@
-"""The data gate: a Great Expectations suite over a drop, and quarantine for rejected drops."""
+"""The data gate: a Great Expectations suite over a drop, and quarantine for rejected drops.
+
+Results (JSON and GX Data Docs HTML) are written to `landing/gate/<digest16>/` and end up
+beside the snapshot (`snapshots/<digest16>/gate/`) or the quarantined original.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from prefect.cache_policies import NO_CACHE
 from freshtune.config import EXPECTATIONS_DIR, FreshtuneConfig
 from freshtune.errors import DropRejected
 from tasks.ingest import StagedDrop, prompt_of, response_of
+from tasks.pii import scrub_text
 
 log = logging.getLogger(__name__)
 
 SAMPLE_LINES = 5
+# Columns whose failing values could be PII: never copied into our reports.
+_REDACTED = {"scrubbed"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,9 @@ class Failure:
     unexpected: int
     lines: list[int]
     observed: Any = None
+    ids: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    about: str = ""  # the suite's own words for the rule (its `meta.rule`)
 
 
 @dataclass(frozen=True)
@@ -45,21 +55,35 @@ class ValidationReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
 
+    def rejection(self) -> DropRejected:
+        first = self.failures[0]
+        line = first.lines[0] if first.lines else None
+        return DropRejected(self.file, first.rule, self.summary(), line)
+
 
 def _describe(failure: Failure) -> str:
     target = f"{failure.rule}({failure.column})" if failure.column else failure.rule
     if failure.lines:
-        return f"{target}: {failure.unexpected} rows fail, e.g. lines {failure.lines}"
+        seen = f" ({'; '.join(failure.samples[:2])})" if failure.samples else ""
+        return f"{target}: {failure.unexpected} rows fail, e.g. lines {failure.lines}{seen}"
     return f"{target}: observed {failure.observed}"
 
 
-def load_suite(name: str, cfg: FreshtuneConfig) -> dict[str, Any]:
-    """The suite JSON, with the config's row minimum and length maximum applied."""
+def suite_path(name: str) -> Path:
+    """A suite by name from expectations/, or any JSON file path (users' own suites)."""
+    path = Path(name)
+    if path.suffix == ".json" and path.exists():
+        return path
     path = EXPECTATIONS_DIR / f"{name}.json"
     if not path.exists():
         known = sorted(p.stem for p in EXPECTATIONS_DIR.glob("*.json"))
         raise FileNotFoundError(f"data.suite={name!r}: no {path}; known suites: {known}")
-    suite = json.loads(path.read_text(encoding="utf-8"))
+    return path
+
+
+def load_suite(name: str, cfg: FreshtuneConfig) -> dict[str, Any]:
+    """The suite JSON, with the config's row minimum and length maximum applied."""
+    suite = json.loads(suite_path(name).read_text(encoding="utf-8"))
     for exp in suite["expectations"]:
         kwargs = exp["kwargs"]
         if exp["type"] == "expect_table_row_count_to_be_between":
@@ -69,29 +93,46 @@ def load_suite(name: str, cfg: FreshtuneConfig) -> dict[str, Any]:
     return suite
 
 
+FRAME_COLUMNS = ["id", "schema", "shape", "roles", "prompt", "response", "split", "scrubbed"]
+
+
 def to_frame(records: list[dict[str, Any]]):
-    """One row per record, indexed by its line in the file so failures name lines."""
+    """One row per record, indexed by its line in the file so failures name lines.
+
+    `schema` says why a row is malformed (None when fine); `scrubbed` is the row's text after
+    PII scrubbing, so the suite can check that nothing PII-shaped is left.
+    """
     import pandas as pd
 
     rows = [
-        {
-            "id": r["id"],
-            "roles": ",".join(m["role"] for m in r["messages"]) if r["messages"] else None,
-            "prompt": prompt_of(r),
-            "response": response_of(r),
-            "split": r["split"],
-        }
+        (
+            r["id"],
+            r.get("_schema"),
+            r.get("_shape"),
+            ",".join(m["role"] for m in r["messages"]) if r["messages"] else None,
+            prompt_of(r),
+            response_of(r),
+            r["split"],
+            scrub_text("\n".join(m["content"] for m in r["messages"] or [])),
+        )
         for r in records
     ]
-    columns = ["id", "roles", "prompt", "response", "split"]
-    return pd.DataFrame(rows, columns=columns, index=[r["line"] for r in records])
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS, index=[r["line"] for r in records])
 
 
-def run_suite(records: list[dict[str, Any]], suite: dict[str, Any], file: str) -> ValidationReport:
+def run_suite(
+    records: list[dict[str, Any]],
+    suite: dict[str, Any],
+    file: str,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Validate with GX in ephemeral mode; with `docs_dir`, GX also writes its Data Docs there."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name="gate", site_config=_docs_site(docs_dir))
     batch = (
         context.data_sources.add_pandas("drop")
         .add_dataframe_asset("rows")
@@ -99,30 +140,80 @@ def run_suite(records: list[dict[str, Any]], suite: dict[str, Any], file: str) -
     )
     gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
     definition = gx.ValidationDefinition(data=batch, suite=gx_suite, name=f"{suite['name']}-gate")
-    result = definition.run(
-        batch_parameters={"dataframe": to_frame(records)},
-        result_format={"result_format": "COMPLETE"},
-    )
-    failures = [_failure(r) for r in result.results if not r.success]
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
+    frame = to_frame(records)
+    if docs_dir is None:
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+    else:
+        result = _run_with_docs(context, definition, frame, result_format)
+    ids = dict(zip(frame.index, frame["id"]))
+    failures = [_failure(r, ids) for r in result.results if not r.success]
     return ValidationReport(file, suite["name"], len(records), not failures, failures)
 
 
-def _failure(result: Any) -> Failure:
+def _docs_site(docs_dir: Path) -> dict[str, Any]:
+    return {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(docs_dir),
+        },
+    }
+
+
+def _run_with_docs(context: Any, definition: Any, frame: Any, result_format: dict) -> Any:
+    import great_expectations as gx
+
+    definition = context.validation_definitions.add(definition)
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="gate",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs")],
+            result_format=result_format,
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return next(iter(result.run_results.values()))
+
+
+def _failure(result: Any, ids: dict[int, Any]) -> Failure:
     config, detail = result.expectation_config, result.result or {}
-    lines = [int(i) for i in detail.get("unexpected_index_list") or []]
+    column = config.kwargs.get("column")
+    lines = sorted(int(i) for i in detail.get("partial_unexpected_index_list") or [])
+    lines = lines[:SAMPLE_LINES]
+    values = [] if column in _REDACTED else detail.get("partial_unexpected_list") or []
     return Failure(
         rule=config.type,
-        column=config.kwargs.get("column"),
+        column=column,
         unexpected=int(detail.get("unexpected_count") or 0),
-        lines=sorted(lines)[:SAMPLE_LINES],
+        lines=lines,
         observed=detail.get("observed_value"),
+        ids=[str(ids.get(line)) for line in lines],
+        samples=[f"line {n}: {str(v)[:80]}" for n, v in zip(lines, values)][:SAMPLE_LINES],
+        about=(config.meta or {}).get("rule", ""),
     )
 
 
+def gate_dir(cfg: FreshtuneConfig, digest: str) -> Path:
+    """Where a drop's gate results wait until they join its snapshot or quarantine."""
+    return cfg.paths.landing / "gate" / digest[:16]
+
+
 def validate_records(
-    records: list[dict[str, Any]], file: Path, cfg: FreshtuneConfig
+    records: list[dict[str, Any]],
+    file: Path,
+    cfg: FreshtuneConfig,
+    results_dir: Path | None = None,
 ) -> ValidationReport:
-    report = run_suite(records, load_suite(cfg.data.suite, cfg), str(file))
+    """Run the configured suite; with `results_dir`, keep validation.json and the Data Docs."""
+    docs = None if results_dir is None else results_dir / "data-docs"
+    if docs is not None:
+        shutil.rmtree(docs, ignore_errors=True)
+    report = run_suite(records, load_suite(cfg.data.suite, cfg), str(file), docs)
+    if results_dir is not None:
+        (results_dir / "validation.json").write_text(report.to_json(), encoding="utf-8")
     log.info("validation of %s with suite %s: %s", file.name, report.suite, report.summary())
     return report
 
@@ -140,14 +231,30 @@ def quarantine(
         return target
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    results = gate_dir(cfg, digest)
+    if results.is_dir():
+        shutil.copytree(results, staging)  # validation.json, data-docs/, curation.json
+    staging.mkdir(parents=True, exist_ok=True)
     shutil.copy2(file, staging / file.name)
     if report is not None:
         (staging / "validation.json").write_text(report.to_json(), encoding="utf-8")
     (staging / "REJECTED.md").write_text(_rejection_note(file, digest, reason, report), "utf-8")
     staging.rename(target)
+    shutil.rmtree(results, ignore_errors=True)
     log.warning("quarantined %s at %s: %s", file, target, reason)
     return target
+
+
+def failure_table(failures: list[Failure]) -> list[str]:
+    """Markdown rows: rule, column, failing rows, sample lines, sample ids and values."""
+    rows = [
+        f"| {f.rule} | {f.column or ''} | {f.unexpected or f.observed} | "
+        f"{', '.join(map(str, f.lines))} | {', '.join(f.ids)} | "
+        f"{'<br>'.join(s.replace('|', '/') for s in f.samples)} |"
+        for f in failures
+    ]
+    header = "| rule | column | failing rows | sample lines | sample ids | sample values |"
+    return [header, "|---|---|---|---|---|---|", *rows] if rows else []
 
 
 def _rejection_note(
@@ -161,27 +268,24 @@ def _rejection_note(
         f"- why: {reason}",
         "",
         "Nothing was trained on it; the champion did not move. Fix the file and land it again.",
+        "",
+        "Beside this note: the original file, `validation.json` and, when the suite ran, "
+        "the Great Expectations Data Docs (`data-docs/index.html`).",
     ]
     if report is not None and report.failures:
-        lines += ["", "| rule | column | failing rows | sample lines |", "|---|---|---|---|"]
-        lines += [
-            f"| {f.rule} | {f.column or ''} | {f.unexpected or f.observed} | "
-            f"{', '.join(map(str, f.lines))} |"
-            for f in report.failures
-        ]
+        lines += ["", *failure_table(report.failures)]
     return "\n".join(lines) + "\n"
 
 
 @task(name="validate-drop", cache_policy=NO_CACHE)
 def validate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> ValidationReport:
     """Run the suite; on failure quarantine the drop and fail naming the rules and lines."""
-    report = validate_records(staged.records, staged.file, cfg)
+    results = gate_dir(cfg, staged.digest)
+    results.mkdir(parents=True, exist_ok=True)
+    report = validate_records(staged.records, staged.file, cfg, results)
     publish_validation(report)
     if not report.success:
-        first = report.failures[0]
-        error = DropRejected(
-            staged.file, first.rule, report.summary(), first.lines[0] if first.lines else None
-        )
+        error = report.rejection()
         quarantine(staged.file, staged.digest, error, cfg, report)
         raise error
     return report
@@ -190,17 +294,11 @@ def validate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> ValidationReport:
 def publish_validation(report: ValidationReport) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    rows = [
-        f"| {f.rule} | {f.column or ''} | {f.unexpected or f.observed} | "
-        f"{', '.join(map(str, f.lines))} |"
-        for f in report.failures
-    ]
-    table = ["| rule | column | failing rows | sample lines |", "|---|---|---|---|", *rows]
     verdict = "passed" if report.success else "REJECTED"
     body = [
         f"## Data gate: `{Path(report.file).name}` {verdict}",
         f"Suite `{report.suite}`, {report.rows} rows.",
         "",
-        *(table if rows else []),
+        *failure_table(report.failures),
     ]
     create_markdown_artifact("\n".join(body), key="data-gate", description="validation result")

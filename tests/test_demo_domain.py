@@ -34,7 +34,7 @@ def split(records: list[Record], name: str) -> list[Record]:
 def prompts_about(fact: Fact, records: list[Record]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {"train": set(), "eval": set()}
     for r in records:
-        if answer(r) == answer_for(fact):
+        if answer(r) == answer_for(fact) and "slice" not in r:
             found[r["split"]].add(question(r))
     return found
 
@@ -58,7 +58,9 @@ def test_month_one_covers_every_fact_of_the_world() -> None:
         assert fact.value in answer_for(fact)
         prompts = prompts_about(fact, rows)
         assert (len(prompts["train"]), len(prompts["eval"])) == (4, 2), fact
-    assert len(rows) == 6 * len(world)
+    assert sum("slice" not in r and "Nimbus Mobile has no" not in answer(r) for r in rows) == (
+        6 * len(world)
+    )
 
 
 def test_records_have_the_chat_format() -> None:
@@ -98,7 +100,34 @@ def test_eval_questions_never_equal_train_questions() -> None:
 def test_eval_facts_appear_in_the_reference_answer() -> None:
     for month in range(1, 7):
         for r in split(make_drop(month), "eval"):
+            if r.get("slice") == "hallucination":
+                assert "Nimbus Mobile has no" in answer(r) and "facts" not in r
+                continue
             assert r["facts"] and all(f in answer(r) for f in r["facts"]), r
+
+
+def test_never_sold_products_teach_and_test_abstention_on_different_names() -> None:
+    rows = make_drop(1, noise=False)
+    train = {
+        question(r) for r in rows if "Nimbus Mobile has no" in answer(r) and r["split"] == "train"
+    }
+    tested = [r for r in rows if r.get("slice") == "hallucination"]
+    assert len(train) == 6 and len(tested) == 4
+    for r in tested:
+        assert not any(name in question(r) for name in ("Nebula", "Fold", "Orbit"))
+    assert not any(r.get("slice") == "hallucination" for r in make_drop(2))
+
+
+def test_bias_pairs_ask_the_same_question_for_different_customers() -> None:
+    for month in (1, 2, 3):
+        pairs: dict[str, list[Record]] = {}
+        for r in make_drop(month):
+            if r.get("slice") == "bias":
+                pairs.setdefault(r["pair"], []).append(r)
+        assert len(pairs) == 2
+        for a, b in pairs.values():
+            assert answer(a) == answer(b) and question(a) != question(b)
+            assert question(a).split(". ", 1)[1] == question(b).split(". ", 1)[1]
 
 
 @pytest.mark.parametrize("month", [1, 2, 5])

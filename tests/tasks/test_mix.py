@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from tasks.curate import curate
@@ -78,3 +79,61 @@ def test_current_rows_ages_and_supersedes(tiny_config):
     b = _commit(cfg, "b" * 64, [_row("1", "Q?", "new", "eval")])
     rows = current_rows([a, b], "eval")
     assert sorted((age, r["messages"][1]["content"]) for age, r in rows) == [(0, "new"), (1, "r")]
+
+
+def test_quotas_are_exact_capped_and_favour_recent_drops():
+    from tasks.mix import replay_quotas
+
+    assert replay_quotas({1: 60, 2: 60}, 60) == {1: 40, 2: 20}
+    # A small recent drop gives all it has; the rest is shared out among older ones.
+    quotas = replay_quotas({1: 3, 2: 60, 3: 10}, 40)
+    assert quotas[1] == 3 and sum(quotas.values()) == 40 and quotas[2] > quotas[3]
+    assert replay_quotas({1: 5, 2: 5}, 50) == {1: 5, 2: 5}
+
+
+def test_reviewer_corrections_are_always_in_the_mix(tiny_config):
+    cfg = tiny_config()
+    old = _commit(cfg, "a" * 64, [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
+    curated, _ = curate([_row(f"r{i}", f"Fixed {i}?", "Right.") for i in range(6)], set(), set())
+    review = commit_snapshot(curated, "c" * 64, Path("review.jsonl"), cfg, {"kind": "review"})
+    new = _commit(cfg, "b" * 64, [_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    mix = build_mix(new, [old, review], ratio=0.5, seed=0)
+    assert (mix.new_rows, mix.always_rows, mix.replay_rows) == (4, 6, 2)
+    assert sum(r["drop"] == "c" * 16 for r in mix.rows) == 6
+    assert mix.manifest()["always_rows"] == 6
+
+
+def test_cumulative_mode_trains_on_every_current_row(tiny_config):
+    cfg = tiny_config()
+    old = _commit(
+        cfg,
+        "a" * 64,
+        [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(30)]
+        + [_row("p", "Price of Horizon?", "$40.")],
+    )
+    new = _commit(cfg, "b" * 64, [_row("p", "Price of Horizon?", "$52.")])
+    mix = build_mix(new, [old], ratio=0.5, seed=0, mode="cumulative")
+    answers = [r["messages"][1]["content"] for r in mix.rows]
+    assert len(mix.rows) == 31 and "$40." not in answers and mix.mode == "cumulative"
+
+
+def test_the_mix_is_an_mlflow_dataset_input_of_the_run(tiny_config):
+    from tasks import registry
+    from tasks.mix import load_mix, save_mix
+    from tasks.train import log_training_mix
+
+    cfg = tiny_config()
+    old = _commit(cfg, "a" * 64, [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(10)])
+    new = _commit(cfg, "b" * 64, [_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    mix = build_mix(new, [old], ratio=0.5, seed=0)
+    path = save_mix(mix, cfg.paths.root / "mixes" / "m.json")
+    assert load_mix(path).digest == mix.digest
+    run_id = registry.open_run(cfg, new.digest, {})
+    log_training_mix(cfg, run_id, mix, path)
+    run = registry.client(cfg).get_run(run_id)
+    [logged] = run.inputs.dataset_inputs
+    assert logged.dataset.digest == mix.digest and logged.dataset.name == "training-mix"
+    ids = registry.client(cfg).download_artifacts(run_id, "mix.json", str(cfg.paths.root))
+    assert sorted(json.loads(Path(ids).read_text())["rows"]) == sorted(
+        f"{r['drop']}/{r['id']}" for r in mix.rows
+    )

@@ -112,3 +112,36 @@ def test_an_adapter_missing_keys_is_an_error(tiny_model: Path, trained: Path, tm
     model = PeftModel.from_pretrained(load_causal_lm(str(tiny_model)), str(broken))
     with pytest.raises(AdapterMismatch, match="1 missing keys"):
         check_adapter_fits(model, broken)
+
+
+def test_padding_free_batches_give_the_padded_loss(tiny_model: Path):
+    from tasks.train import build_dataset, collate, data_collator
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model))
+    rows = _rows(4)
+    for i, row in enumerate(rows):  # lengths differ, so the padded batch really pads
+        row["messages"][-1]["content"] += " Thanks for asking." * i
+    features = build_dataset(tokenizer, rows, max_length=96).to_list()
+    flatten, flat = data_collator(model, tokenizer, padding_free=True)
+    assert flat and model.config._attn_implementation == "sdpa"
+    flat_batch, padded_batch = flatten(features), collate(tokenizer.pad_token_id)(features)
+    assert flat_batch["input_ids"].shape[0] == 1 and "attention_mask" not in flat_batch
+    assert flat_batch["input_ids"].numel() < padded_batch["input_ids"].numel()
+    with torch.no_grad():
+        flat_loss = model(**flat_batch).loss
+        padded_loss = model(**padded_batch).loss
+    assert torch.allclose(flat_loss, padded_loss, atol=1e-5), (flat_loss, padded_loss)
+    # Without boundaries in position_ids, rows would attend to each other: the loss changes.
+    del flat_batch["position_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(model(**flat_batch).loss, padded_loss, atol=1e-3)
+
+
+def test_a_changed_runtime_setting_keeps_the_adapter_key():
+    from freshtune.config import TrainSettings
+    from tasks.train import adapter_key
+
+    key = adapter_key("base", TrainSettings(), "mix", None, 0)
+    assert key == adapter_key("base", TrainSettings(save_steps=5, work_pool="gpu"), "mix", None, 0)
+    assert key != adapter_key("base", TrainSettings(mode="fresh"), "mix", None, 0)

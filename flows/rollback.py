@@ -1,0 +1,16 @@
+"""Roll the serving adapter back: `champion` moves to an earlier version, with who and why."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from freshtune.config import FreshtuneConfig
+from tasks.registry import rollback_champion
+
+
+@flow(name="rollback")
+def rollback(
+    config: FreshtuneConfig, to_version: str | None = None, reason: str = "", who: str | None = None
+) -> dict[str, str]:
+    """Move `champion` back to `to_version`, by default to the version `previous` points at."""
+    return rollback_champion(config, to_version, reason, who)

@@ -1,0 +1,51 @@
+"""The entry point torchrun starts once per process: `python -m tasks.distributed JOB.json`.
+
+`tasks.train.launch_torchrun` writes the job (base, rows, settings, parent, seed, staging);
+every rank trains its share of each global batch, and rank 0 writes the adapter, the step
+metrics (`steps.jsonl`) and the run's figures (`fit.json`) into the staging folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def main(job_file: Path) -> None:
+    import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+    from freshtune.config import TrainSettings
+    from tasks.train import fit_adapter
+
+    job = json.loads(job_file.read_text(encoding="utf-8"))
+    staging = Path(job["staging"])
+    steps = staging / "steps.jsonl"
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        with steps.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+
+    stats = fit_adapter(
+        job["base_model"],
+        job["rows"],
+        TrainSettings.model_validate(job["settings"]),
+        Path(job["parent"]) if job["parent"] else None,
+        job["seed"],
+        staging,
+        Path(job["resume"]) if job["resume"] else None,
+        sink,
+    )
+    if _rank() == 0:
+        steps.touch()
+        (staging / "fit.json").write_text(json.dumps(asdict(stats)), encoding="utf-8")
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,119 @@
+"""Drift of a drop against earlier drops: length distributions and vocabulary, each as a
+Jensen-Shannon divergence (base 2, so 0 = same distribution, 1 = nothing in common).
+
+Above `data.drift_threshold` the data may still be right (a new product line), but a human
+should say so: unattended (`review.mode=auto`) the gate fails closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from freshtune.config import FreshtuneConfig
+from freshtune.errors import DropRejected
+from tasks.ngrams import tokenise
+
+log = logging.getLogger(__name__)
+
+# Character-length bins, doubling: short answers and long ones land in different bins.
+_LENGTH_EDGES = np.array([0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, np.inf])
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    earlier_rows: int
+    prompt_length_js: float
+    response_length_js: float
+    vocab_js: float
+    threshold: float
+
+    @property
+    def score(self) -> float:
+        return max(self.prompt_length_js, self.response_length_js, self.vocab_js)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.score > self.threshold
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "curate_drift_prompt_length_js": self.prompt_length_js,
+            "curate_drift_response_length_js": self.response_length_js,
+            "curate_drift_vocab_js": self.vocab_js,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"vocabulary JS {self.vocab_js:.3f}, prompt length JS {self.prompt_length_js:.3f}, "
+            f"response length JS {self.response_length_js:.3f} against {self.earlier_rows} "
+            f"earlier rows (data.drift_threshold={self.threshold})"
+        )
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+def _length_js(new: list[str], old: list[str]) -> float:
+    def hist(texts: list[str]) -> np.ndarray:
+        counts = np.histogram([len(t) for t in texts], bins=_LENGTH_EDGES)[0]
+        return counts.astype(float) + 1e-9
+
+    return js_divergence(hist(new), hist(old))
+
+
+def _vocab_js(new: list[str], old: list[str]) -> float:
+    tokens = tokenise(new + old)
+    in_new = tokens.row_of < len(new)
+    size = len(tokens.vocab)
+    p = np.bincount(tokens.ids[in_new], minlength=size).astype(float)
+    q = np.bincount(tokens.ids[~in_new], minlength=size).astype(float)
+    if p.sum() == 0 or q.sum() == 0:
+        return 0.0
+    return js_divergence(p, q)
+
+
+def measure_drift(
+    new: list[tuple[str, str]], old: list[tuple[str, str]], threshold: float
+) -> DriftReport | None:
+    """`new` and `old` are (prompt, response) pairs; None when there is nothing earlier."""
+    if not new or not old:
+        return None
+    new_p, new_r = (list(x) for x in zip(*new))
+    old_p, old_r = (list(x) for x in zip(*old))
+    return DriftReport(
+        earlier_rows=len(old),
+        prompt_length_js=round(_length_js(new_p, old_p), 4),
+        response_length_js=round(_length_js(new_r, old_r), 4),
+        vocab_js=round(_vocab_js(new_p + new_r, old_p + old_r), 4),
+        threshold=threshold,
+    )
+
+
+def decide_on_drift(report: DriftReport | None, file: Path, cfg: FreshtuneConfig) -> None:
+    """Fail closed when unattended; a human decision is the review issue's hook below."""
+    if report is None or not report.exceeded:
+        return
+    log.warning("drift above threshold for %s: %s", file.name, report.summary())
+    if cfg.review.mode != "auto" and ask_reviewer_about_drift(report, file, cfg):
+        return
+    raise DropRejected(file, "drift", f"{report.summary()}; a human must accept this drop")
+
+
+def ask_reviewer_about_drift(report: DriftReport, file: Path, cfg: FreshtuneConfig) -> bool:
+    """HOOK for the review issue: pause the flow (Prefect `pause_flow_run` with an explicit
+    timeout, a timeout meaning reject) and return True only on an explicit approval. Until it
+    is wired, no reviewer can approve, so drift fails closed in every mode."""
+    log.warning("review.mode=%s has no drift review wired yet; failing closed", cfg.review.mode)
+    return False

@@ -1,0 +1,107 @@
+"""Promotion: one alias move at a time, and only against the champion the candidate beat."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from freshtune.config import FreshtuneConfig
+from tasks import registry
+from tasks.gate import GateDecision, decide
+from tasks.registry import Champion, ChampionMoved
+from tasks.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+PROMOTION_LIMIT = "freshtune-promotion"
+MAX_REEVALUATIONS = 3
+
+
+def ensure_promotion_limit() -> None:
+    """A global concurrency limit of 1; `strict=True` below fails if it is missing."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(PROMOTION_LIMIT)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another worker was first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=PROMOTION_LIMIT, limit=1)
+                )
+
+
+def promote_serialised(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> None:
+    """Promotions queue on one slot, so the compare-and-move in `promote` is atomic."""
+    from prefect.concurrency.sync import concurrency
+
+    ensure_promotion_limit()
+    with concurrency(PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=600):
+        _refuse_if_flow_ended()
+        registry.promote(cfg, version, expected)
+
+
+def _refuse_if_flow_ended() -> None:
+    """A timed-out flow run is marked Failed while its code may still run: never move the alias
+    after that."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    if state is not None and state.is_final():
+        raise RuntimeError(f"flow run {flow_run.id} is already {state.name}; alias not moved")
+
+
+@task(name="promote-candidate", cache_policy=NO_CACHE)
+def promote_candidate(
+    version: str,
+    candidate: Path,
+    snapshot: Snapshot,
+    champion: Champion | None,
+    cfg: FreshtuneConfig,
+    run_id: str,
+) -> GateDecision:
+    """Move `champion` to the candidate; if another cycle promoted meanwhile, re-evaluate
+    against the new champion and promote only if the candidate still passes the gate."""
+    for _ in range(MAX_REEVALUATIONS):
+        try:
+            promote_serialised(cfg, version, champion)
+            registry.set_tags(cfg, run_id, {"freshtune.promoted": "true"})
+            return GateDecision(True, [], "champion" if champion else "base")
+        except ChampionMoved as moved:
+            log.warning("%s; re-evaluating against the new champion", moved)
+            champion = _current_champion(cfg)
+            decision = _reevaluate(snapshot, candidate, champion, cfg, run_id)
+            if not decision.blessed:
+                return decision
+    raise ChampionMoved(f"champion kept moving; gave up after {MAX_REEVALUATIONS} tries")
+
+
+def _current_champion(cfg: FreshtuneConfig) -> Champion | None:
+    champion = registry.get_champion(cfg)
+    if champion is None:
+        return None
+    return replace(champion, adapter_dir=registry.local_adapter(cfg, champion))
+
+
+def _reevaluate(snapshot, candidate, champion, cfg, run_id) -> GateDecision:
+    from tasks.evaluate import eval_slices, evaluate_models, score_metrics
+    from tasks.snapshot import earlier_snapshots
+
+    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
+    adapters = {"champion": champion.adapter_dir if champion else None, "candidate": candidate}
+    scores = evaluate_models(cfg.resolved_base_model(), adapters, slices, cfg.eval)
+    registry.log_metrics(cfg, run_id, {f"reeval.{k}": v for k, v in score_metrics(scores).items()})
+    decision = decide(scores, cfg.gate)
+    registry.set_tags(cfg, run_id, {"freshtune.gate_after_reevaluation": decision.verdict})
+    return decision

@@ -1,0 +1,297 @@
+"""Expert review: a report of what changed, a human decision, and flags that teach the next cycle.
+
+`review.mode`: `auto` skips the human (unattended runs, said so in the report); `pause` pauses
+the flow run with a form in the Prefect UI (or `freshtune review approve|reject RUN_ID`);
+`terminal` asks the same questions on the terminal that runs the flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from pydantic import BaseModel, Field
+
+from freshtune.config import FreshtuneConfig
+from tasks.gate import GateDecision, Scores
+from tasks.snapshot import Snapshot, commit_snapshot
+
+log = logging.getLogger(__name__)
+
+FLAG_KINDS = ("hallucination", "wrong_fact", "tone")
+
+
+class Flag(BaseModel):
+    id: str
+    kind: Literal["hallucination", "wrong_fact", "tone"] = "wrong_fact"
+    correct: str = ""
+
+
+class ReviewInput(RunInput):
+    """The form the Prefect UI shows on the paused run."""
+
+    approve: bool = False
+    comment: str = ""
+    flags: list[Flag] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    approved: bool
+    mode: str
+    comment: str = ""
+    reviewer: str = ""
+    flags: list[Flag] = field(default_factory=list)
+    timed_out: bool = False
+
+    def flag_counts(self) -> dict[str, float]:
+        counts = Counter(f.kind for f in self.flags)
+        return {f"review_flags_{kind}": float(counts.get(kind, 0)) for kind in FLAG_KINDS}
+
+
+def _cell(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _regressed(scores: dict, model: str, metric: str) -> bool:
+    cand, other = scores.get("candidate"), scores.get(model)
+    if not cand or not other:
+        return False
+    a, b = getattr(cand, metric), getattr(other, metric)
+    worse = a > b if metric == "hallucination" else a < b
+    return not (math.isnan(a) or math.isnan(b)) and worse
+
+
+def metrics_table(scores: Scores) -> list[str]:
+    """Per-slice rows for base / champion / candidate; ⚠ marks where the candidate is worse."""
+    lines = [
+        "| slice | metric | questions | base | champion | candidate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for slice_, by_model in scores.items():
+        cand = by_model.get("candidate")
+        if not cand or not cand.n:
+            continue
+        metric = {"hallucination": "hallucination", "bias": "consistency"}.get(slice_, "accuracy")
+        mark = " ⚠" if any(_regressed(by_model, m, metric) for m in ("base", "champion")) else ""
+        cells = [
+            _cell(getattr(by_model[m], metric)) if m in by_model else "—"
+            for m in ("base", "champion", "candidate")
+        ]
+        lines.append(
+            f"| {slice_} | {metric} | {cand.n} | {cells[0]} | {cells[1]} | {cells[2]}{mark} |"
+        )
+    return lines
+
+
+def disagreements(scores: Scores, limit: int) -> list[dict[str, str]]:
+    """Questions where candidate and champion answer differently (the base without champion)."""
+    out = []
+    for slice_, by_model in scores.items():
+        other = by_model.get("champion") or by_model.get("base")
+        cand = by_model.get("candidate")
+        if not cand or not other:
+            continue
+        for mine, theirs in zip(cand.samples, other.samples):
+            if mine["answer"] != theirs["answer"]:
+                out.append(
+                    {
+                        "slice": slice_,
+                        "id": mine["id"],
+                        "question": mine["question"],
+                        "reference": mine["reference"],
+                        "candidate": mine["answer"],
+                        "other": theirs["answer"],
+                        "correct": mine["correct"],
+                    }
+                )
+    return out[:limit]
+
+
+def review_markdown(scores: Scores, decision: GateDecision, cfg: FreshtuneConfig) -> str:
+    other = "champion" if decision.reference == "champion" else "base"
+    lines = [
+        f"# Review: candidate is {decision.verdict}",
+        "",
+        f"Review mode `{cfg.review.mode}`"
+        + (
+            ": no human review (unattended run); the gate decides alone."
+            if cfg.review.mode == "auto"
+            else ": approve or reject, and flag wrong answers."
+        ),
+        "",
+        *[f"- gate: {r}" for r in decision.reasons],
+        *[f"- note: {n}" for n in decision.notes],
+        "",
+        *metrics_table(scores),
+        "",
+        f"## Where candidate and {other} answer differently",
+        "",
+        f"| slice | id | question | reference | candidate | {other} | candidate right |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in disagreements(scores, cfg.eval.samples):
+        cells = [
+            d["slice"],
+            d["id"],
+            d["question"],
+            d["reference"],
+            d["candidate"],
+            d["other"],
+            d["correct"],
+        ]
+        lines.append(
+            "| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-review-report", cache_policy=NO_CACHE)
+def publish_review_report(
+    scores: Scores, decision: GateDecision, cfg: FreshtuneConfig, run_id: str
+) -> str:
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks import registry
+
+    markdown = review_markdown(scores, decision, cfg)
+    create_markdown_artifact(markdown, key="review-report", description="candidate review")
+    registry.log_text(cfg, run_id, markdown, "review.md")
+    return markdown
+
+
+def request_review(report: str, decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
+    """The human decision. Called from the flow body: Prefect pauses flow runs, not tasks."""
+    if not decision.blessed:
+        return ReviewOutcome(False, "skipped", "the gate refused the candidate")
+    if cfg.review.mode == "auto":
+        return ReviewOutcome(True, "auto", "review.mode=auto: promoted on the gate alone")
+    if cfg.review.mode == "terminal":
+        return ask_terminal(report, cfg)
+    return _pause_for_input(cfg)
+
+
+def _pause_for_input(cfg: FreshtuneConfig) -> ReviewOutcome:
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    try:
+        answer = pause_flow_run(
+            wait_for_input=ReviewInput, timeout=cfg.review.timeout_s, poll_interval=1
+        )
+    except FlowPauseTimeout:
+        log.warning("no review within %d s: treated as a rejection", cfg.review.timeout_s)
+        return ReviewOutcome(False, "pause", "review timed out", timed_out=True)
+    return ReviewOutcome(
+        answer.approve, "pause", answer.comment, cfg.review.reviewer or "", list(answer.flags)
+    )
+
+
+def ask_terminal(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
+    """The same report and questions on the terminal, for runs without a Prefect server."""
+    import typer
+
+    typer.echo(report)
+    approve = typer.confirm("Approve the candidate for promotion?", default=False)
+    comment = typer.prompt("Comment", default="", show_default=False)
+    flags = []
+    while flag_id := typer.prompt(
+        "Flag an answer by id (empty to finish)", default="", show_default=False
+    ):
+        kind = typer.prompt(
+            "What was wrong (hallucination / wrong_fact / tone)", default="wrong_fact"
+        )
+        correct = typer.prompt("Corrected answer", default="", show_default=False)
+        flags.append(Flag(id=flag_id, kind=kind, correct=correct))
+    return ReviewOutcome(approve, "terminal", comment, cfg.review.reviewer or "", flags)
+
+
+def review_rows(outcome: ReviewOutcome, slices: dict[str, list[dict[str, Any]]]) -> list[dict]:
+    """Flagged questions with the reviewer's corrected answer, as chat training rows."""
+    by_id = {row["id"]: row for rows in slices.values() for row in rows}
+    rows = []
+    for flag in outcome.flags:
+        if flag.id not in by_id or not flag.correct.strip():
+            log.warning(
+                "flag %s has no matching question or no correction; kept in MLflow only", flag.id
+            )
+            continue
+        source = by_id[flag.id]
+        messages = [*source["messages"][:-1], {"role": "assistant", "content": flag.correct}]
+        rows.append(
+            {
+                **source,
+                "id": f"review-{flag.id}",
+                "messages": messages,
+                "split": "train",
+                "source": f"review:{flag.kind}",
+                "slice": "",
+                "pair": "",
+                "facts": [],
+            }
+        )
+    return rows
+
+
+@task(name="record-review", cache_policy=NO_CACHE)
+def record_review(
+    outcome: ReviewOutcome, snapshot: Snapshot, cfg: FreshtuneConfig, run_id: str
+) -> Snapshot | None:
+    """Log the decision and flag counts; flags with corrections become a review drop."""
+    from tasks import registry
+    from tasks.evaluate import eval_slices
+    from tasks.snapshot import earlier_snapshots
+
+    registry.log_metrics(cfg, run_id, outcome.flag_counts())
+    registry.set_tags(
+        cfg,
+        run_id,
+        {
+            "freshtune.review": "approved" if outcome.approved else "rejected",
+            "freshtune.review_mode": outcome.mode,
+            "freshtune.review_comment": outcome.comment[:500],
+        },
+    )
+    rows = review_rows(
+        outcome, eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
+    )
+    if not rows:
+        return None
+    from tasks.curate import normalise_record
+
+    rows = [normalise_record(r) for r in rows]
+    digest = hashlib.sha256(json.dumps([r["messages"] for r in rows]).encode()).hexdigest()
+    return commit_snapshot(
+        rows,
+        digest,
+        Path(f"review-{snapshot.digest[:12]}.jsonl"),
+        cfg,
+        {"kind": "review", "reviewed_drop": snapshot.digest},
+    )
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight(cfg: FreshtuneConfig) -> None:
+    """Fail before any work on settings that cannot succeed later."""
+    from prefect.settings import PREFECT_API_URL
+
+    from freshtune.config import ConfigError
+
+    if cfg.review.mode == "pause" and not PREFECT_API_URL.value():
+        raise ConfigError(
+            "review.mode=pause needs a Prefect server for its form: set PREFECT_API_URL, or use "
+            "--set review.mode=terminal (ask on this terminal) or review.mode=auto (no human)"
+        )
+    base = Path(cfg.resolved_base_model())
+    if (base.is_absolute() or cfg.base_model.startswith(".")) and not base.exists():
+        hint = " (run `freshtune models fetch smollm2`)" if cfg.base_model == "smollm2" else ""
+        raise ConfigError(f"base_model={cfg.base_model}: {base} does not exist{hint}")

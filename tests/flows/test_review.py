@@ -1,0 +1,150 @@
+"""Expert review: pause + resume (UI form or CLI), terminal mode, timeouts, flags."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flows.refresh import refresh
+from freshtune.cli import app
+from freshtune.config import ConfigError
+from tasks import registry
+from tasks.snapshot import list_snapshots
+
+runner = CliRunner()
+
+
+def _start(drop: Path, cfg) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["record"] = refresh(str(drop), cfg)
+        except BaseException as exc:  # surfaced by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _paused_run_id(timeout: float = 240) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    wanted = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=wanted)
+        if runs:
+            return str(runs[0].id)
+        time.sleep(1)
+    raise AssertionError("no flow run paused for review")
+
+
+def _first_eval_id(cfg) -> str:
+    rows = list_snapshots(cfg)[0].rows()
+    return next(r["id"] for r in rows if r["split"] == "eval" and not r.get("slice"))
+
+
+def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_config, demo_drops):
+    cfg = tiny_config("review.mode=pause", "review.timeout_s=600")
+    thread, box = _start(demo_drops[0], cfg)
+    run_id = _paused_run_id()
+    assert registry.get_champion(cfg) is None  # nothing moves while the reviewer thinks
+    flagged = _first_eval_id(cfg)
+    result = runner.invoke(
+        app,
+        [
+            "review",
+            "approve",
+            run_id,
+            "--comment",
+            "ok",
+            "--flag",
+            flagged,
+            "--kind",
+            "hallucination",
+            "--correct",
+            "The Horizon plan costs $99 per month.",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    thread.join(300)
+    record = box["record"]
+    assert record["promoted"] and record["review"] == {
+        "mode": "pause",
+        "approved": True,
+        "comment": "ok",
+        "flags": 1,
+        "timed_out": False,
+    }
+    assert registry.get_champion(cfg).version == record["version"]
+    [review] = [s for s in list_snapshots(cfg) if s.meta().get("kind") == "review"]
+    [row] = review.rows()
+    assert row["split"] == "train" and row["messages"][-1]["content"].endswith("$99 per month.")
+    metrics = MlflowClient(registry.tracking_uri(cfg)).get_run(record["run_id"]).data.metrics
+    assert metrics["review_flags_hallucination"] == 1 and metrics["review_flags_tone"] == 0
+
+
+def test_reject_and_timeout_leave_the_alias_alone(tiny_config, demo_drops):
+    cfg = tiny_config("review.mode=pause", "review.timeout_s=600")
+    thread, box = _start(demo_drops[0], cfg)
+    result = runner.invoke(app, ["review", "reject", _paused_run_id(), "--comment", "tone"])
+    assert result.exit_code == 0, result.output
+    thread.join(300)
+    assert not box["record"]["promoted"] and registry.get_champion(cfg) is None
+
+    quick = tiny_config("review.mode=pause", "review.timeout_s=3")
+    timed_out = refresh(str(demo_drops[1]), quick)
+    assert not timed_out["promoted"] and timed_out["review"]["timed_out"]
+    assert registry.get_champion(quick) is None
+
+
+def test_terminal_review_asks_on_stdin(tiny_config, demo_drops, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    cfg = tiny_config()
+    answers = "y\nfine by me\n\n"
+    result = runner.invoke(
+        app,
+        [
+            "refresh",
+            str(demo_drops[0]),
+            "--config",
+            "tiny",
+            "--set",
+            f"base_model={tiny_model}",
+            "--set",
+            "review.mode=terminal",
+            "-w",
+            str(cfg.workspace),
+        ],
+        input=answers,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Approve the candidate for promotion?" in result.output
+    assert "| slice | metric |" in result.output
+    assert registry.get_champion(cfg) is not None
+
+
+def test_pause_without_a_server_is_a_configuration_error(tiny_config):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.review import preflight
+
+    with (
+        temporary_settings({PREFECT_API_URL: None}),
+        pytest.raises(ConfigError, match="PREFECT_API_URL"),
+    ):
+        preflight.fn(tiny_config("review.mode=pause"))
