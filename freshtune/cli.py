@@ -309,6 +309,57 @@ def export(
     typer.echo(f"exported {version} to {path}")
 
 
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="a drop: .jsonl/.csv/.parquet or .tar/.tar.gz/.zip")],
+    suite: Annotated[
+        str | None, typer.Option(help="GX suite in expectations/ (default: data.suite)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Run the whole data gate on FILE without training: exit 0 passes, 1 rejected."""
+    from tasks.datagate import check_drop
+
+    overrides = [*(set_ or []), *([f"data.suite={suite}"] if suite else [])]
+    cfg = _config(config, overrides, workspace)
+    try:
+        outcome = check_drop(file.expanduser().resolve(), cfg)
+    except FileNotFoundError as exc:  # an unknown suite
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(outcome.to_dict(), indent=2, default=str))
+    else:
+        _print_gate(outcome)
+    raise typer.Exit(0 if outcome.passed else 1)
+
+
+def _print_gate(outcome: Any) -> None:
+    for note in outcome.notes:
+        typer.echo(f"note: {note}")
+    report = outcome.validation
+    if report is not None:
+        typer.echo(f"suite {report.suite}: {report.rows} rows, {len(report.failures)} rules fail")
+        for f in report.failures:
+            target = f"{f.rule}({f.column})" if f.column else f.rule
+            typer.echo(f"  FAIL {target}: {f.unexpected or f.observed} rows  {f.about}")
+            if f.lines:
+                typer.echo(f"       lines {f.lines}  ids {f.ids}")
+            for sample in f.samples[:3]:
+                typer.echo(f"       {sample}")
+    if outcome.curation is not None:
+        typer.echo("curation (dry run, nothing committed):")
+        for row in outcome.curation.table():
+            typer.echo(f"  {row['rule']:<60} {row['rows']}")
+    if outcome.passed:
+        typer.secho(f"PASSED {outcome.file}", fg="green")
+    else:
+        typer.secho(f"REJECTED {outcome.rejection}", fg="red")
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m freshtune.cli`
     sys.exit(app())
 

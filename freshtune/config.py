@@ -91,14 +91,14 @@ class DataSettings(_Strict):
     max_line_kb: float = Field(256, gt=0, description="longest JSONL/CSV line, KB")
     # Curation (tasks/curate.py), in the order the rules run.
     near_dup_threshold: float = Field(
-        0.85, gt=0, le=1, description="MinHash Jaccard of word bigrams above which rows are near-dups"
+        0.9, gt=0, le=1, description="MinHash Jaccard (word bigrams) from which rows are near-dups"
     )
-    near_dup_num_perm: int = Field(64, ge=8, description="MinHash permutations (multiple of 4)")
-    decontam_ngram: int = Field(6, ge=1, description="word n-gram size for eval decontamination")
+    near_dup_num_perm: int = Field(64, ge=8, multiple_of=4, description="MinHash permutations")
+    decontam_ngram: int = Field(5, ge=1, description="word n-gram size for eval decontamination")
     decontam_threshold: float = Field(
         0.5, gt=0, le=1, description="share of a train prompt's n-grams found in eval prompts"
     )
-    min_answer_chars: int = Field(2, ge=1, description="shorter answers are dropped")
+    min_answer_chars: int = Field(2, ge=1, description="shorter training answers are dropped")
     max_row_chars: int = Field(6000, ge=1, description="longer rows (all turns) are dropped")
     drift_threshold: float = Field(
         0.5, gt=0, le=1, description="Jensen-Shannon divergence vs earlier drops that needs a human"

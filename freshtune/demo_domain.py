@@ -249,7 +249,13 @@ def _fact_records(fact: Fact, month: int) -> list[Record]:
 
 # Products Nimbus Mobile never sold: questions about them test whether a model admits it does
 # not know instead of inventing a price (the `hallucination` eval slice).
-_NEVER_SOLD_TRAIN = ("Nebula plan", "Nimbus Fold phone", "Orbit family plan")
+_NEVER_SOLD_TRAIN = (
+    "Nebula plan",
+    "Nimbus Fold phone",
+    "Orbit family plan",
+    "Stellar data plan",
+    "Cirrus Max tablet",
+)
 _NEVER_SOLD_EVAL = ("Zenith plan", "Aurora plan", "Nimbus Flip phone", "Vortex unlimited plan")
 _BIAS_PERSONAS = (("Maria", "Lisbon"), ("James", "Texas"), ("Aisha", "Lagos"), ("Wei", "Shanghai"))
 
@@ -266,7 +272,11 @@ def _never_sold_records(month: int) -> list[Record]:
             "source": source,
         }
         for p in _NEVER_SOLD_TRAIN
-        for q in ("How much does the {} cost?", "What is the data cap on the {}?")
+        for q in (
+            "How much does the {} cost?",
+            "What is the data cap on the {}?",
+            "I heard about the {}; what does it cost per month?",
+        )
     ]
     evals = [
         {
@@ -281,6 +291,33 @@ def _never_sold_records(month: int) -> list[Record]:
         for p in _NEVER_SOLD_EVAL
     ]
     return train + evals
+
+
+# Everyday questions the base model answers right, with short answers in its own words: mixing
+# them into the first drop keeps the adapter from overwriting general skills (measured by the
+# `general` eval slice, whose questions are different).
+_GENERAL_KEEP = (
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("What color is grass?", "Grass is green."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is the capital of England?", "The capital of England is London."),
+    ("How many months are in a year?", "There are 12 months in a year."),
+    ("What is the boiling point of water in Celsius?", "Water boils at 100 degrees Celsius."),
+    (
+        "Which animal is known as the king of the jungle?",
+        "The lion is known as the king of the jungle.",
+    ),
+)
+
+
+def _general_keep_records(month: int) -> list[Record]:
+    if month != 1:
+        return []
+    return [
+        {"messages": _chat(q, a), "split": "train", "source": "general-keep"}
+        for q, a in _GENERAL_KEEP
+    ]
 
 
 def _bias_records(facts: list[Fact], month: int) -> list[Record]:
@@ -323,7 +360,8 @@ def make_drop(
     rng = random.Random(f"{seed}-{month}-drop")
     facts = changed_facts(month, seed, change_share=change_share)
     clean = [r for f in facts for r in _fact_records(f, month)]
-    clean += _never_sold_records(month) + _bias_records(facts, month)
+    clean += _never_sold_records(month) + _general_keep_records(month)
+    clean += _bias_records(facts, month)
     rng.shuffle(clean)
     # Ids are numbered per split before noise is added, so eval ids do not depend on `noise`.
     by_split: dict[str, list[Record]] = {"train": [], "eval": []}

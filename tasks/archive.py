@@ -81,7 +81,7 @@ def _zip_member(info: zipfile.ZipInfo) -> Member:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         kind = "symlink"
-    elif mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    elif stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded
         kind = "device or fifo"
     else:
         kind = "dir" if info.is_dir() else "file"

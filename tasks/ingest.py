@@ -200,9 +200,9 @@ def schema_problem(obj: Any) -> str | None:
     missing = [] if "id" in obj else ["id"]
     if "messages" not in obj:
         present = {"prompt", "response"} & obj.keys()
-        missing += sorted({"prompt", "response"} - present) or ["messages"]
-        if not present:
-            missing = [m for m in missing if m not in ("prompt", "response")]
+        if present:
+            missing += sorted({"prompt", "response"} - present)
+        else:
             missing.append("messages (or prompt + response)")
     if missing:
         return "; ".join([f"missing field {', '.join(missing)}", *_rename_hints(obj)])

@@ -41,6 +41,8 @@ def signatures(texts: list[str], num_perm: int, seed: int = 1) -> np.ndarray:
 
 def near_duplicates(texts: list[str], threshold: float, num_perm: int) -> np.ndarray:
     """Boolean mask of rows that nearly repeat an earlier row (estimated Jaccard >= threshold)."""
+    if not texts:
+        return np.zeros(0, dtype=bool)
     sig = signatures(texts, num_perm)
     has_words = sig[:, 0] != np.iinfo(np.uint32).max
     dup = np.zeros(len(texts), dtype=bool)
@@ -63,6 +65,8 @@ def _band_keys(band: np.ndarray) -> np.ndarray:
 def _candidates(keys: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (first row with a band key, each later row with that key)."""
     index = np.flatnonzero(usable)
+    if index.size == 0:
+        return index, index
     order = index[np.argsort(keys[index], kind="stable")]
     sorted_keys = keys[order]
     new_group = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]

@@ -54,9 +54,9 @@ def ngram_hashes(tokens: Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(hash of each word n-gram, its row), grouped by row. A row shorter than n words has
     one gram, all its words; a row without words has none."""
     words, row_of, counts = tokens.hashes(), tokens.row_of, tokens.counts
-    span = len(words) - n + 1
+    span = max(len(words) - n + 1, 0)
     with np.errstate(over="ignore"):
-        full = np.zeros(max(span, 0), dtype=np.uint64)
+        full = np.zeros(span, dtype=np.uint64)
         for k in range(n):
             full = full * MIX + words[k : k + span]
         whole = (counts > 0) & (counts < n)
@@ -65,8 +65,8 @@ def ngram_hashes(tokens: Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
         for k in range(n - 1):
             more = sizes > k
             short[more] = short[more] * MIX + words[starts[more] + k]
-    inside = row_of[: max(span, 0)] == row_of[n - 1 :] if span > 0 else np.zeros(0, bool)
+    inside = row_of[:span] == row_of[n - 1 : n - 1 + span]
     hashes = np.concatenate([full[inside], short])
-    rows = np.concatenate([row_of[: max(span, 0)][inside], np.flatnonzero(whole)])
+    rows = np.concatenate([row_of[:span][inside], np.flatnonzero(whole)])
     order = np.argsort(rows, kind="stable")
     return hashes[order], rows[order]

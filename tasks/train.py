@@ -214,8 +214,32 @@ def data_collator(model: Any, tokenizer: Any, padding_free: bool) -> tuple[Any, 
         # skips the packed-sequence mask and flattened rows silently attend to each other.
         model.config.use_cache = False
         flash = model.config._attn_implementation.startswith("flash_attention")
-        return DataCollatorWithFlattening(separator_id=IGNORE, return_flash_attn_kwargs=flash), True
+        flatten = DataCollatorWithFlattening(separator_id=IGNORE, return_flash_attn_kwargs=flash)
+        return (logits_where_trained(flatten) if _keeps_logits(model) else flatten), True
     return collate(tokenizer.pad_token_id), False
+
+
+def logits_where_trained(flatten: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """Ask the model for logits only where a label is trained (the assistant's tokens).
+
+    The vocabulary projection and softmax are about a fifth of a small model's FLOPs; prompts
+    are most of a chat row's tokens and carry no loss, so their logits are pure waste.
+    """
+
+    def _collate(batch: list[dict]) -> dict:
+        out = flatten(batch)
+        shifted = out["labels"][0, 1:]
+        keep = (shifted != IGNORE).nonzero().squeeze(-1)
+        return {**out, "logits_to_keep": keep, "shift_labels": shifted[keep].unsqueeze(0)}
+
+    return _collate
+
+
+def _keeps_logits(model: Any) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:

@@ -191,9 +191,14 @@ def _failure(result: Any, ids: dict[int, Any]) -> Failure:
         lines=lines,
         observed=detail.get("observed_value"),
         ids=[str(ids.get(line)) for line in lines],
-        samples=[f"line {n}: {str(v)[:80]}" for n, v in zip(lines, values)][:SAMPLE_LINES],
+        samples=[f"line {n}: {_shown(v)}" for n, v in zip(lines, values)][:SAMPLE_LINES],
         about=(config.meta or {}).get("rule", ""),
     )
+
+
+def _shown(value: Any) -> str:
+    missing = value is None or (isinstance(value, float) and value != value)  # None or NaN
+    return "null" if missing else str(value)[:80]
 
 
 def gate_dir(cfg: FreshtuneConfig, digest: str) -> Path:

@@ -58,9 +58,14 @@ def test_month_one_covers_every_fact_of_the_world() -> None:
         assert fact.value in answer_for(fact)
         prompts = prompts_about(fact, rows)
         assert (len(prompts["train"]), len(prompts["eval"])) == (4, 2), fact
-    assert sum("slice" not in r and "Nimbus Mobile has no" not in answer(r) for r in rows) == (
-        6 * len(world)
-    )
+    facts_rows = [
+        r
+        for r in rows
+        if "slice" not in r
+        and "Nimbus Mobile has no" not in answer(r)
+        and r["source"] != "general-keep"
+    ]
+    assert len(facts_rows) == 6 * len(world)
 
 
 def test_records_have_the_chat_format() -> None:
@@ -112,7 +117,7 @@ def test_never_sold_products_teach_and_test_abstention_on_different_names() -> N
         question(r) for r in rows if "Nimbus Mobile has no" in answer(r) and r["split"] == "train"
     }
     tested = [r for r in rows if r.get("slice") == "hallucination"]
-    assert len(train) == 6 and len(tested) == 4
+    assert len(train) == 15 and len(tested) == 4
     for r in tested:
         assert not any(name in question(r) for name in ("Nebula", "Fold", "Orbit"))
     assert not any(r.get("slice") == "hallucination" for r in make_drop(2))

@@ -1,5 +1,6 @@
 """Expert review: pause + resume (UI form or CLI), terminal mode, timeouts, flags."""
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -96,6 +97,11 @@ def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_co
     assert row["split"] == "train" and row["messages"][-1]["content"].endswith("$99 per month.")
     metrics = MlflowClient(registry.tracking_uri(cfg)).get_run(record["run_id"]).data.metrics
     assert metrics["review_flags_hallucination"] == 1 and metrics["review_flags_tone"] == 0
+
+    # The correction is in every later training mix.
+    later = refresh(str(demo_drops[1]), tiny_config("review.mode=auto"))
+    mix = json.loads((Path(later["adapter_dir"]) / "mix.json").read_text())
+    assert f"{review.digest[:16]}/review-{flagged}" in mix["rows"]
 
 
 def test_reject_and_timeout_leave_the_alias_alone(tiny_config, demo_drops):

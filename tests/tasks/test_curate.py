@@ -31,7 +31,7 @@ def test_each_rule_removes_and_counts_its_rows():
     seen = {f"train:{row_key(_row('x', 'Seen last month?', 'Yes.'))}"}
     kept, report = curate(rows, seen, eval_prompts=set())
     assert [r["id"] for r in kept] == ["1", "5", "7"]
-    assert dict(report.removed) == {
+    assert {rule: n for rule, n in report.removed.items() if n} == {
         "empty_answer": 1,
         "duplicate_in_drop": 1,
         "duplicate_of_earlier": 1,
@@ -49,3 +49,126 @@ def test_training_rows_matching_an_earlier_eval_prompt_are_dropped():
         eval_prompts={text_key("Old eval question?")},
     )
     assert kept == [] and report.removed["eval_leakage"] == 1
+
+
+# --- each curation rule, counted ------------------------------------------------------------
+
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from freshtune.config import DataSettings  # noqa: E402
+from freshtune.errors import DropRejected  # noqa: E402
+from tasks.curate import Earlier, check_curated  # noqa: E402
+
+LONG = (
+    "Customers on the Horizon plan can roll over unused data for up to three months, and "
+    "the roll-over allowance resets when the plan is changed or paused by the account holder"
+)
+
+
+def _counts(report) -> dict:
+    return {rule: n for rule, n in report.removed.items() if n}
+
+
+def test_exact_and_near_duplicates_are_counted_separately():
+    rows = [
+        _row("1", "What is the roll-over rule?", LONG),
+        _row("2", "What is the roll-over rule?", LONG + " "),  # exact after normalisation
+        _row("3", "What is the roll-over rule?", LONG.replace("three", "3")),  # near
+        _row("4", "What is the roll-over rule?", LONG.replace("unused", "spare")),  # near
+        _row("5", "Old question 1?", "Old."),  # similar shape, different words: kept
+        _row("6", "Old question 2?", "Old."),
+        _row("7", "Explain roll-over.", LONG, split="eval"),  # other split: kept
+    ]
+    kept, report = curate(rows, settings=DataSettings(near_dup_threshold=0.8))
+    assert [r["id"] for r in kept] == ["1", "5", "6", "7"]
+    assert _counts(report) == {"duplicate_in_drop": 1, "near_duplicate": 2}
+
+
+PII = {
+    "EMAIL": "jane.doe+x@example.co.uk",
+    "PHONE": "+44 20 7946 0958",
+    "CARD": "4111 1111 1111 1111",
+    "IBAN": "GB82 WEST 1234 5698 7654 32",
+    "SECRET": "sk-proj-" + "a1B2c3D4" * 4,
+}
+
+
+def test_planted_pii_of_each_type_is_scrubbed_counted_and_never_logged(caplog):
+    rows = [_row(k, f"My {k.lower()} is {v}, ok?", f"Noted {v}.") for k, v in PII.items()]
+    rows.append(_row("ok", "Order 12345678 costs $52.", "Card 4111 1111 1111 1112 fails Luhn."))
+    with caplog.at_level(logging.DEBUG):
+        kept, report = curate(rows)
+    assert dict(report.pii) == {kind: 2 for kind in PII}
+    for row, kind in zip(kept, PII):
+        assert row["messages"][0]["content"] == f"My {kind.lower()} is <{kind}>, ok?"
+    assert kept[-1]["messages"] == rows[-1]["messages"]  # no checksum, no PII
+    assert report.as_metrics()["curate_pii_card"] == 2
+    assert not any(v in caplog.text or v in report.to_json() for v in PII.values())
+
+
+def test_eval_rows_copied_into_training_are_removed_by_ngram_overlap():
+    question = "If I break my contract before it ends how much will I owe Nimbus Mobile?"
+    rows = [
+        _row("e", question, "A fee of $50.", split="eval"),
+        _row("copy", question.replace("Nimbus Mobile", "you"), "A fee of $50."),  # near copy
+        _row("own", "What is the early termination fee?", "A fee of $50."),  # paraphrase: kept
+    ]
+    old_eval = "What does the Glacier plan cost per month in total?"
+    earlier = Earlier(eval_prompts=[old_eval])
+    rows.append(_row("old", "what does the glacier plan cost per month in total", "$9."))
+    kept, report = curate(rows, earlier=earlier)
+    assert [r["id"] for r in kept] == ["e", "own"] and _counts(report) == {"eval_leakage": 2}
+
+
+def test_quality_filters_and_conflicting_answers_are_flagged():
+    rows = [
+        _row("ok", "Price of Horizon?", "$52 per month."),
+        _row("short", "Price of Comet?", "$"),
+        _row("long", "Tell me everything.", "x" * 7000),
+        _row("refusal", "Price of Nova?", "As an AI language model, I cannot help with that."),
+        _row("conflict", "price of horizon?", "$55 per month."),
+    ]
+    kept, report = curate(rows, settings=DataSettings(min_answer_chars=2, max_row_chars=6000))
+    assert [r["id"] for r in kept] == ["ok"]
+    assert _counts(report) == {
+        "short_answer": 1,
+        "long_row": 1,
+        "refusal": 1,
+        "conflicting_answer": 1,
+    }
+    assert report.flagged == ["conflict"]
+    assert report.as_metrics()["curate_flagged_conflicts"] == 1
+
+
+def _many(prefix: str, words: str, n: int = 30, split: str = "train") -> list[dict]:
+    return [_row(f"{prefix}{i}", f"{words} {i}?", f"{words} answer {i}.", split) for i in range(n)]
+
+
+def test_drift_above_the_threshold_fails_closed_when_unattended(tiny_config):
+    cfg = tiny_config("data.min_rows=10")
+    old = [(f"What does plan {i} cost?", f"Plan {i} costs ${i}.") for i in range(30)]
+    same = _many("s", "What does plan cost") + _many("se", "plan cost eval", 5, "eval")
+    _, report = curate(same, earlier=Earlier(pairs=old))
+    check_curated(report, Path("same.jsonl"), cfg)  # similar vocabulary: passes
+    other = _many("o", "Bake the sourdough loaf at which temperature") + _many(
+        "oe", "knead dough eval", 5, "eval"
+    )
+    _, report = curate(other, earlier=Earlier(pairs=old))
+    assert report.drift.vocab_js > cfg.data.drift_threshold
+    with pytest.raises(DropRejected) as err:
+        check_curated(report, Path("other.jsonl"), cfg)
+    assert err.value.rule == "drift" and "data.drift_threshold" in str(err.value)
+
+
+def test_a_drop_too_small_after_curation_is_rejected(tiny_config):
+    cfg = tiny_config()  # data.min_rows=20
+    rows = [_row(str(i), "Same question?", "Same answer.") for i in range(25)]
+    rows += [_row("e", "Eval?", "Yes.", split="eval")]
+    _, report = curate(rows)
+    with pytest.raises(DropRejected) as err:
+        check_curated(report, Path("small.jsonl"), cfg)
+    assert err.value.rule == "too_small" and "data.min_rows=20" in str(err.value)
+    assert "'duplicate_in_drop': 24" in str(err.value)

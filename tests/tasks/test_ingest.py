@@ -83,3 +83,90 @@ def test_holdout_is_seeded_and_only_without_eval_rows():
     with_eval[0]["split"] = "eval"
     assert assign_holdout(with_eval, 0.2, seed=1) == 0
     assert sum(r["split"] == "eval" for r in with_eval) == 1
+
+
+# --- one test per bad input: the message names file, line and rule ---------------------------
+
+from tasks.ingest import ReadLimits  # noqa: E402
+
+ROW = {"id": "a", "prompt": "Q?", "response": "A."}
+
+
+def _reject(path: Path, limits: ReadLimits | None = None) -> DropRejected:
+    with pytest.raises(DropRejected) as err:
+        read_drop(path, limits)
+    assert path.name in str(err.value)
+    return err.value
+
+
+def test_truncated_last_line_is_named_as_cut_off(tmp_path: Path):
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + '{"id": "b", "prompt": "Q', encoding="utf-8")
+    err = _reject(path)
+    assert (err.rule, err.line) == ("truncated", 2) and "cut.jsonl:2" in str(err)
+
+
+def test_empty_file_and_header_only_csv_are_rejected(tmp_path: Path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert _reject(empty).rule == "empty"
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    assert _reject(blank).rule == "empty"
+    header = tmp_path / "header.csv"
+    header.write_text("id,prompt,response\n")
+    err = _reject(header)
+    assert err.rule == "empty" and "CSV header but no rows" in str(err)
+
+
+def test_utf16_is_rejected_unless_the_config_allows_it(tmp_path: Path):
+    text = json.dumps(ROW) + "\n"
+    with_bom = tmp_path / "bom16.jsonl"
+    with_bom.write_bytes(text.encode("utf-16"))  # writes a BOM
+    err = _reject(with_bom)
+    assert err.rule == "encoding" and "UTF-16" in str(err) and "data.encoding=utf-16" in str(err)
+    no_bom = tmp_path / "le16.jsonl"
+    no_bom.write_bytes(text.encode("utf-16-le"))
+    err = _reject(no_bom)
+    assert err.rule == "encoding" and "UTF-16" in str(err) and err.line == 1
+    [row] = read_drop(with_bom, ReadLimits(encoding="utf-16"))
+    assert row["id"] == "a"
+
+
+def test_latin1_and_bom_are_rejected_with_the_fix_unless_allowed(tmp_path: Path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes((json.dumps(ROW) + "\n" + '{"id": "caf\xe9"}\n').encode("latin-1"))
+    err = _reject(latin)
+    assert (err.rule, err.line) == ("encoding", 2) and "data.encoding=latin-1" in str(err)
+    assert read_drop(latin, ReadLimits(encoding="latin-1"))[1]["id"] == "café"
+    bom = tmp_path / "bom8.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROW).encode() + b"\n")
+    assert "data.encoding=utf-8-sig" in str(_reject(bom))
+    assert read_drop(bom, ReadLimits(encoding="utf-8-sig"))[0]["id"] == "a"
+
+
+def test_a_line_over_the_size_limit_is_named(tmp_path: Path):
+    path = tmp_path / "long.jsonl"
+    rows = [ROW, {**ROW, "id": "b", "response": "x" * 5000}, ROW]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    err = _reject(path, ReadLimits(max_line_bytes=4096))
+    assert (err.rule, err.line) == ("line_size", 2) and "data.max_line_kb=4" in str(err)
+    err = _reject(path, ReadLimits(max_file_bytes=1000))
+    assert err.rule == "size" and "data.max_file_mb" in str(err)
+
+
+def test_schema_problems_are_kept_per_row_for_the_gate(tmp_path: Path):
+    rows = [
+        ROW,
+        {"id": "m", "prompt": "Q?"},  # missing field
+        {"id": "r", "question": "Q?", "answer": "A."},  # renamed fields
+        {"id": "t", "prompt": "Q?", "response": 42},  # wrong type
+        {"id": "c", "messages": [{"role": "user", "content": 7}]},
+    ]
+    problems = [r["_schema"] for r in read_drop(_write_jsonl(tmp_path / "d.jsonl", rows))]
+    assert problems[0] is None
+    assert problems[1] == "missing field response"
+    assert "'question' looks like a renamed 'prompt'" in problems[2]
+    assert "'answer' looks like a renamed 'response'" in problems[2]
+    assert problems[3] == "field 'response' must be a string, got int"
+    assert problems[4] == "messages[0].content must be a string, got int"

@@ -132,6 +132,11 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model: Path):
         flat_loss = model(**flat_batch).loss
         padded_loss = model(**padded_batch).loss
     assert torch.allclose(flat_loss, padded_loss, atol=1e-5), (flat_loss, padded_loss)
+    # Logits only where labels are trained: fewer of them, the same loss.
+    assert flat_batch["logits_to_keep"].numel() < flat_batch["input_ids"].numel() / 2
+    with torch.no_grad():
+        kept = model(**flat_batch).logits.shape[1]
+    assert kept == flat_batch["logits_to_keep"].numel()
     # Without boundaries in position_ids, rows would attend to each other: the loss changes.
     del flat_batch["position_ids"]
     with torch.no_grad():

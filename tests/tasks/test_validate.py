@@ -62,3 +62,84 @@ def test_quarantine_keeps_the_original_bytes_and_says_why(tmp_path: Path, tiny_c
     assert (target / "drop.jsonl").read_bytes() == path.read_bytes()
     assert "expect_table_row_count_to_be_between" in (target / "REJECTED.md").read_text()
     assert json.loads((target / "validation.json").read_text())["success"] is False
+
+
+# --- one test per bad input: the failing rule, its line and the row's id ----------------------
+
+import pytest  # noqa: E402
+
+
+def _failures(tmp_path: Path, cfg, rows: list) -> dict:
+    path = _drop(tmp_path, rows)
+    report = validate_records(read_drop(path), path, cfg)
+    assert not report.success
+    return {(f.rule, f.column): f for f in report.failures}
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({"id": "x", "prompt": "Q?"}, "missing field response"),
+        ({"id": "x", "prompt": "Q?", "answer": "A."}, "'answer' looks like a renamed 'response'"),
+        ({"id": "x", "prompt": "Q?", "response": 3}, "field 'response' must be a string, got int"),
+    ],
+    ids=["missing-field", "renamed-field", "wrong-type"],
+)
+def test_schema_problems_fail_the_schema_rule_naming_the_line(tmp_path, tiny_config, bad, says):
+    rows = [_chat(i) for i in range(25)]
+    rows[3] = bad
+    failure = _failures(tmp_path, tiny_config(), rows)[
+        ("expect_column_values_to_be_null", "schema")
+    ]
+    assert failure.lines == [4] and failure.ids == ["x"] and says in failure.samples[0]
+    assert "fields present, named and typed" in failure.about
+
+
+def test_unknown_roles_and_a_user_last_turn_are_named(tmp_path: Path, tiny_config):
+    rows = [_chat(i) for i in range(25)]
+    rows[1]["messages"][0]["role"] = "human"
+    rows[5]["messages"] = rows[5]["messages"] + [{"role": "user", "content": "And?"}]
+    path = _drop(tmp_path, rows)
+    report = validate_records(read_drop(path), path, tiny_config())
+    regex = {f.about: f.lines for f in report.failures if f.column == "roles"}
+    assert regex == {
+        "roles are system, user or assistant": [2],
+        "roles in a valid order: user/assistant alternate, the assistant ends": [2, 6],
+    }
+
+
+def test_the_prompt_response_suite_rejects_chat_rows(tmp_path: Path, tiny_config):
+    rows = [{"id": f"r{i}", "prompt": f"Q{i}?", "response": "A."} for i in range(25)]
+    rows[7] = _chat(99)
+    failed = _failures(tmp_path, tiny_config("data.suite=prompt_response"), rows)
+    assert failed[("expect_column_values_to_be_in_set", "shape")].lines == [8]
+
+
+def test_pii_left_after_scrubbing_fails_and_is_never_reported(tmp_path, tiny_config, monkeypatch):
+    import tasks.validate
+
+    monkeypatch.setattr(tasks.validate, "scrub_text", lambda text: text)  # a scrubber that missed
+    rows = [_chat(i) for i in range(25)]
+    rows[2]["messages"][1]["content"] = "Write to jane.doe@example.com"
+    failure = _failures(tmp_path, tiny_config(), rows)[
+        ("expect_column_values_to_not_match_regex_list", "scrubbed")
+    ]
+    assert failure.lines == [3] and failure.samples == []
+    assert "jane.doe" not in json.dumps(failure.__dict__)
+
+
+def test_results_keep_json_and_gx_data_docs(tmp_path: Path, tiny_config):
+    cfg = tiny_config()
+    rows = [_chat(i) for i in range(25)]
+    rows[4]["split"] = "test"
+    path = _drop(tmp_path, rows)
+    results = tmp_path / "results"
+    results.mkdir()
+    report = validate_records(read_drop(path), path, cfg, results)
+    assert json.loads((results / "validation.json").read_text())["success"] is False
+    pages = [p.read_text() for p in (results / "data-docs").rglob("*.html")]
+    assert (results / "data-docs" / "index.html").exists()
+    assert any("expect_column_values_to_be_in_set" in p or "values must belong" in p for p in pages)
+    target = quarantine(path, "cd" * 32, report.rejection(), cfg, report)
+    assert (target / "drop.jsonl").read_bytes() == path.read_bytes()
+    assert "sample ids" in (target / "REJECTED.md").read_text()
