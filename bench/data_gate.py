@@ -3,12 +3,12 @@
 Run: python bench/data_gate.py [--rows 1000000] [--peer-rows 20000] [--json out.json]
      (not run in CI; about a minute and 6 GB of memory for a million rows)
 
-Rows are synthetic chat pairs (random words from a 5,000-word vocabulary, 8-40 words per
-turn) with planted dirt: 2% exact duplicates, 2% near duplicates (one word changed), 1% PII,
-1% empty answers, 5% eval rows and 0.5% eval prompts copied into training. Drift is measured
-against 100,000 "earlier" rows. The peer is the reference near-dup implementation, datasketch
-(MinHash per row + MinHashLSH), on `--peer-rows` rows of the same data; its rows/s are
-compared with freshtune's near-dup step.
+Rows are synthetic chat pairs (random words from a 5,000-word vocabulary with 2% prices and
+data caps, 8-40 words per turn) with planted dirt: 2% exact duplicates, 2% near duplicates
+(one word changed), 1% PII, 1% empty answers, 5% eval rows and 0.5% eval prompts copied
+into training. Drift is measured against 100,000 "earlier" rows. The peer is the reference
+near-dup implementation, datasketch (MinHash per row + MinHashLSH), on `--peer-rows` rows of
+the same data; its rows/s are compared with freshtune's near-dup step.
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ PII = ["mail jane.doe@example.com", "call +44 20 7946 0958", "card 4111 1111 111
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
     """Synthetic drop rows as written in a JSONL file."""
+    words = random.Random(0)  # one vocabulary for every seed, so drift compares like with like
+    letters = "etaoinshrdlucmfwyp"
+    vocab = ["".join(words.choices(letters, k=words.randint(2, 9))) for _ in range(4900)]
+    vocab += [f"${words.randint(5, 99)}" for _ in range(50)]
+    vocab += [f"{words.randint(1, 50)}GB" for _ in range(50)]
     rng = random.Random(seed)
-    vocab = [f"w{i:04d}" for i in range(5000)]
 
     def words(k: int) -> str:
         return " ".join(rng.choices(vocab, k=k))
@@ -101,9 +105,11 @@ def run(n: int, peer_rows: int) -> dict:
     earlier_rows = make_rows(100_000, seed=1)
     earlier = Earlier(pairs=[(r["prompt"], r["response"]) for r in earlier_rows])
     del rows, earlier_rows
+    cpu_start = time.process_time()  # CPU seconds: what the gate costs, whatever else runs
     records = timed("read JSONL (strict UTF-8)", lambda: read_drop(path), times)
     report = timed("validate (GX suite)", lambda: validate_records(records, path, cfg), times)
     _, curation = curate(records, settings=cfg.data, earlier=earlier)
+    cpu_s = time.process_time() - cpu_start
     gate = {k: v for k, v in times.items() if not k.startswith("generate")}
     gate.update({f"curate: {k}": v for k, v in curation.seconds.items()})
     texts = [f"{r['messages'][0]['content']}\n{r['messages'][1]['content']}" for r in records]
@@ -113,6 +119,8 @@ def run(n: int, peer_rows: int) -> dict:
         "cores": os.cpu_count(),
         "seconds": gate,
         "total_s": sum(gate.values()),
+        "cpu_s": cpu_s,
+        "load_average": os.getloadavg(),
         "validation_success": report.success,
         "removed": dict(curation.removed),
         "pii": dict(curation.pii),
@@ -129,6 +137,8 @@ def print_table(result: dict) -> None:
     for step, seconds in result["seconds"].items():
         print(f"{step:<34}{seconds:>10.2f}{n / max(seconds, 1e-9):>14,.0f}")
     print(f"{'total':<34}{result['total_s']:>10.2f}{n / result['total_s']:>14,.0f}")
+    load = ", ".join(f"{x:.1f}" for x in result["load_average"])
+    print(f"CPU time of the gate: {result['cpu_s']:.1f} s (load average at the end: {load})")
     ours, peer = result["near_dup_rows_per_s"], result["peer_near_dup_rows_per_s"]
     print(f"\nnear-dup: {ours:,.0f} rows/s vs datasketch {peer:,.0f} rows/s ({ours / peer:.0f}x)")
     print(f"removed {result['removed']}\nPII {result['pii']}\ndrift {result['drift']}")

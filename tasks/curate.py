@@ -26,7 +26,7 @@ from tasks.drift import DriftReport, decide_on_drift, measure_drift
 from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.neardup import near_duplicates
 from tasks.ngrams import ngram_hashes, tokenise
-from tasks.pii import PLACEHOLDERS, scrub_text
+from tasks.pii import PLACEHOLDERS, may_hold_pii, scrub_text
 from tasks.snapshot import Snapshot, commit_snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,26 @@ _REFUSAL = re.compile(
 _ODD_SPACE = re.compile(
     r"[\t\r\x0b\x0c\x1c-\x1f\x85\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000]"
 )
+
+
+# The same test for a whole column at once (RE2 via pyarrow): only flagged texts go through
+# Python. `$` is the end of the text, as `text[-1:]` above.
+_DIRTY_RE2 = (
+    r"[\t\r\x0b\x0c\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200b}\x{2028}\x{2029}"
+    r"\x{202f}\x{205f}\x{3000}]|  | \n|\n |\n\n\n|^[ \n]|[ \n]$"
+)
+
+
+def needs_normalising(texts: list[str]) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = pa.array(texts, pa.large_string())
+    # Non-ASCII text may not be NFC: Python decides (pyarrow's utf8_normalize left "e\u0301"
+    # decomposed in pyarrow 25, so it cannot be trusted for this).
+    maybe_not_nfc = pc.invert(pc.string_is_ascii(column))
+    dirty = pc.or_(maybe_not_nfc, pc.match_substring_regex(column, _DIRTY_RE2))
+    return dirty.to_numpy(zero_copy_only=False)
 
 
 def _is_clean(text: str) -> bool:
@@ -80,14 +100,30 @@ def row_key(record: Row) -> str:
     return text_key(f"{prompt_of(record)}\x00{response_of(record)}")
 
 
-def normalise_record(record: Row) -> Row:
-    """Normalised messages and the prompt key; the gate-only `_` keys are dropped here."""
+def normalise_record(record: Row, clean: bool = False) -> Row:
+    """Normalised messages and the prompt key; the gate-only `_` keys are dropped here.
+    `clean`: the caller checked (`needs_normalising`) that no content would change."""
     messages = [
-        {"role": m["role"], "content": normalise_text(m["content"])} for m in record["messages"]
+        {"role": m["role"], "content": m["content"] if clean else normalise_text(m["content"])}
+        for m in record["messages"]
     ]
     kept = {k: v for k, v in record.items() if not k.startswith("_")}
     row = {**kept, "messages": messages}
     return {**row, "prompt_key": text_key(prompt_of(row))}
+
+
+# Every rule that removes rows, in the order they run; each is reported, also at zero.
+RULES = (
+    "duplicate_in_drop",
+    "duplicate_of_earlier",
+    "near_duplicate",
+    "eval_leakage",
+    "empty_answer",
+    "short_answer",
+    "long_row",
+    "refusal",
+    "conflicting_answer",
+)
 
 
 @dataclass
@@ -159,12 +195,12 @@ def curate(
     """Rules run in order; `seen_rows` and `eval_prompts` hold keys from earlier snapshots."""
     settings, earlier = settings or DataSettings(), earlier or Earlier()
     seen, eval_keys = set(seen_rows) | earlier.rows, set(eval_prompts) | earlier.eval_keys
-    report = CurationReport(rows_in=len(records))
+    report = CurationReport(rows_in=len(records), removed=Counter(dict.fromkeys(RULES, 0)))
     steps: list[tuple[str, Callable[[list[Row]], list[Row]]]] = [
         ("normalise", lambda rows: _normalise(rows, report)),
         ("exact_dedupe", lambda rows: _dedupe(rows, report, seen)),
         ("near_dedupe", lambda rows: _drop_near_duplicates(rows, report, settings)),
-        ("pii_scrub", lambda rows: [_scrub(r, report.pii) for r in rows]),
+        ("pii_scrub", lambda rows: _scrub_rows(rows, report.pii)),
         ("decontaminate", lambda rows: _decontaminate(rows, report, eval_keys, earlier, settings)),
         ("quality", lambda rows: _quality(rows, report, settings)),
         ("drift", lambda rows: _measure_drift(rows, report, earlier, settings)),
@@ -196,12 +232,19 @@ def _measure_drift(
 
 
 def _normalise(records: list[Row], report: CurationReport) -> list[Row]:
-    rows = []
-    for record in records:
-        row = normalise_record(record)
-        report.normalised += row["messages"] != record["messages"]
-        rows.append(row)
-    return rows
+    dirty = _any_per_row(records, needs_normalising)
+    report.normalised += int(dirty.sum())
+    return [normalise_record(r, clean=not d) for r, d in zip(records, dirty)]
+
+
+def _any_per_row(rows: list[Row], flag: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Whether `flag` holds for any message of each row, testing all contents in one call."""
+    sizes = np.array([len(r["messages"]) for r in rows], dtype=np.int64)
+    if not rows or not sizes.sum():
+        return np.zeros(len(rows), dtype=bool)
+    flags = flag([m["content"] for r in rows for m in r["messages"]])
+    hits = np.add.reduceat(flags.astype(np.int64), np.r_[0, np.cumsum(sizes)[:-1]])
+    return (hits > 0) & (sizes > 0)
 
 
 def _drop(rows: list[Row], report: CurationReport, rule: str, bad: Callable[[Row], bool]):
@@ -235,6 +278,11 @@ def _drop_near_duplicates(rows: list[Row], report: CurationReport, settings: Dat
     drop = {train[j] for j in np.flatnonzero(dup)}
     report.removed["near_duplicate"] += len(drop)
     return [r for i, r in enumerate(rows) if i not in drop]
+
+
+def _scrub_rows(rows: list[Row], counts: Counter) -> list[Row]:
+    maybe = _any_per_row(rows, may_hold_pii)
+    return [_scrub(r, counts) if m else r for r, m in zip(rows, maybe)]
 
 
 def _scrub(row: Row, counts: Counter) -> Row:
@@ -277,16 +325,14 @@ def ngram_overlap(texts: list[str], reference: list[str], settings: DataSettings
     return share
 
 
-QUALITY_RULES = ("empty_answer", "short_answer", "long_row", "refusal")
 _REFUSAL_HINTS = ("as an ai", "sorry", "afraid", "can't", "cannot", "unable", "not able")
 
 
 def _quality(rows: list[Row], report: CurationReport, settings: DataSettings) -> list[Row]:
     kept = []
-    for rule in QUALITY_RULES:
-        report.removed[rule] += 0  # every rule is reported, also when it removed nothing
-    for row in rows:
-        rule = _quality_problem(row, settings)
+    maybe_refusal = _may_refuse([response_of(r) or "" for r in rows])
+    for row, maybe in zip(rows, maybe_refusal):
+        rule = _quality_problem(row, settings, maybe)
         if rule is None:
             kept.append(row)
         else:
@@ -294,7 +340,19 @@ def _quality(rows: list[Row], report: CurationReport, settings: DataSettings) ->
     return _resolve_conflicts(kept, report)
 
 
-def _quality_problem(row: Row, settings: DataSettings) -> str | None:
+def _may_refuse(answers: list[str]) -> np.ndarray:
+    """One RE2 pass over every answer for refusal hints; only hits meet the Python regex."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not answers:
+        return np.zeros(0, dtype=bool)
+    pattern = "|".join(re.escape(h) for h in _REFUSAL_HINTS)
+    hits = pc.match_substring_regex(pa.array(answers, pa.large_string()), pattern, ignore_case=True)
+    return hits.to_numpy(zero_copy_only=False)
+
+
+def _quality_problem(row: Row, settings: DataSettings, maybe_refusal: bool = True) -> str | None:
     """The first quality rule a row breaks. Terse eval references ("5") are fine: they are
     scored by their facts, not learned; refusals matter only in what the model learns."""
     answer = (response_of(row) or "").strip()
@@ -305,7 +363,7 @@ def _quality_problem(row: Row, settings: DataSettings) -> str | None:
         return "short_answer"
     if sum(len(m["content"]) for m in row["messages"]) > settings.max_row_chars:
         return "long_row"
-    if train and is_refusal(answer):
+    if train and maybe_refusal and is_refusal(answer):
         return "refusal"
     return None
 

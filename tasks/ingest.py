@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,9 +223,11 @@ def _rename_hints(obj: dict[str, Any]) -> list[str]:
     return hints
 
 
+_EXPECTED_TYPES = {"id": (str, int), "prompt": str, "response": str, "split": str, "source": str}
+
+
 def _type_problem(obj: dict[str, Any]) -> str | None:
-    expected = {"id": (str, int), "prompt": str, "response": str, "split": str, "source": str}
-    for name, types in expected.items():
+    for name, types in _EXPECTED_TYPES.items():
         value = obj.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             return f"field {name!r} must be {_names(types)}, got {type(value).__name__}"
@@ -330,10 +333,7 @@ def stage(path: Path, cfg: FreshtuneConfig) -> StagedDrop:
         raise FileNotFoundError(f"drop {path} does not exist or is not a file")
     digest = file_digest(path)
     limits = ReadLimits.of(cfg.data)
-    data_file = path
-    if is_archive(path):
-        data_file = unpack(path, cfg.paths.landing / "staging" / digest[:16], limits.max_file_bytes)
-    records = read_drop(data_file, limits)
+    records = _read_any(path, cfg.paths.landing / "staging" / digest[:16], limits)
     held = assign_holdout(records, cfg.data.holdout_fraction, cfg.seed)
     log.info(
         "staged %s: %d rows, digest %s, %d held out for eval",
@@ -343,6 +343,19 @@ def stage(path: Path, cfg: FreshtuneConfig) -> StagedDrop:
         held,
     )
     return StagedDrop(path, digest, records, held)
+
+
+def _read_any(path: Path, staging: Path, limits: ReadLimits) -> list[dict[str, Any]]:
+    """A data file as is; an archive's one data file via a staging copy, removed after."""
+    if not is_archive(path):
+        return read_drop(path, limits)
+    member = unpack(path, staging, limits.max_file_bytes)
+    try:
+        return read_drop(member, limits)
+    except DropRejected as exc:  # name the archive, not the staging copy
+        raise DropRejected(f"{path}!/{member.name}", exc.rule, exc.detail, exc.line) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_not_quarantined(path: Path, digest: str, cfg: FreshtuneConfig) -> None:

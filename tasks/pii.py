@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import numpy as np
+
 PLACEHOLDERS = ("EMAIL", "PHONE", "CARD", "IBAN", "SECRET")
 
 # One alternation, tried left to right at each position: secrets first (they may contain
@@ -37,6 +39,16 @@ _DIGITS = re.compile(r"\d[\d ().-]{7,}\d|[A-Z]{2}\d{2}")
 
 def _maybe_pii(text: str) -> bool:
     return any(s in text for s in _LITERALS) or _DIGITS.search(text) is not None
+
+
+def may_hold_pii(texts: list[str]) -> np.ndarray:
+    """`_maybe_pii` for a whole column in one RE2 pass (pyarrow): only hits need Python."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pattern = "|".join([*(re.escape(s) for s in _LITERALS), _DIGITS.pattern])
+    hits = pc.match_substring_regex(pa.array(texts, pa.large_string()), pattern)
+    return hits.to_numpy(zero_copy_only=False)
 
 
 def luhn_ok(digits: str) -> bool:

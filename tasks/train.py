@@ -406,7 +406,8 @@ def training_args(settings: TrainSettings, checkpoints: Path, seed: int, grouped
         seed=seed,
         data_seed=seed,
         train_sampling_strategy="group_by_length" if grouped else "random",
-        include_num_input_tokens_seen="non_padding",
+        # A flattened batch has no padding (and no attention mask to count it by).
+        include_num_input_tokens_seen="non_padding" if grouped else "all",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -545,6 +546,12 @@ def _load_result(folder: Path) -> TrainResult:
     return TrainResult(**data)
 
 
+def adapter_dir(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig) -> Path:
+    """Where the adapter of this mix, parent and config lands, wherever it is trained."""
+    key = adapter_key(cfg.resolved_base_model(), cfg.train, mix.digest, parent, cfg.seed)
+    return cfg.paths.adapters / key
+
+
 def mix_file(cfg: FreshtuneConfig, mix: TrainingMix) -> Path:
     return cfg.paths.root / "mixes" / f"{mix.digest}.json"
 
@@ -555,13 +562,11 @@ def train_from_mix(
     """Train the mix where this process runs, logging step metrics to the cycle's MLflow run."""
     from tasks import registry
 
-    base = cfg.resolved_base_model()
-    key = adapter_key(base, cfg.train, mix.digest, parent, cfg.seed)
     result = train_adapter(
-        base,
+        cfg.resolved_base_model(),
         mix.rows,
         cfg.train,
-        cfg.paths.adapters / key,
+        adapter_dir(mix, parent, cfg),
         parent=parent,
         seed=cfg.seed,
         extra_files={"mix.json": json.dumps(mix.manifest(), indent=1)},
@@ -593,8 +598,12 @@ def log_training_mix(cfg: FreshtuneConfig, run_id: str, mix: TrainingMix, path: 
     registry.log_text(cfg, run_id, json.dumps(manifest, indent=1), "mix.json")
 
 
-def dispatch(mix_path: Path, parent: Path | None, cfg: FreshtuneConfig, run_id: str) -> Path:
-    """Run the `train-on-gpu` deployment of `train.work_pool` and wait; returns the adapter."""
+def dispatch(mix_path: Path, parent: Path | None, cfg: FreshtuneConfig, run_id: str) -> None:
+    """Run the `train-on-gpu` deployment of `train.work_pool` and wait for it to finish.
+
+    The adapter lands at `adapter_dir(...)` in the shared workspace, so no result has to come
+    back through Prefect; the idempotency key stops a retried task from training twice.
+    """
     from prefect.deployments import run_deployment
 
     name = f"{TRAIN_FLOW}/{cfg.train.work_pool}"
@@ -607,10 +616,10 @@ def dispatch(mix_path: Path, parent: Path | None, cfg: FreshtuneConfig, run_id: 
             "run_id": run_id,
         },
         timeout=None,
+        idempotency_key=f"{run_id}-{mix_path.stem}",
     )
     if flow_run.state is None or not flow_run.state.is_completed():
         raise RuntimeError(f"training deployment {name} ended {flow_run.state}: no candidate")
-    return Path(flow_run.state.result())
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)
@@ -627,7 +636,8 @@ def train_candidate(
     log_training_mix(cfg, run_id, mix, path)
     if cfg.train.work_pool is None:
         return train_from_mix(mix, parent, cfg, run_id)
-    return _load_result(dispatch(path, parent, cfg, run_id))
+    dispatch(path, parent, cfg, run_id)
+    return _load_result(adapter_dir(mix, parent, cfg))
 
 
 @task(name="train-adapter", cache_policy=NO_CACHE)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from freshtune.config import EXPECTATIONS_DIR, FreshtuneConfig
 from freshtune.errors import DropRejected
 from tasks.ingest import StagedDrop, prompt_of, response_of
-from tasks.pii import scrub_text
+from tasks.pii import may_hold_pii, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,17 @@ def to_frame(records: list[dict[str, Any]]):
             prompt_of(r),
             response_of(r),
             r["split"],
-            scrub_text("\n".join(m["content"] for m in r["messages"] or [])),
+            text,
         )
-        for r in records
+        for r, text in zip(records, _scrubbed(records))
     ]
     return pd.DataFrame(rows, columns=FRAME_COLUMNS, index=[r["line"] for r in records])
+
+
+def _scrubbed(records: list[dict[str, Any]]) -> list[str]:
+    texts = ["\n".join(m["content"] for m in r["messages"] or []) for r in records]
+    maybe = may_hold_pii(texts) if texts else []
+    return [scrub_text(t) if m else t for t, m in zip(texts, maybe)]
 
 
 def run_suite(

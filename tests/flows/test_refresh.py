@@ -154,3 +154,15 @@ def test_unreadable_drop_is_quarantined_with_its_line(tiny_config, tmp_path):
         refresh(str(bad), cfg)
     assert (next(cfg.paths.quarantine.iterdir()) / "REJECTED.md").exists()
     assert registry.get_champion(cfg) is None
+
+
+def test_a_cycle_that_fails_leaves_its_mlflow_run_failed(tiny_config, demo_drops, tmp_path):
+    not_a_model = tmp_path / "empty-checkpoint"
+    not_a_model.mkdir()
+    cfg = tiny_config(f"base_model={not_a_model}")
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for a bad folder
+        refresh(str(demo_drops[0]), cfg)
+    mlc = MlflowClient(registry.tracking_uri(cfg))
+    [run] = mlc.search_runs([registry.experiment_id(cfg)])
+    assert run.info.status == "FAILED"
+    assert registry.get_champion(cfg) is None and not list(cfg.paths.cycles.glob("*.json"))

@@ -1,0 +1,233 @@
+"""Incremental vs cumulative retraining over months 1..k of the demo domain, in one run.
+
+Run: python bench/incremental_vs_cumulative.py [--months 3] [--epochs 2] [--json out.json]
+     (state goes to a scratch workspace, --workspace, by default under /tmp)
+
+Each month: `incremental` continues last month's incremental adapter on the new rows plus a
+replay sample (train.replay_ratio); `cumulative` trains a new adapter from the base on every
+still-current row so far. Both use the demo preset's training settings and are scored on the
+same questions: every eval question of months 1..m whose fact still holds in month m (worded
+differently from the training questions), split into `current` (month m) and `earlier`.
+Compute is counted in real tokens and FLOPs (4·N per token) and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+
+DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct").resolve()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder")
+    parser.add_argument("--months", type=int, default=3, help="k: months 1..k")
+    parser.add_argument("--workspace", type=Path, default=Path("/tmp/freshtune-bench-ivc"))
+    # The demo preset trains 5 epochs; 2 keep the default run within 20 minutes on 2 cores.
+    parser.add_argument("--epochs", type=float, default=2.0, help="train.epochs, both modes")
+    parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
+    parser.add_argument(
+        "--compute-only", action="store_true", help="count tokens and FLOPs; train nothing"
+    )
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """Quacks like tasks.snapshot.Snapshot for build_mix, without a workspace on disk."""
+
+    digest: str
+    records: list[dict[str, Any]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.records
+
+    def meta(self) -> dict[str, Any]:
+        return {}
+
+
+def month_snapshot(month: int) -> MemorySnapshot:
+    from freshtune.demo_domain import make_drop
+
+    rows = [r for r in make_drop(month, noise=False) if r["split"] == "train"]
+    for r in rows:
+        r["prompt_key"] = " ".join(r["messages"][1]["content"].lower().split())
+    return MemorySnapshot(f"month{month:02d}".ljust(64, "0"), rows)
+
+
+def train(cfg, snaps: list[MemorySnapshot], mode: str, parent: Path | None):
+    from tasks.mix import build_mix
+    from tasks.train import train_adapter
+
+    mix = build_mix(snaps[-1], snaps[:-1], cfg.train.replay_ratio, cfg.seed, mode)
+    # Keyed by what is trained: month 1 is the same run in both modes and is trained once.
+    lineage = hashlib.sha256(str(parent).encode()).hexdigest()[:8] if parent else "base"
+    out = cfg.paths.adapters / f"{mix.digest}-{lineage}"
+    return train_adapter(
+        cfg.resolved_base_model(), mix.rows, cfg.train, out, parent=parent, seed=cfg.seed
+    )
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a training run would cost, for --compute-only (no wall time, no adapter)."""
+
+    tokens: int
+    flops: float
+    wall_s: float = float("nan")
+    adapter_dir: Path | None = None
+
+
+def plan(cfg, snaps: list[MemorySnapshot], mode: str, per_token: float) -> Planned:
+    from tasks.mix import build_mix
+    from tasks.models import load_tokenizer
+    from tasks.train import build_dataset
+
+    mix = build_mix(snaps[-1], snaps[:-1], cfg.train.replay_ratio, cfg.seed, mode)
+    dataset = build_dataset(load_tokenizer(cfg.resolved_base_model()), mix.rows, 10**6)
+    tokens = int(sum(dataset["length"]) * cfg.train.epochs)
+    return Planned(tokens, per_token * tokens)
+
+
+def answer(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers, batched (one question at a time is several times slower here)."""
+    import torch
+
+    answers = []
+    for start in range(0, len(rows), 16):
+        prompts = [
+            tokenizer.apply_chat_template(
+                r["messages"][:-1], tokenize=False, add_generation_prompt=True
+            )
+            for r in rows[start : start + 16]
+        ]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[:, batch["input_ids"].shape[1] :]
+        answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return answers
+
+
+def accuracy(base_model: str, adapter: Path, rows: list[dict], max_new: int) -> list[bool]:
+    from peft import PeftModel
+
+    from tasks.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(base_model, padding_side="left")
+    model = PeftModel.from_pretrained(load_causal_lm(base_model), str(adapter)).eval()
+    texts = answer(model, tokenizer, rows, max_new)
+    return [all(f.lower() in t.lower() for f in r["facts"]) for t, r in zip(texts, rows)]
+
+
+def score(cfg, adapter: Path, month: int) -> dict[str, float]:
+    from freshtune.demo_domain import still_true_eval
+
+    rows = [r for r in still_true_eval(month) if r.get("facts") and not r.get("slice")]
+    hits = accuracy(cfg.resolved_base_model(), adapter, rows, cfg.eval.max_new_tokens)
+    current = [h for h, r in zip(hits, rows) if r["id"].startswith(f"m{month:02d}-")]
+    earlier = [h for h, r in zip(hits, rows) if not r["id"].startswith(f"m{month:02d}-")]
+    return {
+        "accuracy": sum(hits) / len(hits),
+        "current": sum(current) / max(1, len(current)),
+        "earlier": sum(earlier) / len(earlier) if earlier else float("nan"),
+        "questions": len(hits),
+    }
+
+
+MODES = ("incremental", "cumulative")
+UNSCORED = {"accuracy": None, "current": None, "earlier": None, "questions": 0}
+
+
+def per_token(cfg) -> float:
+    from tasks.models import load_causal_lm
+    from tasks.throughput import flops_per_token
+
+    return flops_per_token(load_causal_lm(cfg.resolved_base_model()))
+
+
+def figures(result, scores: dict[str, float]) -> dict[str, float]:
+    return {"tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s, **scores}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from freshtune.config import load_config
+
+    overrides = [f"base_model={args.model}", f"train.epochs={args.epochs}", *args.set]
+    cfg = load_config("demo", overrides, args.workspace)
+    cfg.paths.ensure()
+    snaps: list[MemorySnapshot] = []
+    parent: Path | None = None
+    months = []
+    for month in range(1, args.months + 1):
+        snaps.append(month_snapshot(month))
+        if args.compute_only:
+            inc, cum = (plan(cfg, snaps, mode, per_token(cfg)) for mode in MODES)
+            inc_scores = cum_scores = UNSCORED
+        else:
+            inc = train(cfg, snaps, "incremental", parent)
+            cum = train(cfg, snaps, "cumulative", None)
+            inc_scores = score(cfg, inc.adapter_dir, month)
+            same = cum.adapter_dir == inc.adapter_dir
+            cum_scores = inc_scores if same else score(cfg, cum.adapter_dir, month)
+        months.append(
+            {
+                "month": month,
+                "incremental": figures(inc, inc_scores),
+                "cumulative": figures(cum, cum_scores),
+            }
+        )
+        print_month(months[-1])
+        parent = inc.adapter_dir
+    return summarise(months)
+
+
+def summarise(months: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"months": months}
+    if len(months) >= 3:
+        inc, cum = months[2]["incremental"], months[2]["cumulative"]
+        out["compute_ratio_k3"] = inc["flops"] / cum["flops"]
+        scored = inc["accuracy"] is not None
+        out["accuracy_delta_k3"] = inc["accuracy"] - cum["accuracy"] if scored else None
+        delta = f"{out['accuracy_delta_k3']:+.1%}" if scored else "not measured"
+        print(
+            f"\nmonth 3: incremental costs {out['compute_ratio_k3']:.0%} of cumulative "
+            f"(target <= 40%), accuracy delta {delta} (target >= 0)"
+        )
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1%}"
+
+
+def print_month(entry: dict[str, Any]) -> None:
+    inc, cum = entry["incremental"], entry["cumulative"]
+    print(f"\n== month {entry['month']} ({inc['questions']} questions)")
+    header = ("", "tokens", "TFLOP", "wall s", "acc", "current", "earlier")
+    print("{:<12} {:>8} {:>7} {:>7} {:>6} {:>8} {:>8}".format(*header))
+    for name, f in (("incremental", inc), ("cumulative", cum)):
+        acc = [_pct(f[k]) for k in ("accuracy", "current", "earlier")]
+        print(
+            f"{name:<12} {f['tokens']:>8} {f['flops'] / 1e12:>7.1f} {f['wall_s']:>7.0f} "
+            f"{acc[0]:>6} {acc[1]:>8} {acc[2]:>8}"
+        )
+    print(f"{'ratio':<12} {inc['tokens'] / cum['tokens']:>8.2f}")
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    result = main(arguments)
+    if arguments.json:
+        arguments.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
