@@ -35,7 +35,7 @@ def test_two_drops_promote_then_warm_start_from_the_champion(tiny_config, demo_d
     second = refresh(str(demo_drops[1]), cfg)
     assert second["promoted"] and _alias(cfg) == second["version"] != first["version"]
     assert second["champion_before"] == first["version"] and second["mix"]["replay_rows"] > 0
-    assert set(second["scores"]) == {"current", "earlier"}
+    assert {"current", "earlier", "general", "hallucination", "bias"} == set(second["scores"])
     assert set(second["scores"]["current"]) == {"base", "champion", "candidate"}
 
     mv = MlflowClient(registry.tracking_uri(cfg)).get_model_version(
