@@ -59,8 +59,11 @@ class TrainSettings(_Strict):
         description="incremental: continue the champion adapter on new + replayed rows; "
         "fresh: new adapter from the base on that mix; cumulative: new adapter on every snapshot",
     )
+    # Off by default: on CPU, sdpa over a flattened batch takes a masked path that measured 3x
+    # slower than padded length-grouped batches (56 vs 168 tokens/s, SmolLM2-135M, 2 cores).
+    # Turn it on with flash attention on a GPU.
     padding_free: bool = Field(
-        True, description="flatten each batch into one row (no padding); else length-grouped"
+        False, description="flatten each batch into one row (no padding); else length-grouped"
     )
     save_steps: int | None = Field(
         None, ge=1, description="checkpoint every N steps so a killed run resumes; None: never"
