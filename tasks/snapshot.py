@@ -44,7 +44,9 @@ def _features():
             "source": Value("string"),
             "facts": List(Value("string")),
             "line": Value("int64"),
-            "prompt_key": Value("string"), "slice": Value("string"), "pair": Value("string"),
+            "prompt_key": Value("string"),
+            "slice": Value("string"),
+            "pair": Value("string"),
         }
     )
 
@@ -82,8 +84,9 @@ def commit_snapshot(
     shutil.rmtree(staging, ignore_errors=True)
     features = _features()
     # Only the snapshot's columns: working fields (e.g. the source drop) are not stored.
-    stored = [{k: row.get(k, "" if k in ("slice", "pair") else None) for k in features}
-              for row in rows]
+    stored = [
+        {k: row.get(k, "" if k in ("slice", "pair") else None) for k in features} for row in rows
+    ]
     Dataset.from_list(stored, features=features).save_to_disk(str(staging / "data"))
     sequence = max((s.sequence for s in list_snapshots(cfg)), default=0) + 1
     meta = {
