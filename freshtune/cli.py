@@ -7,6 +7,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +36,17 @@ WorkspaceOpt = Annotated[
     Path | None,
     typer.Option("--workspace", "-w", help="state root (default $FRESHTUNE_HOME or ./.freshtune)"),
 ]
+
+
+@contextmanager
+def _exit_on(*errors: type[Exception], code: int, what: str = "") -> Iterator[None]:
+    """Turn the expected failures of a command into a red line and an exit code."""
+    try:
+        yield
+    except errors as exc:
+        detail = f"{what}: {type(exc).__name__}: {exc}" if what else str(exc)
+        typer.secho(detail, fg="red", err=True)
+        raise typer.Exit(code) from None
 
 
 def _config(preset: str, overrides: list[str] | None, workspace: Path | None) -> FreshtuneConfig:
@@ -170,11 +183,8 @@ def demo_data(
     """Write month N's drop of the demo domain (a fictional telecom support desk)."""
     from freshtune.demo_domain import write_drop
 
-    try:
+    with _exit_on(ValueError, code=2):
         path = write_drop(month, out, seed=seed, noise=noise)
-    except ValueError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
 
 
@@ -187,11 +197,8 @@ def models_fetch(
     from tasks.models import fetch_known_model
 
     cfg = _config("demo", [], workspace)
-    try:
+    with _exit_on(ValueError, code=2):
         path = fetch_known_model(name, cfg.paths.models)
-    except ValueError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"checkpoint ready at {path}")
 
 
@@ -245,7 +252,7 @@ def review(
         typer.secho("DECISION must be approve or reject", fg="red", err=True)
         raise typer.Exit(2)
     flags, kinds, fixes = flag or [], kind or [], correct or []
-    try:
+    with _exit_on(Exception, code=1, what=f"could not resume {run_id}"):
         items = [
             Flag(
                 id=f,
@@ -258,9 +265,6 @@ def review(
             UUID(run_id),
             run_input={"approve": decision == "approve", "comment": comment, "flags": items},
         )
-    except Exception as exc:
-        typer.secho(f"could not resume {run_id}: {type(exc).__name__}: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{decision}d run {run_id} with {len(items)} flags")
 
 
@@ -278,11 +282,8 @@ def rollback_cmd(
     from flows.rollback import rollback
 
     cfg = _config(config, set_, workspace)
-    try:
+    with _exit_on(Exception, code=1, what="rollback failed"):
         record = rollback(cfg, to, reason)
-    except Exception as exc:
-        typer.secho(f"rollback failed: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
     typer.echo(
         f"champion: version {record['from']} -> {record['to']} ({record['who']}: {record['why']})"
     )
@@ -301,11 +302,8 @@ def export(
     from tasks.export import export_adapter
 
     cfg = _config(config, set_, workspace)
-    try:
+    with _exit_on(Exception, code=1, what="export failed"):
         path = export_adapter(cfg, version, out, merged)
-    except Exception as exc:
-        typer.secho(f"export failed: {type(exc).__name__}: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"exported {version} to {path}")
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
+from freshtune.files import file_digest
 from tasks.curate import CurationReport, check_curated, curate, earlier_data
-from tasks.ingest import file_digest, stage
+from tasks.ingest import stage
 from tasks.snapshot import earlier_snapshots
 from tasks.validate import ValidationReport, validate_records
 
@@ -54,7 +55,7 @@ def check_drop(path: Path, cfg: FreshtuneConfig) -> GateOutcome:
     if earlier.exists():
         outcome.notes.append(f"these bytes were quarantined before: {earlier / 'REJECTED.md'}")
     try:
-        staged = stage(path, cfg)
+        staged = stage(path, outcome.digest, cfg)
         outcome.validation = validate_records(staged.records, path, cfg)
         if not outcome.validation.success:
             raise outcome.validation.rejection()

@@ -210,6 +210,15 @@ def answers_table(scores: Scores) -> dict[str, list]:
     return {k: [r[k] for r in rows] for k in keys}
 
 
+def score_candidate(
+    snapshot: Snapshot, candidate: Path, champion: Champion | None, cfg: FreshtuneConfig
+) -> Scores:
+    """Every slice of this drop and the earlier ones, for base, champion and candidate."""
+    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
+    adapters = {"champion": champion.adapter_dir if champion else None, "candidate": candidate}
+    return evaluate_models(cfg.resolved_base_model(), adapters, slices, cfg.eval)
+
+
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate_candidate(
     snapshot: Snapshot,
@@ -221,9 +230,7 @@ def evaluate_candidate(
     """Base, champion and candidate on every slice; metrics and answers go to MLflow."""
     from tasks import registry
 
-    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
-    adapters = {"champion": champion.adapter_dir if champion else None, "candidate": candidate}
-    scores = evaluate_models(cfg.resolved_base_model(), adapters, slices, cfg.eval)
+    scores = score_candidate(snapshot, candidate, champion, cfg)
     registry.log_metrics(cfg, run_id, score_metrics(scores))
     registry.log_table(cfg, run_id, answers_table(scores), "eval/answers.json")
     log.info(

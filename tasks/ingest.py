@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import io
 import json
 import logging
@@ -24,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
+from freshtune.files import file_digest
 from tasks.archive import is_archive, unpack
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,6 @@ class ReadLimits:
     @classmethod
     def of(cls, data: DataSettings) -> ReadLimits:
         return cls(data.encoding, int(data.max_file_mb * 2**20), int(data.max_line_kb * 2**10))
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, Any]]:
@@ -327,11 +319,8 @@ class StagedDrop:
     held_out: int
 
 
-def stage(path: Path, cfg: FreshtuneConfig) -> StagedDrop:
-    """Fingerprint and parse a drop (unpacking an archive first); the digest keys the cycle."""
-    if not path.is_file():
-        raise FileNotFoundError(f"drop {path} does not exist or is not a file")
-    digest = file_digest(path)
+def stage(path: Path, digest: str, cfg: FreshtuneConfig) -> StagedDrop:
+    """Parse a drop (unpacking an archive first); its digest keys the cycle."""
     limits = ReadLimits.of(cfg.data)
     records = _read_any(path, cfg.paths.landing / "staging" / digest[:16], limits)
     held = assign_holdout(records, cfg.data.holdout_fraction, cfg.seed)
@@ -373,12 +362,14 @@ def check_not_quarantined(path: Path, digest: str, cfg: FreshtuneConfig) -> None
 def stage_drop(path: str, cfg: FreshtuneConfig) -> StagedDrop:
     """Parse the drop; a file that cannot be read is quarantined with the reason."""
     file = Path(path).expanduser().resolve()
-    if file.is_file():
-        check_not_quarantined(file, file_digest(file), cfg)
+    if not file.is_file():
+        raise FileNotFoundError(f"drop {file} does not exist or is not a file")
+    digest = file_digest(file)  # hashed once: a drop may be up to data.max_file_mb
+    check_not_quarantined(file, digest, cfg)
     try:
-        return stage(file, cfg)
+        return stage(file, digest, cfg)
     except DropRejected as exc:
         from tasks.validate import quarantine
 
-        quarantine(file, file_digest(file), exc, cfg)
+        quarantine(file, digest, exc, cfg)
         raise

@@ -7,7 +7,6 @@ transformers checkpoint, which everything downstream loads with `load_causal_lm`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+
+from freshtune.files import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def convert_gguf(
     shutil.rmtree(partial, ignore_errors=True)  # left by a crashed run
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
-    record = {**(source or {}), "gguf": gguf_path.name, "gguf_sha256": _sha256(gguf_path)}
+    record = {**(source or {}), "gguf": gguf_path.name, "gguf_sha256": file_digest(gguf_path)}
     (partial / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if out_dir.exists():
         out_dir.rmdir()  # empty, checked above
@@ -172,14 +173,6 @@ def _gguf_chat_template(gguf_path: Path) -> str | None:
     if field is None:
         return None
     return bytes(field.parts[field.data[0]]).decode("utf-8")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32") -> Any:

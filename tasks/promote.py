@@ -95,12 +95,9 @@ def _current_champion(cfg: FreshtuneConfig) -> Champion | None:
 
 
 def _reevaluate(snapshot, candidate, champion, cfg, run_id) -> GateDecision:
-    from tasks.evaluate import eval_slices, evaluate_models, score_metrics
-    from tasks.snapshot import earlier_snapshots
+    from tasks.evaluate import score_candidate, score_metrics
 
-    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
-    adapters = {"champion": champion.adapter_dir if champion else None, "candidate": candidate}
-    scores = evaluate_models(cfg.resolved_base_model(), adapters, slices, cfg.eval)
+    scores = score_candidate(snapshot, candidate, champion, cfg)
     registry.log_metrics(cfg, run_id, {f"reeval.{k}": v for k, v in score_metrics(scores).items()})
     decision = decide(scores, cfg.gate)
     registry.set_tags(cfg, run_id, {"freshtune.gate_after_reevaluation": decision.verdict})

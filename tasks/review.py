@@ -248,6 +248,7 @@ def record_review(
 ) -> Snapshot | None:
     """Log the decision and flag counts; flags with corrections become a review drop."""
     from tasks import registry
+    from tasks.curate import normalise_record
     from tasks.evaluate import eval_slices
     from tasks.snapshot import earlier_snapshots
 
@@ -261,14 +262,12 @@ def record_review(
             "freshtune.review_comment": outcome.comment[:500],
         },
     )
-    rows = review_rows(
-        outcome, eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
-    )
+    if not outcome.flags:
+        return None  # nothing to teach: skip reloading every snapshot's eval rows
+    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
+    rows = [normalise_record(r) for r in review_rows(outcome, slices)]
     if not rows:
         return None
-    from tasks.curate import normalise_record
-
-    rows = [normalise_record(r) for r in rows]
     digest = hashlib.sha256(json.dumps([r["messages"] for r in rows]).encode()).hexdigest()
     return commit_snapshot(
         rows,

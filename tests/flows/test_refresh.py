@@ -14,8 +14,8 @@ from freshtune.cli import app
 from tasks import registry
 
 
-def _alias(cfg, alias: str = "champion") -> str | None:
-    champion = registry.get_champion(cfg) if alias == "champion" else None
+def _alias(cfg) -> str | None:
+    champion = registry.get_champion(cfg)
     return champion.version if champion else None
 
 

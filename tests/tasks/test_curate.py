@@ -1,15 +1,12 @@
-from tasks.curate import curate, normalise_text, row_key
+import logging
+from pathlib import Path
 
+import pytest
 
-def _row(i: str, q: str, a: str, split: str = "train") -> dict:
-    return {
-        "id": i,
-        "split": split,
-        "source": "",
-        "facts": [],
-        "line": 1,
-        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-    }
+from freshtune.config import DataSettings
+from freshtune.errors import DropRejected
+from tasks.curate import Earlier, check_curated, curate, normalise_text, row_key
+from tests.helpers.rows import chat_row
 
 
 def test_normalisation_is_nfc_and_collapses_whitespace():
@@ -20,15 +17,15 @@ def test_normalisation_is_nfc_and_collapses_whitespace():
 
 def test_each_rule_removes_and_counts_its_rows():
     rows = [
-        _row("1", "Price of Horizon?", "$52."),
-        _row("2", "Price  of Horizon?", "$52."),  # duplicate after normalisation
-        _row("3", "Cap of Horizon?", ""),  # empty answer
-        _row("4", "How much is Comet?", "$30."),  # leaks the eval question below
-        _row("5", "how much is comet?", "$30.", split="eval"),
-        _row("6", "Seen last month?", "Yes."),  # duplicate of an earlier snapshot
-        _row("7", "New fact?", "Yes."),
+        chat_row("1", "Price of Horizon?", "$52."),
+        chat_row("2", "Price  of Horizon?", "$52."),  # duplicate after normalisation
+        chat_row("3", "Cap of Horizon?", ""),  # empty answer
+        chat_row("4", "How much is Comet?", "$30."),  # leaks the eval question below
+        chat_row("5", "how much is comet?", "$30.", split="eval"),
+        chat_row("6", "Seen last month?", "Yes."),  # duplicate of an earlier snapshot
+        chat_row("7", "New fact?", "Yes."),
     ]
-    seen = {f"train:{row_key(_row('x', 'Seen last month?', 'Yes.'))}"}
+    seen = {f"train:{row_key(chat_row('x', 'Seen last month?', 'Yes.'))}"}
     kept, report = curate(rows, seen, eval_prompts=set())
     assert [r["id"] for r in kept] == ["1", "5", "7"]
     assert {rule: n for rule, n in report.removed.items() if n} == {
@@ -44,7 +41,7 @@ def test_training_rows_matching_an_earlier_eval_prompt_are_dropped():
     from tasks.curate import text_key
 
     kept, report = curate(
-        [_row("1", "Old eval question?", "A.")],
+        [chat_row("1", "Old eval question?", "A.")],
         set(),
         eval_prompts={text_key("Old eval question?")},
     )
@@ -53,14 +50,6 @@ def test_training_rows_matching_an_earlier_eval_prompt_are_dropped():
 
 # --- each curation rule, counted ------------------------------------------------------------
 
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from freshtune.config import DataSettings  # noqa: E402
-from freshtune.errors import DropRejected  # noqa: E402
-from tasks.curate import Earlier, check_curated  # noqa: E402
 
 LONG = (
     "Customers on the Horizon plan can roll over unused data for up to three months, and "
@@ -74,13 +63,13 @@ def _counts(report) -> dict:
 
 def test_exact_and_near_duplicates_are_counted_separately():
     rows = [
-        _row("1", "What is the roll-over rule?", LONG),
-        _row("2", "What is the roll-over rule?", LONG + " "),  # exact after normalisation
-        _row("3", "What is the roll-over rule?", LONG.replace("three", "3")),  # near
-        _row("4", "What is the roll-over rule?", LONG.replace("unused", "spare")),  # near
-        _row("5", "Old question 1?", "Old."),  # similar shape, different words: kept
-        _row("6", "Old question 2?", "Old."),
-        _row("7", "Explain roll-over.", LONG, split="eval"),  # other split: kept
+        chat_row("1", "What is the roll-over rule?", LONG),
+        chat_row("2", "What is the roll-over rule?", LONG + " "),  # exact after normalisation
+        chat_row("3", "What is the roll-over rule?", LONG.replace("three", "3")),  # near
+        chat_row("4", "What is the roll-over rule?", LONG.replace("unused", "spare")),  # near
+        chat_row("5", "Old question 1?", "Old."),  # similar shape, different words: kept
+        chat_row("6", "Old question 2?", "Old."),
+        chat_row("7", "Explain roll-over.", LONG, split="eval"),  # other split: kept
     ]
     kept, report = curate(rows, settings=DataSettings(near_dup_threshold=0.8))
     assert [r["id"] for r in kept] == ["1", "5", "6", "7"]
@@ -97,8 +86,8 @@ PII = {
 
 
 def test_planted_pii_of_each_type_is_scrubbed_counted_and_never_logged(caplog):
-    rows = [_row(k, f"My {k.lower()} is {v}, ok?", f"Noted {v}.") for k, v in PII.items()]
-    rows.append(_row("ok", "Order 12345678 costs $52.", "Card 4111 1111 1111 1112 fails Luhn."))
+    rows = [chat_row(k, f"My {k.lower()} is {v}, ok?", f"Noted {v}.") for k, v in PII.items()]
+    rows.append(chat_row("ok", "Order 12345678 costs $52.", "Card 4111 1111 1111 1112 fails Luhn."))
     with caplog.at_level(logging.DEBUG):
         kept, report = curate(rows)
     assert dict(report.pii) == {kind: 2 for kind in PII}
@@ -112,24 +101,24 @@ def test_planted_pii_of_each_type_is_scrubbed_counted_and_never_logged(caplog):
 def test_eval_rows_copied_into_training_are_removed_by_ngram_overlap():
     question = "If I break my contract before it ends how much will I owe Nimbus Mobile?"
     rows = [
-        _row("e", question, "A fee of $50.", split="eval"),
-        _row("copy", question.replace("Nimbus Mobile", "you"), "A fee of $50."),  # near copy
-        _row("own", "What is the early termination fee?", "A fee of $50."),  # paraphrase: kept
+        chat_row("e", question, "A fee of $50.", split="eval"),
+        chat_row("copy", question.replace("Nimbus Mobile", "you"), "A fee of $50."),  # near copy
+        chat_row("own", "What is the early termination fee?", "A fee of $50."),  # paraphrase: kept
     ]
     old_eval = "What does the Glacier plan cost per month in total?"
     earlier = Earlier(eval_prompts=[old_eval])
-    rows.append(_row("old", "what does the glacier plan cost per month in total", "$9."))
+    rows.append(chat_row("old", "what does the glacier plan cost per month in total", "$9."))
     kept, report = curate(rows, earlier=earlier)
     assert [r["id"] for r in kept] == ["e", "own"] and _counts(report) == {"eval_leakage": 2}
 
 
 def test_quality_filters_and_conflicting_answers_are_flagged():
     rows = [
-        _row("ok", "Price of Horizon?", "$52 per month."),
-        _row("short", "Price of Comet?", "$"),
-        _row("long", "Tell me everything.", "x" * 7000),
-        _row("refusal", "Price of Nova?", "As an AI language model, I cannot help with that."),
-        _row("conflict", "price of horizon?", "$55 per month."),
+        chat_row("ok", "Price of Horizon?", "$52 per month."),
+        chat_row("short", "Price of Comet?", "$"),
+        chat_row("long", "Tell me everything.", "x" * 7000),
+        chat_row("refusal", "Price of Nova?", "As an AI language model, I cannot help with that."),
+        chat_row("conflict", "price of horizon?", "$55 per month."),
     ]
     kept, report = curate(rows, settings=DataSettings(min_answer_chars=2, max_row_chars=6000))
     assert [r["id"] for r in kept] == ["ok"]
@@ -144,7 +133,9 @@ def test_quality_filters_and_conflicting_answers_are_flagged():
 
 
 def _many(prefix: str, words: str, n: int = 30, split: str = "train") -> list[dict]:
-    return [_row(f"{prefix}{i}", f"{words} {i}?", f"{words} answer {i}.", split) for i in range(n)]
+    return [
+        chat_row(f"{prefix}{i}", f"{words} {i}?", f"{words} answer {i}.", split) for i in range(n)
+    ]
 
 
 def test_drift_above_the_threshold_fails_closed_when_unattended(tiny_config):
@@ -165,8 +156,8 @@ def test_drift_above_the_threshold_fails_closed_when_unattended(tiny_config):
 
 def test_a_drop_too_small_after_curation_is_rejected(tiny_config):
     cfg = tiny_config()  # data.min_rows=20
-    rows = [_row(str(i), "Same question?", "Same answer.") for i in range(25)]
-    rows += [_row("e", "Eval?", "Yes.", split="eval")]
+    rows = [chat_row(str(i), "Same question?", "Same answer.") for i in range(25)]
+    rows += [chat_row("e", "Eval?", "Yes.", split="eval")]
     _, report = curate(rows)
     with pytest.raises(DropRejected) as err:
         check_curated(report, Path("small.jsonl"), cfg)

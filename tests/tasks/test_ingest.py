@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from freshtune.errors import DropRejected
-from tasks.ingest import assign_holdout, prompt_of, read_drop, response_of
+from tasks.ingest import ReadLimits, assign_holdout, prompt_of, read_drop, response_of
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -86,8 +86,6 @@ def test_holdout_is_seeded_and_only_without_eval_rows():
 
 
 # --- one test per bad input: the message names file, line and rule ---------------------------
-
-from tasks.ingest import ReadLimits  # noqa: E402
 
 ROW = {"id": "a", "prompt": "Q?", "response": "A."}
 

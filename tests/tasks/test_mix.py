@@ -4,17 +4,7 @@ from pathlib import Path
 from tasks.curate import curate
 from tasks.mix import build_mix, current_rows
 from tasks.snapshot import commit_snapshot, list_snapshots
-
-
-def _row(i: str, q: str, a: str, split: str = "train") -> dict:
-    return {
-        "id": i,
-        "split": split,
-        "source": "",
-        "facts": [],
-        "line": 1,
-        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-    }
+from tests.helpers.rows import chat_row
 
 
 def _commit(cfg, digest: str, rows: list[dict]):
@@ -24,9 +14,9 @@ def _commit(cfg, digest: str, rows: list[dict]):
 
 def test_snapshots_keep_landing_order_and_commit_once(tiny_config):
     cfg = tiny_config()
-    first = _commit(cfg, "a" * 64, [_row("1", "Q1?", "A1.")])
-    again = _commit(cfg, "a" * 64, [_row("1", "Q1?", "changed.")])
-    second = _commit(cfg, "b" * 64, [_row("1", "Q2?", "A2.")])
+    first = _commit(cfg, "a" * 64, [chat_row("1", "Q1?", "A1.")])
+    again = _commit(cfg, "a" * 64, [chat_row("1", "Q1?", "changed.")])
+    second = _commit(cfg, "b" * 64, [chat_row("1", "Q2?", "A2.")])
     assert again == first and again.rows()[0]["messages"][1]["content"] == "A1."
     assert [s.sequence for s in list_snapshots(cfg)] == [1, 2] and second.sequence == 2
 
@@ -36,14 +26,14 @@ def test_replay_never_brings_back_a_superseded_fact(tiny_config):
     old = _commit(
         cfg,
         "a" * 64,
-        [_row(f"o{i}", f"Old question {i}?", "Old.") for i in range(10)]
-        + [_row("price", "Price of Horizon?", "$40.")],
+        [chat_row(f"o{i}", f"Old question {i}?", "Old.") for i in range(10)]
+        + [chat_row("price", "Price of Horizon?", "$40.")],
     )
     new = _commit(
         cfg,
         "b" * 64,
-        [_row("price", "Price of Horizon?", "$52.")]
-        + [_row(f"n{i}", f"New question {i}?", "New.") for i in range(9)],
+        [chat_row("price", "Price of Horizon?", "$52.")]
+        + [chat_row(f"n{i}", f"New question {i}?", "New.") for i in range(9)],
     )
     mix = build_mix(new, [old], ratio=1.0, seed=0)
     answers = [r["messages"][1]["content"] for r in mix.rows]
@@ -54,8 +44,8 @@ def test_replay_never_brings_back_a_superseded_fact(tiny_config):
 
 def test_replay_ratio_and_seed_fix_the_sample(tiny_config):
     cfg = tiny_config()
-    old = _commit(cfg, "a" * 64, [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
-    new = _commit(cfg, "b" * 64, [_row(f"n{i}", f"New {i}?", "New.") for i in range(10)])
+    old = _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(10)])
     a, b = build_mix(new, [old], 0.5, seed=3), build_mix(new, [old], 0.5, seed=3)
     assert a.replay_rows == 5 and a.digest == b.digest
     assert build_mix(new, [old], 0.0, seed=3).replay_rows == 0
@@ -64,7 +54,7 @@ def test_replay_ratio_and_seed_fix_the_sample(tiny_config):
 def test_recent_drops_are_replayed_more_than_old_ones(tiny_config):
     cfg = tiny_config()
     snaps = [
-        _commit(cfg, c * 64, [_row(f"{c}{i}", f"{c} question {i}?", "A.") for i in range(60)])
+        _commit(cfg, c * 64, [chat_row(f"{c}{i}", f"{c} question {i}?", "A.") for i in range(60)])
         for c in "abc"
     ]
     mix = build_mix(snaps[2], snaps[:2], ratio=1.0, seed=0)
@@ -75,8 +65,10 @@ def test_recent_drops_are_replayed_more_than_old_ones(tiny_config):
 
 def test_current_rows_ages_and_supersedes(tiny_config):
     cfg = tiny_config()
-    a = _commit(cfg, "a" * 64, [_row("1", "Q?", "old", "eval"), _row("2", "R?", "r", "eval")])
-    b = _commit(cfg, "b" * 64, [_row("1", "Q?", "new", "eval")])
+    a = _commit(
+        cfg, "a" * 64, [chat_row("1", "Q?", "old", "eval"), chat_row("2", "R?", "r", "eval")]
+    )
+    b = _commit(cfg, "b" * 64, [chat_row("1", "Q?", "new", "eval")])
     rows = current_rows([a, b], "eval")
     assert sorted((age, r["messages"][1]["content"]) for age, r in rows) == [(0, "new"), (1, "r")]
 
@@ -93,25 +85,27 @@ def test_quotas_are_exact_capped_and_favour_recent_drops():
 
 def test_reviewer_corrections_are_always_in_the_mix(tiny_config):
     cfg = tiny_config()
-    old = _commit(cfg, "a" * 64, [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
-    curated, _ = curate([_row(f"r{i}", f"Fixed {i}?", "Right.") for i in range(6)], set(), set())
+    old = _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
+    curated, _ = curate(
+        [chat_row(f"r{i}", f"Fixed {i}?", "Right.") for i in range(6)], set(), set()
+    )
     review = commit_snapshot(curated, "c" * 64, Path("review.jsonl"), cfg, {"kind": "review"})
-    new = _commit(cfg, "b" * 64, [_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
     mix = build_mix(new, [old, review], ratio=0.5, seed=0)
     assert (mix.new_rows, mix.always_rows, mix.replay_rows) == (4, 6, 2)
     assert sum(r["drop"] == "c" * 16 for r in mix.rows) == 6
     assert mix.manifest()["always_rows"] == 6
 
 
-def test_cumulative_mode_trains_on_every_current_row(tiny_config):
+def test_cumulative_mode_trains_on_every_currentchat_row(tiny_config):
     cfg = tiny_config()
     old = _commit(
         cfg,
         "a" * 64,
-        [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(30)]
-        + [_row("p", "Price of Horizon?", "$40.")],
+        [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(30)]
+        + [chat_row("p", "Price of Horizon?", "$40.")],
     )
-    new = _commit(cfg, "b" * 64, [_row("p", "Price of Horizon?", "$52.")])
+    new = _commit(cfg, "b" * 64, [chat_row("p", "Price of Horizon?", "$52.")])
     mix = build_mix(new, [old], ratio=0.5, seed=0, mode="cumulative")
     answers = [r["messages"][1]["content"] for r in mix.rows]
     assert len(mix.rows) == 31 and "$40." not in answers and mix.mode == "cumulative"
@@ -123,8 +117,8 @@ def test_the_mix_is_an_mlflow_dataset_input_of_the_run(tiny_config):
     from tasks.train import log_training_mix
 
     cfg = tiny_config()
-    old = _commit(cfg, "a" * 64, [_row(f"o{i}", f"Old {i}?", "Old.") for i in range(10)])
-    new = _commit(cfg, "b" * 64, [_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    old = _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(10)])
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
     mix = build_mix(new, [old], ratio=0.5, seed=0)
     path = save_mix(mix, cfg.paths.root / "mixes" / "m.json")
     assert load_mix(path).digest == mix.digest

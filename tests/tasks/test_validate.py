@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from freshtune.errors import DropRejected
 from tasks.ingest import read_drop
 from tasks.validate import quarantine, validate_records
@@ -65,8 +67,6 @@ def test_quarantine_keeps_the_original_bytes_and_says_why(tmp_path: Path, tiny_c
 
 
 # --- one test per bad input: the failing rule, its line and the row's id ----------------------
-
-import pytest  # noqa: E402
 
 
 def _failures(tmp_path: Path, cfg, rows: list) -> dict:
