@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 
 setup: $(VENV)/.setup-done
 
@@ -28,7 +28,14 @@ endif
 demo: setup  ## fetch SmolLM2, write two monthly drops, run the refresh loop on each
 	$(BIN)/freshtune demo --months 2
 
-test: setup  ## the whole suite, as CI runs it
+# Debian's chromium for the UI screenshot tests (tests/deployments/test_ui.py skips without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+	       || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; }; } \
+	  || echo "chromium not installed: the browser tests will be skipped (apt-get install chromium)"
+
+test: setup browser  ## the whole suite, as CI runs it
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

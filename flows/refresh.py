@@ -10,7 +10,8 @@ from freshtune.config import FreshtuneConfig
 from tasks.curate import curate_drop
 from tasks.evaluate import evaluate_candidate
 from tasks.gate import apply_gate
-from tasks.ingest import stage_drop
+from tasks.ingest import StagedDrop, stage_drop
+from tasks.locks import claim, in_progress_record
 from tasks.mix import build_training_mix
 from tasks.promote import promote_candidate
 from tasks.registry import (
@@ -32,8 +33,17 @@ def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     candidate vs champion vs base, ask a reviewer, then move `champion` if all agree."""
     preflight(config)
     staged = stage_drop(drop, config)
-    if (done := find_cycle(staged, config)) is not None:
-        return done
+    # One drop, one cycle: a double trigger's second run stands down or finds the cycle done.
+    with claim(f"drop-{staged.digest[:16]}", config) as holder:
+        if holder is not None:
+            return in_progress_record(str(staged.file), staged.digest, holder)
+        if (done := find_cycle(staged, config)) is not None:
+            return done
+        return cycle(staged, config)
+
+
+def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
+    """The steps of one cycle, inside the refresh flow run (a helper, not a subflow)."""
     validate_drop(staged, config)
     snapshot = curate_drop(staged, config)
     champion = find_champion(config)

@@ -102,6 +102,11 @@ PRIMARY = {"hallucination": "hallucination", "bias": "consistency"}
 
 
 def _print_cycle(record: dict[str, Any]) -> None:
+    if record.get("in_progress_by"):
+        typer.echo(
+            f"\n== {Path(record['file']).name}: being processed by {record['in_progress_by']}"
+        )
+        return
     repeated = " (already processed; nothing retrained)" if record.get("repeated") else ""
     typer.echo(f"\n== {Path(record['file']).name}: {record['verdict']}{repeated}")
     typer.echo(
@@ -356,6 +361,106 @@ def _print_gate(outcome: Any) -> None:
         typer.secho(f"PASSED {outcome.file}", fg="green")
     else:
         typer.secho(f"REJECTED {outcome.rejection}", fg="red")
+
+
+def _require_server(what: str) -> str:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        typer.secho(
+            f"{what} needs a Prefect server: start one (`prefect server start` or "
+            "docker compose -f docker/compose.yaml up) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return url
+
+
+@app.command()
+def deploy(
+    pool_type: Annotated[
+        str, typer.Option(help="work pool type: process, docker or kubernetes")
+    ] = "process",
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Create the work pools, deployments, schedules and triggers on PREFECT_API_URL."""
+    from deployments.deploy import apply_all
+
+    url = _require_server("deploy")
+    if pool_type not in ("process", "docker", "kubernetes"):
+        typer.secho(f"--pool-type {pool_type}: use process, docker or kubernetes", err=True)
+        raise typer.Exit(2)
+    cfg = _config(config, set_, workspace)
+    applied = apply_all(cfg, pool_type)  # type: ignore[arg-type]
+    typer.echo(f"server {url}")
+    for name in applied["pools_created"]:
+        typer.echo(f"created work pool {name} ({pool_type})")
+    for name in applied["deployments"]:
+        typer.echo(f"deployment {name}")
+    typer.echo(
+        f"start workers: prefect worker start --pool {cfg.deploy.cpu_pool}  "
+        f"(and --pool {cfg.deploy.gpu_pool} on GPU machines)"
+    )
+
+
+@app.command()
+def drop(
+    file: Annotated[Path, typer.Argument(help="a data drop to land")],
+    check: Annotated[bool, typer.Option(help="run the data gate first (dry run)")] = True,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Check FILE, land it atomically and emit freshtune.drop.landed (starts a refresh)."""
+    from tasks.landing import emit_landed, land, mark_announced
+
+    cfg = _config(config, set_, workspace)
+    file = file.expanduser().resolve()
+    if check:
+        from tasks.datagate import check_drop
+
+        outcome = check_drop(file, cfg)
+        if not outcome.passed:
+            _print_gate(outcome)
+            typer.echo("not landed: fix the file and drop it again", err=True)
+            raise typer.Exit(1)
+    landed = land(file, cfg)
+    typer.echo(f"landed {landed.url} (digest {landed.digest[:12]})")
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo(
+            "no Prefect server (PREFECT_API_URL unset): no event sent; the monthly run takes "
+            f"it, or run now: freshtune refresh {landed.url}"
+        )
+        return
+    with _exit_on(OSError, RuntimeError, code=1, what="emitting freshtune.drop.landed"):
+        event_id = emit_landed(landed, file.name)
+    mark_announced(cfg, landed.digest)
+    typer.echo(f"emitted freshtune.drop.landed {event_id}")
+
+
+@app.command()
+def watch(
+    interval: Annotated[float, typer.Option(help="seconds between polls")] = 30.0,
+    once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Poll the landing folder/bucket; emit freshtune.drop.landed once per new digest."""
+    from tasks.landing import announce_new, landing_url
+
+    _require_server("watch")
+    cfg = _config(config, set_, workspace)
+    typer.echo(f"watching {landing_url(cfg)} every {interval:g} s")
+    while True:
+        for landed in announce_new(cfg):
+            typer.echo(f"emitted freshtune.drop.landed for {landed.url} ({landed.digest[:12]})")
+        if once:
+            return
+        time.sleep(interval)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m freshtune.cli`

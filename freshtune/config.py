@@ -148,6 +148,43 @@ class TrackingSettings(_Strict):
     model_name: str = "freshtune-adapter"
 
 
+class DeploySettings(_Strict):
+    """How freshtune runs on a Prefect server: schedules, events, pools, landing, locks."""
+
+    timezone: str = Field("UTC", description="IANA time zone of the schedules")
+    monthly_cron: str = Field("0 3 1 * *", description="monthly-refresh: every drop not yet run")
+    decay_cron: str = Field("0 4 * * 1", description="decay-monitor: scores the champion weekly")
+    decay_min_accuracy: float = Field(
+        0.6, ge=0, le=1, description="below this on the newest eval data: freshtune.model.decayed"
+    )
+    landing_url: str | None = Field(
+        None,
+        description="fsspec URL drops land in (s3://bucket/landing); None: <workspace>/landing",
+    )
+    cpu_pool: str = Field("cpu", description="work pool of the refresh, monitor and rollback flows")
+    gpu_pool: str = Field("gpu", description="work pool of the train-on-gpu deployment")
+    lock_url: str | None = Field(
+        None,
+        description="redis://host:port/db for locks across workers; None: $FRESHTUNE_LOCK_URL, "
+        "else file locks in the workspace (one host)",
+    )
+    lock_ttl_s: int = Field(
+        6 * 3600, ge=60, description="a claimed drop is freed after this long if its run died"
+    )
+
+    @model_validator(mode="after")
+    def _check_timezone(self) -> DeploySettings:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {self.timezone!r}; use an IANA name such as Europe/Berlin"
+            ) from None
+        return self
+
+
 class FreshtuneConfig(_Strict):
     base_model: str = Field(description="local checkpoint folder, hub id, or a known name")
     workspace: Path = DEFAULT_WORKSPACE
@@ -158,6 +195,7 @@ class FreshtuneConfig(_Strict):
     gate: GateSettings = GateSettings()
     review: ReviewSettings = ReviewSettings()
     tracking: TrackingSettings = TrackingSettings()
+    deploy: DeploySettings = DeploySettings()
 
     @model_validator(mode="after")
     def _check_lengths(self) -> FreshtuneConfig:

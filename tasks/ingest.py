@@ -361,7 +361,9 @@ def check_not_quarantined(path: Path, digest: str, cfg: FreshtuneConfig) -> None
 @task(name="stage-drop", cache_policy=NO_CACHE)
 def stage_drop(path: str, cfg: FreshtuneConfig) -> StagedDrop:
     """Parse the drop; a file that cannot be read is quarantined with the reason."""
-    file = Path(path).expanduser().resolve()
+    from tasks.landing import local_copy
+
+    file = local_copy(path, cfg)  # a path, or an fsspec URL fetched into the workspace
     if not file.is_file():
         raise FileNotFoundError(f"drop {file} does not exist or is not a file")
     digest = file_digest(file)  # hashed once: a drop may be up to data.max_file_mb

@@ -57,3 +57,34 @@ def test_refresh_then_status_show_the_champion(tiny_model, demo_drops, tmp_path,
     assert data["champion"]["tags"]["drop_digest"] == data["cycles"][0]["digest"]
     text = runner.invoke(app, ["status", *args]).output
     assert "champion: version 1" in text and "month-01.jsonl" in text
+
+
+def test_deploy_and_watch_need_a_server(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for command in (["deploy"], ["watch", "--once"]):
+        result = runner.invoke(app, [*command, "-w", str(tmp_path)])
+        assert result.exit_code == 2 and "PREFECT_API_URL" in result.output
+
+
+def test_drop_without_a_server_lands_the_file_and_says_no_event_went(
+    tiny_model, demo_drops, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    args = ["-c", "tiny", "-s", f"base_model={tiny_model}", "-w", str(tmp_path / "ws")]
+    result = runner.invoke(app, ["drop", str(demo_drops[0]), *args])
+    assert result.exit_code == 0, result.output
+    assert "no event sent" in result.output and "freshtune refresh" in result.output
+    assert len(list((tmp_path / "ws" / "landing").glob("*-month-01.jsonl"))) == 1
+
+
+def test_drop_refuses_a_bad_file_and_lands_nothing(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "messages": [{"role": "user", "content": "hi"}]}\n{"id": "2", "me')
+    args = ["-c", "tiny", "-s", f"base_model={tiny_model}", "-w", str(tmp_path / "ws")]
+    result = runner.invoke(app, ["drop", str(bad), *args])
+    assert result.exit_code == 1
+    assert "bad.jsonl:2" in result.output and "truncated" in result.output
+    assert "not landed" in result.output
+    landing = tmp_path / "ws" / "landing"
+    assert not [p for p in landing.iterdir() if p.is_file()]

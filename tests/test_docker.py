@@ -63,3 +63,77 @@ def test_copied_paths_exist_and_no_secret_is_baked_in(path: Path):
 def test_dockerignore_keeps_state_and_venv_out_of_the_image():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".freshtune", ".git"} <= set(ignored)
+
+
+COMPOSE = ROOT / "docker" / "compose.yaml"
+ENV_EXAMPLE = ROOT / "docker" / ".env.example"
+
+
+def _compose() -> dict:
+    import yaml
+
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _env_example() -> dict[str, str]:
+    lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if line and line[0] != "#"]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_compose_has_the_production_services_with_health_checks():
+    services = _compose()["services"]
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "prefect-server",
+        "mlflow",
+        "deploy",
+        "worker-cpu",
+        "worker-gpu",
+    }
+    for name in ("postgres", "redis", "prefect-server", "mlflow"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["prefect-server"]["ports"] == ["4200:4200"]
+    assert services["mlflow"]["ports"] == ["5000:5000"]
+    env = services["prefect-server"]["environment"]
+    assert env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert env["PREFECT_SERVER_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    mlflow = services["mlflow"]["command"]
+    assert "--app-name=basic-auth" in mlflow
+    assert any(arg.startswith("--backend-store-uri=postgresql+psycopg2://") for arg in mlflow)
+    assert any(v.endswith(":/var/lib/mlflow") for v in services["mlflow"]["volumes"])
+
+
+def test_workers_poll_their_pools_and_the_gpu_one_reserves_nvidia_devices():
+    services = _compose()["services"]
+    for name, pool in (("worker-cpu", "cpu"), ("worker-gpu", "gpu")):
+        command = services[name]["command"]
+        assert command[:3] == ["prefect", "worker", "start"] and pool in command
+        env = services[name]["environment"]
+        assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["FRESHTUNE_LOCK_URL"].startswith("redis://")
+        assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile"
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "deploy" not in services["worker-cpu"]
+
+
+def test_every_variable_is_in_env_example_and_no_secret_is_in_the_repo():
+    used = set(re.findall(r"\$\{(\w+)\}", COMPOSE.read_text()))
+    example = _env_example()
+    assert used <= set(example), used - set(example)
+    assert set(example) <= used, set(example) - used  # nothing stale
+    for key, value in example.items():
+        if re.search("PASSWORD|SECRET|AUTH_STRING", key):
+            assert "change-me" in value, key
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "docker/.env" in ignored and ".env" in (ROOT / ".dockerignore").read_text()
+
+
+def test_files_the_compose_mounts_exist():
+    for service in _compose()["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).exists(), volume

@@ -1,0 +1,128 @@
+"""Apply freshtune's deployments, schedules, triggers and work pools to a Prefect server.
+
+`freshtune deploy` calls `apply_all` against the server that `PREFECT_API_URL` names:
+
+| deployment | flow | runs when |
+|---|---|---|
+| `refresh/on-data-drop` | refresh | event `freshtune.drop.landed` (payload: path, digest) |
+| `monthly-refresh/monthly-refresh` | monthly-refresh | `deploy.monthly_cron`; `...model.decayed` |
+| `decay-monitor/decay-monitor` | decay-monitor | `deploy.decay_cron` (weekly) |
+| `rollback/rollback` | rollback | by hand (UI or `prefect deployment run`) |
+| `train-on-gpu/<gpu_pool>` | train-on-gpu | called by refresh when `train.work_pool` is set |
+
+Deployments point at installed modules (`flows.refresh.refresh`), so a worker needs freshtune
+installed (the worker image does) and the same workspace storage; every run gets the config
+as its `config` parameter, editable in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from freshtune.config import FreshtuneConfig
+from tasks.landing import DROP_LANDED, MODEL_DECAYED
+
+POOLS_DIR = Path(__file__).resolve().parent / "pools"
+PoolKind = Literal["process", "docker", "kubernetes"]
+
+
+def base_job_template(kind: PoolKind, gpu: bool) -> dict[str, Any]:
+    """The pool's job template from `deployments/pools/` (GPU requests on Kubernetes)."""
+    path = POOLS_DIR / f"{kind}-gpu.json"
+    if not (gpu and path.exists()):
+        path = POOLS_DIR / f"{kind}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def ensure_pools(cfg: FreshtuneConfig, kind: PoolKind) -> list[str]:
+    """Create the cpu and gpu work pools if missing; existing pools are left as they are."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    created = []
+    with get_client(sync_client=True) as client:
+        for name, gpu in ((cfg.deploy.cpu_pool, False), (cfg.deploy.gpu_pool, True)):
+            pool = WorkPoolCreate(
+                name=name,
+                type=kind,
+                base_job_template=base_job_template(kind, gpu),
+                description=f"freshtune {'GPU training' if gpu else 'orchestration'} ({kind})",
+            )
+            try:
+                client.create_work_pool(pool)
+                created.append(name)
+            except ObjectAlreadyExists:
+                pass
+    return created
+
+
+def deployments(cfg: FreshtuneConfig) -> list[tuple[Any, str]]:
+    """(RunnerDeployment, work pool) pairs; the config travels as the `config` parameter."""
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+
+    from flows.decay import decay_monitor
+    from flows.monthly import monthly_refresh
+    from flows.refresh import refresh
+    from flows.rollback import rollback
+    from flows.train import train_on_gpu
+
+    config = {"config": cfg.model_dump(mode="json")}
+    tz = cfg.deploy.timezone
+    on_drop = DeploymentEventTrigger(
+        name="freshtune drop landed",
+        expect={DROP_LANDED},
+        match={"prefect.resource.id": "freshtune.drop.*"},
+        parameters={"drop": "{{ event.payload.path }}"},
+    )
+    on_decay = DeploymentEventTrigger(name="freshtune model decayed", expect={MODEL_DECAYED})
+    cpu, gpu = cfg.deploy.cpu_pool, cfg.deploy.gpu_pool
+    return [
+        (_to(refresh, "on-data-drop", config, triggers=[on_drop]), cpu),
+        (
+            _to(
+                monthly_refresh,
+                "monthly-refresh",
+                config,
+                triggers=[on_decay],
+                schedules=[Cron(cfg.deploy.monthly_cron, timezone=tz)],
+            ),
+            cpu,
+        ),
+        (
+            _to(
+                decay_monitor,
+                "decay-monitor",
+                config,
+                schedules=[Cron(cfg.deploy.decay_cron, timezone=tz)],
+            ),
+            cpu,
+        ),
+        (_to(rollback, "rollback", config), cpu),
+        (_to(train_on_gpu, gpu, config), gpu),
+    ]
+
+
+def _to(flow: Any, name: str, parameters: dict[str, Any], **kwargs: Any) -> Any:
+    from prefect.deployments.runner import EntrypointType
+
+    return flow.to_deployment(
+        name=name,
+        parameters=parameters,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        tags=["freshtune"],
+        **kwargs,
+    )
+
+
+def apply_all(cfg: FreshtuneConfig, kind: PoolKind = "process") -> dict[str, Any]:
+    """Pools, then deployments with their schedules and automations; safe to run again."""
+    created = ensure_pools(cfg, kind)
+    applied = {}
+    for deployment, pool in deployments(cfg):
+        deployment_id = deployment.apply(work_pool_name=pool)
+        applied[f"{deployment.flow_name}/{deployment.name}"] = str(deployment_id)
+    return {"pools_created": created, "deployments": applied}

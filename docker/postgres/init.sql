@@ -1,0 +1,2 @@
+-- The Prefect server uses the `prefect` database (POSTGRES_DB); MLflow gets its own.
+CREATE DATABASE mlflow;
