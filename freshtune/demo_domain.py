@@ -392,6 +392,39 @@ def still_true_eval(
     ]
 
 
+def fact_train_rows(fact: Fact, value: str | None = None) -> list[Record]:
+    """The training rows that state `fact` (worded as training questions), optionally with a
+    different `value`: how a stale copy or a wrong answer looks in a drop."""
+    t = _TEMPLATES[fact.attribute]
+    answer = t.answer.format(s=fact.subject, v=fact.value if value is None else value)
+    return [
+        {"messages": _chat(q.format(s=fact.subject), answer), "split": "train"} for q in t.train
+    ]
+
+
+def wrong_value(fact: Fact, rng: random.Random) -> str:
+    """A plausible value for `fact`'s attribute that is not the true one."""
+    return _draw(fact.attribute, rng, fact.value)
+
+
+def review_questions(month: int, seed: int = 0, *, change_share: float = CHANGE_SHARE):
+    """What an expert reviewer checks in `month`: questions about the facts new that month,
+    worded as customers ask them (the training wording, not the eval wording), with the true
+    answer and its facts, plus questions about products that were never sold (the right answer
+    declines: `slice` hallucination)."""
+    facts = changed_facts(month, seed, change_share=change_share)
+    rows = [
+        {**row, "id": f"m{month:02d}-review-{i:04d}", "facts": [f.value], "slice": ""}
+        for i, (f, row) in enumerate((f, r) for f in facts for r in fact_train_rows(f))
+    ]
+    refusals = [r for r in _never_sold_records(1) if r["split"] == "train"]
+    rows += [
+        {**r, "id": f"m{month:02d}-review-n{i:02d}", "facts": [], "slice": "hallucination"}
+        for i, r in enumerate(refusals)
+    ]
+    return rows
+
+
 def write_drop(month: int, out: Path, seed: int = 0, noise: bool = True) -> Path:
     """Write the drop of `month` to `out` as JSONL, atomically; returns `out`."""
     out = Path(out)

@@ -127,3 +127,18 @@ def test_a_decayed_champion_triggers_the_monthly_refresh(stack: Stack, demo_drop
     champion = stack.mlflow().get_model_version_by_alias(MODEL, "champion")
     assert int(champion.version) == int(before.version) + 1
     assert champion.tags["drop_digest"] == landed.digest
+
+
+def test_watch_announces_each_new_digest_once(stack: Stack, tmp_path):
+    from freshtune.demo_domain import write_drop
+
+    # Another system copies a drop into the landing folder; `watch` announces it, once.
+    drop = write_drop(5, tmp_path / "month-05.jsonl")
+    before = len(stack.runs_of("refresh/on-data-drop"))
+    target = stack.cfg.paths.landing / "from-sftp-month-05.jsonl"
+    shutil.copy(drop, target)
+    first = stack.cli("watch", "--once").stdout
+    assert "from-sftp-month-05.jsonl" in first
+    assert "from-sftp-month-05.jsonl" not in stack.cli("watch", "--once").stdout
+    runs = stack.wait_runs("refresh/on-data-drop", before + first.count("emitted"))
+    assert str(target) in [r.parameters["drop"] for r in runs]

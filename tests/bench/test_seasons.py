@@ -1,0 +1,66 @@
+"""The seasons benchmark's mechanics on the tiny model (2 months): dirt, lanes, review flags,
+compute accounting, the report, plots and the MLflow run. Its numbers come from real runs."""
+
+import json
+
+import mlflow
+
+from bench import seasons
+
+
+def test_dirty_drop_adds_each_kind_of_dirt_to_training_rows_only():
+    clean = [r for r in seasons.dirty_drop(2, 0.15, 0.0) if not r["source"].startswith("dirt")]
+    dirty = seasons.dirty_drop(2, 0.15, 0.5)
+    dirt = [r for r in dirty if r["source"].startswith("dirt")]
+    kinds = {r["source"].split(":")[1] for r in dirt}
+    assert kinds == {"duplicate", "stale", "wrong", "pii", "empty"}
+    assert all(r["split"] == "train" for r in dirt)
+    assert len(dirty) == len(clean) + len(dirt)
+    assert any(
+        "@example.org" in r["messages"][1]["content"] or "+44" in r["messages"][1]["content"]
+        for r in dirt
+    )
+
+
+def test_two_months_on_the_tiny_model(tiny_model, tmp_path):
+    report = tmp_path / "docs" / "seasons.md"
+    args = [
+        "--model",
+        str(tiny_model),
+        "--months",
+        "2",
+        "--review-n",
+        "6",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--report",
+        str(report),
+        "--json",
+        str(tmp_path / "out.json"),
+        "--set",
+        "train.epochs=1",
+    ]
+    result = seasons.main(args)
+    m1, m2 = (m["strategies"] for m in result["months"])
+    assert m1["base"]["tokens"] == 0 and m1["continuous"]["tokens"] > 0
+    assert m1["no-curation"]["tokens"] > m1["continuous"]["tokens"]  # dirt is trained on
+    assert m2["static"]["tokens"] == 0 and m2["static"]["total_flops"] == m1["static"]["flops"]
+    assert m2["cumulative"]["tokens"] > m2["continuous"]["tokens"]
+    assert m2["no-review"]["flags"] == 0 and m2["static"]["flags"] == 0
+    assert {c["claim"] for c in result["claims"]} == set(seasons.CLAIMS.values())
+
+    text = report.read_text()
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
+    assert rows.count("| 1") == 6 and rows.count("| 2") == 6
+    for claim in seasons.CLAIMS.values():
+        assert claim in text
+    assert (report.parent / "seasons-accuracy.png").stat().st_size > 1000
+    assert (report.parent / "seasons-compute.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "out.json").read_text())["months"][1]["month"] == 2
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["freshtune-seasons"])
+    assert len(runs) == 1 and "metrics.cumulative.total_flops" in runs.columns
+
+    again = seasons.main(args)  # resumes from the cache: same figures
+    assert json.dumps(again["months"]) == json.dumps(result["months"])  # NaN-safe
