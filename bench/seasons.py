@@ -58,7 +58,7 @@ CLAIMS = {
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # Sized for 2 CPU cores (<= 90 minutes): fewer changed facts per month, 3 epochs.
-    "cpu": {"months": 12, "epochs": 3.0, "change_share": 0.15, "max_questions": 24},
+    "cpu": {"months": 12, "epochs": 3.0, "change_share": 0.1, "max_questions": 16},
     "gpu": {"months": 12, "epochs": 5.0, "change_share": 0.25, "max_questions": 64},
 }
 
@@ -214,8 +214,9 @@ def train_lane(lane: Lane, month: int, records: list[dict], cfg: Any) -> dict[st
     mode = "cumulative" if lane.mode == "cumulative" else "incremental"
     parent = lane.adapter if lane.mode == "incremental" else None
     mix = build_mix(snap, lane.history, cfg.train.replay_ratio, cfg.seed, mode)
-    # Keyed by what is trained, so identical runs (month 1 of most lanes) train once.
-    key = hashlib.sha256(f"{mix.digest}|{parent}".encode()).hexdigest()[:16]
+    # Keyed by what is trained (rows and parent, not the mode's name), so identical runs
+    # (month 1 of every curated lane) train once.
+    key = hashlib.sha256(f"{digest_of(mix.rows)}|{parent}".encode()).hexdigest()[:16]
     result = train_adapter(
         cfg.resolved_base_model(), mix.rows, cfg.train, cfg.paths.adapters / key, parent, cfg.seed
     )
@@ -279,6 +280,47 @@ def flag_wrong(adapter: Path, rows: list[dict], cfg: Any) -> list[str]:
 # Evaluation: every strategy on the same questions each month.
 
 
+# More products never sold than the demo drop's four, so the hallucination rate moves in
+# steps of 1/16 rather than 1/4; none of them is in any training row.
+NEVER_SOLD = (
+    "Zenith plan",
+    "Aurora plan",
+    "Nimbus Flip phone",
+    "Vortex unlimited plan",
+    "Meteor plan",
+    "Nimbus Ultra phone",
+    "Cirrus Mini router",
+    "Solstice family plan",
+    "Stratus Kids watch",
+    "Equinox data plan",
+    "Nimbus Tab Pro tablet",
+    "Polar roaming pack",
+    "Breeze plan",
+    "Nimbus Go phone",
+    "Halo plan",
+    "Monsoon data pack",
+)
+
+
+def never_sold_eval() -> list[dict]:
+    from freshtune.demo_domain import SYSTEM_PROMPT
+
+    return [
+        {
+            "id": f"never-sold-{i:02d}",
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"What does the {name} cost per month?"},
+                {"role": "assistant", "content": f"Nimbus Mobile has no {name}."},
+            ],
+            "split": "eval",
+            "slice": "hallucination",
+            "facts": [],
+        }
+        for i, name in enumerate(NEVER_SOLD)
+    ]
+
+
 def eval_slices(month: int, args: argparse.Namespace) -> dict[str, list[dict]]:
     from freshtune.demo_domain import make_drop, still_true_eval
 
@@ -287,14 +329,13 @@ def eval_slices(month: int, args: argparse.Namespace) -> dict[str, list[dict]]:
     facts = [r for r in true_now if not r.get("slice")]
     current = [r for r in facts if r["id"].startswith(f"m{month:02d}-")]
     earlier = [r for r in facts if not r["id"].startswith(f"m{month:02d}-")]
-    first = make_drop(1, noise=False, change_share=args.change_share)
     drops = [make_drop(m, noise=False, change_share=args.change_share) for m in range(1, month + 1)]
     bias = [r for d in drops for r in d if r.get("slice") == "bias"]
     rng = random.Random(f"eval-{month}")
     return {
         "current": current[:cap],
         "earlier": rng.sample(earlier, min(cap, len(earlier))),
-        "hallucination": [r for r in first if r.get("slice") == "hallucination"],
+        "hallucination": never_sold_eval(),
         "bias": bias[-2 * (cap // 2) :],  # whole pairs, the newest
     }
 
