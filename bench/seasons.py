@@ -390,7 +390,9 @@ class Cache:
 # The run, the claims, the report.
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, on_month: Any = None) -> dict[str, Any]:
+    """Month by month; `on_month(result so far)` after each (the report is rewritten, so a
+    cut-short run still shows what it measured, marked as partial)."""
     from freshtune.config import load_config
 
     preset = PRESETS[args.preset]
@@ -407,7 +409,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flags = {name: review_lane(lane, month, args, cfg, cache) for name, lane in team.items()}
         months.append(month_entry(month, team, spent, scores, flags, args))
         print_month(months[-1], time.perf_counter() - started)
-    return {"config": vars_of(args), "months": months, "claims": claims(months, args)}
+        result = {"config": vars_of(args), "months": months, "claims": claims(months, args)}
+        if on_month is not None:
+            on_month(result)
+    return result
 
 
 def month_entry(month, team, spent, scores, flags, args) -> dict[str, Any]:
@@ -564,13 +569,18 @@ def plots(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     return made
 
 
+def _done(result: dict[str, Any]) -> str:
+    done, planned = len(result["months"]), result["config"]["months"]
+    return f"{done} months" if done == planned else f"PARTIAL: {done} of {planned} months so far"
+
+
 def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
     cfg = result["config"]
     lines = [
         "# Twelve months of freshtune: the claims, measured",
         "",
         f"Written by `bench/seasons.py` ({'--quick, ' if cfg['quick'] else ''}preset "
-        f"`{cfg['preset']}`, {len(result['months'])} months, base `{Path(cfg['model']).name}`, "
+        f"`{cfg['preset']}`, {_done(result)}, base `{Path(cfg['model']).name}`, "
         f"reviewer checks {cfg['review_n']} answers a month, {cfg['noise']:.0%} dirty rows) "
         f"in {wall_s / 60:.0f} minutes. Rerun it to reproduce; numbers are whatever it measures.",
         "",
@@ -607,39 +617,56 @@ def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
 
 
 def log_to_mlflow(result: dict[str, Any], files: list[Path], cfg_workspace: Path) -> str:
+    """One run in experiment `freshtune-seasons`: params, per-month metrics, report, plots.
+    A client with an explicit URI: the fluent API would set MLFLOW_TRACKING_URI process-wide."""
     import os
 
-    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cfg_workspace / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("freshtune-seasons")
-    with mlflow.start_run(run_name=f"seasons-{result['config']['preset']}") as run:
-        mlflow.log_params({k: v for k, v in result["config"].items() if v is not None})
-        for m in result["months"]:
-            for name, s in m["strategies"].items():
-                metrics = {k: v for k, v in s.items() if isinstance(v, int | float)}
-                mlflow.log_metrics(
-                    {f"{name}.{k}": v for k, v in metrics.items() if not math.isnan(v)},
-                    step=m["month"],
-                )
-        for path in files:
-            mlflow.log_artifact(str(path))
-        return run.info.run_id
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name("freshtune-seasons")
+    experiment = found.experiment_id if found else client.create_experiment("freshtune-seasons")
+    run_id = client.create_run(
+        experiment, run_name=f"seasons-{result['config']['preset']}"
+    ).info.run_id
+    now = int(time.time() * 1000)
+    params = [Param(k, str(v)) for k, v in result["config"].items() if v is not None]
+    metrics = [
+        Metric(f"{name}.{k}", float(v), now, m["month"])
+        for m in result["months"]
+        for name, s in m["strategies"].items()
+        for k, v in s.items()
+        if isinstance(v, int | float) and not math.isnan(v)
+    ]
+    for start in range(0, len(metrics), 900):  # the REST API takes 1000 metrics a batch
+        client.log_batch(
+            run_id, metrics=metrics[start : start + 900], params=params if not start else []
+        )
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
-    result = run(args)
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    images = plots(result, args.report.parent, args.report.stem)
-    args.report.write_text(report(result, images, time.perf_counter() - started))
+
+    def write(result: dict[str, Any]) -> list[Path]:
+        images = plots(result, args.report.parent, args.report.stem)
+        args.report.write_text(report(result, images, time.perf_counter() - started))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=str))
+        return images
+
+    result = run(args, on_month=write)
+    images = write(result)
     print(f"\nreport: {args.report}")
     for c in result["claims"]:
         print(f"  {c['claim']}: told {c['told']}, measured {c['measured']}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
     if not args.no_mlflow:
         print(f"MLflow run {log_to_mlflow(result, [args.report, *images], args.workspace)}")
     return result
