@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="config override")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--render", type=Path, help="only rewrite the report from this --json")
     args = parser.parse_args(argv)
     args.months = args.months or (3 if args.quick else PRESETS[args.preset]["months"])
     if args.quick and args.report == ROOT / "docs" / "seasons.md":
@@ -569,6 +570,32 @@ def plots(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     return made
 
 
+MONTH_TABLES = (
+    ("Accuracy on every fact true that month", lambda m, s: _pct(known_share(m, s))),
+    (
+        "Hallucination rate (products never sold)",
+        lambda m, s: _pct(m["strategies"][s]["hallucination"]),
+    ),
+    (
+        "Training compute so far (TFLOP)",
+        lambda m, s: f"{m['strategies'][s]['total_flops'] / 1e12:.1f}",
+    ),
+)
+
+
+def month_tables(months: list[dict[str, Any]]) -> list[str]:
+    """One row per month, one column per strategy, for the figures people compare."""
+    lines = []
+    for title, cell in MONTH_TABLES:
+        lines += [f"### {title}", "", "| month | " + " | ".join(STRATEGIES) + " |"]
+        lines.append("|---" * (len(STRATEGIES) + 1) + "|")
+        lines += [
+            f"| {m['month']} | " + " | ".join(cell(m, s) for s in STRATEGIES) + " |" for m in months
+        ]
+        lines.append("")
+    return lines
+
+
 def _done(result: dict[str, Any]) -> str:
     done, planned = len(result["months"]), result["config"]["months"]
     return f"{done} months" if done == planned else f"PARTIAL: {done} of {planned} months so far"
@@ -597,6 +624,9 @@ def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
         *[f"![{p.stem}]({p.name})" for p in images],
         "",
         "## Month by month",
+        "",
+        *month_tables(result["months"]),
+        "### Every strategy, every month",
         "",
         "Accuracy on the month's new facts (current) and on still-true earlier facts, "
         "hallucination rate on products never sold, bias consistency on counterfactual pairs, "
@@ -657,12 +687,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def write(result: dict[str, Any]) -> list[Path]:
         images = plots(result, args.report.parent, args.report.stem)
-        args.report.write_text(report(result, images, time.perf_counter() - started))
+        result["elapsed_s"] = result.get("elapsed_s") or time.perf_counter() - started
+        args.report.write_text(report(result, images, result["elapsed_s"]))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2, default=str))
         return images
 
-    result = run(args, on_month=write)
+    if args.render:  # the report and plots again from a saved run (no training)
+        result = json.loads(args.render.read_text())
+        result["claims"] = claims(result["months"], argparse.Namespace(**result["config"]))
+        write(result)
+        return result
+    result = run(args, on_month=lambda partial: write({**partial, "elapsed_s": 0}))
     images = write(result)
     print(f"\nreport: {args.report}")
     for c in result["claims"]:

@@ -67,3 +67,11 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path):
 
     again = seasons.main(args)  # resumes from the cache: same figures
     assert json.dumps(again["months"]) == json.dumps(result["months"])  # NaN-safe
+
+    rendered = tmp_path / "again" / "seasons.md"
+    seasons.main(["--render", str(tmp_path / "out.json"), "--report", str(rendered), "--no-mlflow"])
+    text = rendered.read_text()
+    for title, _ in seasons.MONTH_TABLES:
+        assert f"### {title}" in text
+    assert "| month | base | static | continuous |" in text
+    assert (rendered.parent / "seasons-accuracy.png").exists()
