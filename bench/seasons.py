@@ -326,7 +326,7 @@ def eval_slices(month: int, args: argparse.Namespace) -> dict[str, list[dict]]:
     from freshtune.demo_domain import make_drop, still_true_eval
 
     cap = PRESETS[args.preset]["max_questions"]
-    true_now = [r for r in still_true_eval(month, change_share=args.change_share)]
+    true_now = still_true_eval(month, change_share=args.change_share)
     facts = [r for r in true_now if not r.get("slice")]
     current = [r for r in facts if r["id"].startswith(f"m{month:02d}-")]
     earlier = [r for r in facts if not r["id"].startswith(f"m{month:02d}-")]

@@ -44,6 +44,10 @@ def _fs(url: str) -> tuple[Any, str]:
     return url_to_fs(url)
 
 
+def _is_local(fs: Any) -> bool:
+    return fs.protocol in ("file", ("file", "local"))
+
+
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
@@ -58,7 +62,7 @@ def land(file: Path, cfg: FreshtuneConfig) -> Landed:
         partial = f"{root.rstrip('/')}/.{digest[:12]}-{file.name}.partial"
         fs.put_file(str(file), partial)
         fs.mv(partial, target)
-    url = target if fs.protocol in ("file", ("file", "local")) else fs.unstrip_protocol(target)
+    url = target if _is_local(fs) else fs.unstrip_protocol(target)
     return Landed(url, digest, file.stat().st_size, time.time())
 
 
@@ -72,9 +76,8 @@ def list_landed(cfg: FreshtuneConfig) -> list[dict[str, Any]]:
         for e in fs.ls(root, detail=True)
         if e["type"] == "file" and not Path(e["name"]).name.startswith(".")
     ]
-    local = fs.protocol in ("file", ("file", "local"))
     for entry in entries:
-        entry["url"] = entry["name"] if local else fs.unstrip_protocol(entry["name"])
+        entry["url"] = entry["name"] if _is_local(fs) else fs.unstrip_protocol(entry["name"])
         entry["modified"] = _modified(entry)
     return sorted(entries, key=lambda e: (e["modified"], e["name"]))
 
