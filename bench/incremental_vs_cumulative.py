@@ -4,17 +4,18 @@ Run: python bench/incremental_vs_cumulative.py [--months 3] [--epochs 2] [--json
      (state goes to a scratch workspace, --workspace, by default under /tmp)
 
 Each month: `incremental` continues last month's incremental adapter on the new rows plus a
-replay sample (train.replay_ratio); `cumulative` trains a new adapter from the base on every
-still-current row so far. Both use the demo preset's training settings and are scored on the
-same questions: every eval question of months 1..m whose fact still holds in month m (worded
-differently from the training questions), split into `current` (month m) and `earlier`.
+replay sample (train.replay_ratio), each replayed row trained `--replay-passes` times a
+cycle while new rows get every epoch (train.replay_passes); `cumulative` trains a new adapter
+from the base on every still-current row so far. Both use the demo preset's training settings
+and are scored on the same questions: every eval question of months 1..m whose fact still
+holds in month m (worded differently from the training questions), split into `current`
+(month m) and `earlier`.
 Compute is counted in real tokens and FLOPs (4·N per token) and wall time.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/freshtune-bench-ivc"))
     # The demo preset trains 5 epochs; 2 keep the default run within 20 minutes on 2 cores.
     parser.add_argument("--epochs", type=float, default=2.0, help="train.epochs, both modes")
+    parser.add_argument(
+        "--replay-passes",
+        default="1",
+        help="train.replay_passes for incremental: times each replayed row is trained a cycle "
+        "(new rows get every epoch); 'none' replays every epoch",
+    )
     parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
     parser.add_argument(
         "--compute-only", action="store_true", help="count tokens and FLOPs; train nothing"
@@ -68,15 +75,13 @@ def month_snapshot(month: int) -> MemorySnapshot:
 
 def train(cfg, snaps: list[MemorySnapshot], mode: str, parent: Path | None):
     from tasks.mix import build_mix
-    from tasks.train import train_adapter
+    from tasks.train import adapter_key, train_adapter
 
     mix = build_mix(snaps[-1], snaps[:-1], cfg.train.replay_ratio, cfg.seed, mode)
     # Keyed by what is trained: month 1 is the same run in both modes and is trained once.
-    lineage = hashlib.sha256(str(parent).encode()).hexdigest()[:8] if parent else "base"
-    out = cfg.paths.adapters / f"{mix.digest}-{lineage}"
-    return train_adapter(
-        cfg.resolved_base_model(), mix.rows, cfg.train, out, parent=parent, seed=cfg.seed
-    )
+    base = cfg.resolved_base_model()
+    out = cfg.paths.adapters / adapter_key(base, cfg.train, mix.digest, parent, cfg.seed)
+    return train_adapter(base, mix.rows, cfg.train, out, parent=parent, seed=cfg.seed)
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,13 @@ class Planned:
 def plan(cfg, snaps: list[MemorySnapshot], mode: str, per_token: float) -> Planned:
     from tasks.mix import build_mix
     from tasks.models import load_tokenizer
-    from tasks.train import build_dataset
+    from tasks.train import cycle_dataset
 
     mix = build_mix(snaps[-1], snaps[:-1], cfg.train.replay_ratio, cfg.seed, mode)
-    dataset = build_dataset(load_tokenizer(cfg.resolved_base_model()), mix.rows, 10**6)
-    tokens = int(sum(dataset["length"]) * cfg.train.epochs)
+    tokenizer = load_tokenizer(cfg.resolved_base_model())
+    flat = cfg.train.padding_free
+    dataset, run, _ = cycle_dataset(tokenizer, mix.rows, cfg.train, cfg.seed, flat)
+    tokens = int(sum(dataset["length"]) * run.epochs)
     return Planned(tokens, per_token * tokens)
 
 
@@ -164,7 +171,9 @@ def figures(result, scores: dict[str, float]) -> dict[str, float]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from freshtune.config import load_config
 
-    overrides = [f"base_model={args.model}", f"train.epochs={args.epochs}", *args.set]
+    passes = "null" if args.replay_passes.lower() == "none" else args.replay_passes
+    overrides = [f"base_model={args.model}", f"train.epochs={args.epochs}"]
+    overrides += [f"train.replay_passes={passes}", *args.set]
     cfg = load_config("demo", overrides, args.workspace)
     cfg.paths.ensure()
     snaps: list[MemorySnapshot] = []

@@ -52,6 +52,12 @@ class TrainSettings(_Strict):
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     replay_ratio: float = Field(0.5, ge=0, description="replayed earlier rows per new row")
+    replay_passes: float | None = Field(
+        None,
+        gt=0,
+        description="times each replayed earlier row is trained in a cycle, spread over the "
+        "epochs (new rows and corrections get every epoch); None: replay every epoch too",
+    )
     logging_steps: int = Field(5, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     mode: Literal["incremental", "fresh", "cumulative"] = Field(

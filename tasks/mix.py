@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,14 +131,15 @@ def build_mix(
     in `cumulative` mode)."""
     rows = current_rows([*earlier, new], "train")
     reviews = {s.digest[:16] for s in earlier if is_review(s)}
-    fresh = [r for age, r in rows if age == 0]
-    always = [r for age, r in rows if age > 0 and r["drop"] in reviews]
+    fresh = [{**r, "origin": "new"} for age, r in rows if age == 0]
+    always = [{**r, "origin": "review"} for age, r in rows if age > 0 and r["drop"] in reviews]
     pool = [(age, r) for age, r in rows if age > 0 and r["drop"] not in reviews]
     rng = random.Random(f"{seed}-{new.digest}")
     if mode == "cumulative":
-        replay = [r for _, r in pool]
+        replay = [r for _, r in pool]  # not replay: the baseline trains all of it every epoch
     else:
-        replay = stratified_replay(pool, round(ratio * len(fresh)), rng)
+        sample = stratified_replay(pool, round(ratio * len(fresh)), rng)
+        replay = [{**r, "origin": "replay"} for r in sample]
     mixed = fresh + always + replay
     rng.shuffle(mixed)
     log.info(
@@ -150,6 +152,48 @@ def build_mix(
     )
     drops = sorted({r["drop"] for r in mixed})
     return TrainingMix(mixed, len(fresh), len(replay), drops, len(always), mode)
+
+
+def cycle_plan(
+    rows: list[dict[str, Any]],
+    epochs: float,
+    replay_passes: float | None,
+    seed: int,
+    group: int = 0,
+) -> list[dict[str, Any]] | None:
+    """Every row the cycle trains, epoch after epoch, when replayed rows get fewer passes than
+    the rest (`train.replay_passes`); None when each row is trained every epoch.
+
+    Replay guards against forgetting; it does not need the new rows' full count of epochs, and
+    most of an incremental cycle's compute is replay. Each replayed row comes back
+    `replay_passes` times, spread evenly over the epochs; new rows and corrections come every
+    epoch (a share of them in a last, fractional one). Each epoch is shuffled and, with
+    `group` > 0, cut into groups of that many rows sorted by length (as a length-grouped
+    sampler does, but within the epoch, so a row never meets its own copy in a batch).
+    """
+    replay = [r for r in rows if r.get("origin") == "replay"]
+    if replay_passes is None or replay_passes >= epochs or not replay:
+        return None
+    rest = [r for r in rows if r.get("origin") != "replay"]
+    rng = random.Random(f"cycle-{seed}")
+    count = math.ceil(epochs)
+    order = rng.sample(replay, len(replay))
+    stream = (order * math.ceil(replay_passes))[: round(replay_passes * len(replay))]
+    plan: list[dict[str, Any]] = []
+    for epoch in range(count):
+        share = min(1.0, epochs - epoch)
+        block = rest if share == 1.0 else rng.sample(rest, round(share * len(rest)))
+        block = block + stream[len(stream) * epoch // count : len(stream) * (epoch + 1) // count]
+        plan += _length_grouped(rng.sample(block, len(block)), group)
+    return plan
+
+
+def _length_grouped(rows: list[dict[str, Any]], group: int) -> list[dict[str, Any]]:
+    if group <= 0:
+        return rows
+    size = lambda r: sum(len(m["content"]) for m in r["messages"])  # noqa: E731
+    chunks = (rows[i : i + group] for i in range(0, len(rows), group))
+    return [r for chunk in chunks for r in sorted(chunk, key=size, reverse=True)]
 
 
 def save_mix(mix: TrainingMix, path: Path) -> Path:

@@ -27,12 +27,13 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
-from tasks.mix import TrainingMix, load_mix, save_mix
+from tasks.mix import TrainingMix, cycle_plan, load_mix, save_mix
 from tasks.registry import Champion
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+LENGTH_GROUP = 50  # batches per length-sorted group, as transformers' LengthGroupedSampler
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
@@ -341,6 +342,23 @@ def _result(out_dir, parent, settings, stats: FitStats, wall: float) -> TrainRes
     )
 
 
+def cycle_dataset(
+    tokenizer: Any, rows: list[dict[str, Any]], settings: TrainSettings, seed: int, flat: bool
+) -> tuple[Any, TrainSettings, str]:
+    """The tokenised rows, the settings the Trainer runs with and its sampling strategy.
+
+    With `train.replay_passes` the cycle is planned row by row (tasks.mix.cycle_plan) and the
+    Trainer makes one sequential pass over the plan, which already holds every epoch.
+    """
+    group = 0 if flat else LENGTH_GROUP * settings.batch_size * settings.grad_accum
+    plan = cycle_plan(rows, settings.epochs, settings.replay_passes, seed, group)
+    if plan is None:
+        dataset = build_dataset(tokenizer, rows, settings.max_length)
+        return dataset, settings, "random" if flat else "group_by_length"
+    once = settings.model_copy(update={"epochs": 1.0})
+    return build_dataset(tokenizer, plan, settings.max_length), once, "sequential"
+
+
 def fit_adapter(
     base_model: str,
     rows: list[dict[str, Any]],
@@ -360,10 +378,10 @@ def fit_adapter(
 
     set_seed(seed)
     tokenizer = load_tokenizer(base_model)
-    dataset = build_dataset(tokenizer, rows, settings.max_length)
     model = attach_adapter(load_causal_lm(base_model), settings, parent)
     collator, flat = data_collator(model, tokenizer, settings.padding_free)
-    args = training_args(settings, staging / "checkpoints", seed, grouped=not flat)
+    dataset, run_settings, sampling = cycle_dataset(tokenizer, rows, settings, seed, flat)
+    args = training_args(run_settings, staging / "checkpoints", seed, sampling, flat)
     peak = math.nan if args.use_cpu else _gpu_peak()
     accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
     trainer = Trainer(
@@ -376,7 +394,7 @@ def fit_adapter(
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(staging))
     (staging / "training_args.bin").unlink(missing_ok=True)
-    tokens = int(sum(dataset["length"]) * settings.epochs)
+    tokens = int(sum(dataset["length"]) * run_settings.epochs)
     resumed = int(resume.name.rpartition("-")[2]) if resume else 0
     loss = float(output.training_loss)
     return FitStats(
@@ -384,7 +402,9 @@ def fit_adapter(
     )
 
 
-def training_args(settings: TrainSettings, checkpoints: Path, seed: int, grouped: bool) -> Any:
+def training_args(
+    settings: TrainSettings, checkpoints: Path, seed: int, sampling: str, flat: bool = False
+) -> Any:
     from transformers import TrainingArguments
 
     distributed = settings.processes > 1
@@ -405,9 +425,9 @@ def training_args(settings: TrainSettings, checkpoints: Path, seed: int, grouped
         report_to="none",
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy="group_by_length" if grouped else "random",
+        train_sampling_strategy=sampling,
         # A flattened batch has no padding (and no attention mask to count it by).
-        include_num_input_tokens_seen="non_padding" if grouped else "all",
+        include_num_input_tokens_seen="all" if flat else "non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -131,3 +131,52 @@ def test_the_mix_is_an_mlflow_dataset_input_of_the_run(tiny_config):
     assert sorted(json.loads(Path(ids).read_text())["rows"]) == sorted(
         f"{r['drop']}/{r['id']}" for r in mix.rows
     )
+
+
+def _origin_rows(new: int, replay: int) -> list[dict]:
+    def row(i: str, origin: str, words: int) -> dict:
+        answer = " ".join(["word"] * words)
+        return {**chat_row(i, f"Question {i}?", answer), "origin": origin}
+
+    return [row(f"n{i}", "new", 1 + i % 7) for i in range(new)] + [
+        row(f"r{i}", "replay", 1 + i % 5) for i in range(replay)
+    ]
+
+
+def test_replayed_rows_come_back_once_and_new_rows_every_epoch():
+    from collections import Counter
+
+    from tasks.mix import cycle_plan
+
+    rows = _origin_rows(new=12, replay=12)
+    plan = cycle_plan(rows, epochs=3, replay_passes=1, seed=0)
+    seen = Counter(r["id"] for r in plan)
+    assert all(seen[f"n{i}"] == 3 for i in range(12)) and all(seen[f"r{i}"] == 1 for i in range(12))
+    epochs = [plan[i : i + 16] for i in range(0, len(plan), 16)]  # 12 new + 4 replayed each
+    assert all(len({r["id"] for r in epoch}) == len(epoch) for epoch in epochs)
+    assert [sum(r["origin"] == "replay" for r in e) for e in epochs] == [4, 4, 4]
+    assert cycle_plan(rows, epochs=3, replay_passes=1, seed=0) == plan  # seeded
+    assert cycle_plan(rows, epochs=3, replay_passes=None, seed=0) is None  # every row every epoch
+    assert cycle_plan(rows, epochs=2, replay_passes=2, seed=0) is None
+
+
+def test_a_fractional_epoch_and_length_groups_in_the_plan():
+    from tasks.mix import cycle_plan
+
+    rows = _origin_rows(new=20, replay=10)
+    plan = cycle_plan(rows, epochs=1.5, replay_passes=0.5, seed=1, group=5)
+    new = [r for r in plan if r["origin"] == "new"]
+    assert len(new) == 30 and len({r["id"] for r in new}) == 20  # all, then half again
+    assert sum(r["origin"] == "replay" for r in plan) == 5
+    size = [sum(len(m["content"]) for m in r["messages"]) for r in plan]
+    first = size[:22]  # epoch 1: 20 new + 2 replayed rows
+    groups = [first[i : i + 5] for i in range(0, 22, 5)]
+    assert all(g == sorted(g, reverse=True) for g in groups)
+
+
+def test_the_mix_marks_where_each_row_comes_from(tiny_config):
+    cfg = tiny_config()
+    old = _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(8)])
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    mix = build_mix(new, [old], ratio=0.5, seed=0)
+    assert sorted(r["origin"] for r in mix.rows) == ["new"] * 4 + ["replay"] * 2

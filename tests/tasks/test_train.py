@@ -150,3 +150,18 @@ def test_a_changed_runtime_setting_keeps_the_adapter_key():
     key = adapter_key("base", TrainSettings(), "mix", None, 0)
     assert key == adapter_key("base", TrainSettings(save_steps=5, work_pool="gpu"), "mix", None, 0)
     assert key != adapter_key("base", TrainSettings(mode="fresh"), "mix", None, 0)
+
+
+def test_replay_passes_train_replayed_rows_once(tiny_model: Path, tmp_path: Path):
+    from freshtune.config import TrainSettings
+
+    rows = [{**r, "origin": "new" if i < 8 else "replay"} for i, r in enumerate(_rows())]
+    settings = TrainSettings(epochs=3, batch_size=4, max_length=64, lora={"r": 4, "alpha": 8})
+    every = train_adapter(str(tiny_model), rows, settings, tmp_path / "every", seed=0)
+    once_settings = settings.model_copy(update={"replay_passes": 1.0})
+    once = train_adapter(str(tiny_model), rows, once_settings, tmp_path / "once", seed=0)
+    # 8 new rows x 3 epochs + 8 replayed rows once = 32 of every epoch's 48 rows.
+    assert (every.steps, once.steps) == (12, 8)
+    assert once.tokens * 48 == pytest.approx(every.tokens * 32, rel=0.05)
+    weights = load_file(str(once.adapter_dir / "adapter_model.safetensors"))
+    assert all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)
