@@ -38,9 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=2.0, help="train.epochs, both modes")
     parser.add_argument(
         "--replay-passes",
-        default="1",
+        default="none",
         help="train.replay_passes for incremental: times each replayed row is trained a cycle "
-        "(new rows get every epoch); 'none' replays every epoch",
+        "(new rows get every epoch); 'none' (the trainer's default) replays every epoch",
     )
     parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
     parser.add_argument(
