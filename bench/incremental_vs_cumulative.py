@@ -4,8 +4,8 @@ Run: python bench/incremental_vs_cumulative.py [--months 3] [--epochs 2] [--json
      (state goes to a scratch workspace, --workspace, by default under /tmp)
 
 Each month: `incremental` continues last month's incremental adapter on the new rows plus a
-replay sample (train.replay_ratio), each replayed row trained `--replay-passes` times a
-cycle while new rows get every epoch (train.replay_passes); `cumulative` trains a new adapter
+replay sample (train.replay_ratio), each replayed row trained `--set train.replay_passes=P` times
+a cycle while new rows get every epoch (every epoch by default); `cumulative` trains a new adapter
 from the base on every still-current row so far. Both use the demo preset's training settings
 and are scored on the same questions: every eval question of months 1..m whose fact still
 holds in month m (worded differently from the training questions), split into `current`
@@ -36,12 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/freshtune-bench-ivc"))
     # The demo preset trains 5 epochs; 2 keep the default run within 20 minutes on 2 cores.
     parser.add_argument("--epochs", type=float, default=2.0, help="train.epochs, both modes")
-    parser.add_argument(
-        "--replay-passes",
-        default="none",
-        help="train.replay_passes for incremental: times each replayed row is trained a cycle "
-        "(new rows get every epoch); 'none' (the trainer's default) replays every epoch",
-    )
     parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
     parser.add_argument(
         "--compute-only", action="store_true", help="count tokens and FLOPs; train nothing"
@@ -171,9 +165,7 @@ def figures(result, scores: dict[str, float]) -> dict[str, float]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from freshtune.config import load_config
 
-    passes = "null" if args.replay_passes.lower() == "none" else args.replay_passes
-    overrides = [f"base_model={args.model}", f"train.epochs={args.epochs}"]
-    overrides += [f"train.replay_passes={passes}", *args.set]
+    overrides = [f"base_model={args.model}", f"train.epochs={args.epochs}", *args.set]
     cfg = load_config("demo", overrides, args.workspace)
     cfg.paths.ensure()
     snaps: list[MemorySnapshot] = []

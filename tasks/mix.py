@@ -191,9 +191,12 @@ def cycle_plan(
 def _length_grouped(rows: list[dict[str, Any]], group: int) -> list[dict[str, Any]]:
     if group <= 0:
         return rows
-    size = lambda r: sum(len(m["content"]) for m in r["messages"])  # noqa: E731
     chunks = (rows[i : i + group] for i in range(0, len(rows), group))
-    return [r for chunk in chunks for r in sorted(chunk, key=size, reverse=True)]
+    return [r for chunk in chunks for r in sorted(chunk, key=_chars, reverse=True)]
+
+
+def _chars(row: dict[str, Any]) -> int:
+    return sum(len(m["content"]) for m in row["messages"])
 
 
 def save_mix(mix: TrainingMix, path: Path) -> Path:
