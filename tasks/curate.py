@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
+from tasks.columns import blocks, flags, gc_paused, matches
 from tasks.drift import DriftReport, decide_on_drift, measure_drift
 from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.neardup import near_duplicates
@@ -60,22 +61,25 @@ _DIRTY_RE2 = (
 
 
 def needs_normalising(texts: list[str]) -> np.ndarray:
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = pa.array(texts, pa.large_string())
     # Non-ASCII text may not be NFC: Python decides (pyarrow's utf8_normalize left "e\u0301"
     # decomposed in pyarrow 25, so it cannot be trusted for this).
-    maybe_not_nfc = pc.invert(pc.string_is_ascii(column))
-    dirty = pc.or_(maybe_not_nfc, pc.match_substring_regex(column, _DIRTY_RE2))
-    return dirty.to_numpy(zero_copy_only=False)
+    def dirty(column):
+        maybe_not_nfc = pc.invert(pc.string_is_ascii(column))
+        return pc.or_(maybe_not_nfc, pc.match_substring_regex(column, _DIRTY_RE2))
+
+    return flags(texts, dirty)
 
 
 def _is_clean(text: str) -> bool:
     return (
         text[:1] not in (" ", "\n")
         and text[-1:] not in (" ", "\n")
-        and not any(s in text for s in ("  ", " \n", "\n ", "\n\n\n"))
+        and "  " not in text
+        and " \n" not in text
+        and "\n " not in text
+        and "\n\n\n" not in text
         and _ODD_SPACE.search(text) is None
         and unicodedata.is_normalized("NFC", text)
     )
@@ -92,12 +96,20 @@ def normalise_text(text: str) -> str:
 
 def text_key(text: str | None) -> str:
     """Hash of the case-folded normalised text, for exact matching across drops."""
-    folded = normalise_text(text or "").casefold()
-    return hashlib.sha256(folded.encode()).hexdigest()[:24]
+    return _key(normalise_text(text or ""))
+
+
+def _key(normalised: str | None) -> str:
+    """`text_key` of text that is normalised already (every row after the first rule)."""
+    return hashlib.sha256((normalised or "").casefold().encode()).hexdigest()[:24]
 
 
 def row_key(record: Row) -> str:
     return text_key(f"{prompt_of(record)}\x00{response_of(record)}")
+
+
+def _row_key(record: Row) -> str:
+    return _key(f"{prompt_of(record)}\x00{response_of(record)}")
 
 
 def normalise_record(record: Row, clean: bool = False) -> Row:
@@ -107,9 +119,10 @@ def normalise_record(record: Row, clean: bool = False) -> Row:
         {"role": m["role"], "content": m["content"] if clean else normalise_text(m["content"])}
         for m in record["messages"]
     ]
-    kept = {k: v for k, v in record.items() if not k.startswith("_")}
-    row = {**kept, "messages": messages}
-    return {**row, "prompt_key": text_key(prompt_of(row))}
+    row = {k: v for k, v in record.items() if k[0] != "_"}
+    row["messages"] = messages
+    row["prompt_key"] = _key(prompt_of(row))
+    return row
 
 
 # Every rule that removes rows, in the order they run; each is reported, also at zero.
@@ -185,6 +198,7 @@ class Earlier:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response), for drift
 
 
+@gc_paused()
 def curate(
     records: list[Row],
     seen_rows: set[str] = frozenset(),
@@ -258,7 +272,7 @@ def _dedupe(rows: list[Row], report: CurationReport, seen: set[str]) -> list[Row
     local: set[str] = set()
     kept = []
     for row in rows:
-        key = f"{row['split']}:{row_key(row)}"
+        key = f"{row['split']}:{_row_key(row)}"
         if key in local:
             report.removed["duplicate_in_drop"] += 1
         elif key in seen:
@@ -290,7 +304,7 @@ def _scrub(row: Row, counts: Counter) -> Row:
     if messages == row["messages"]:
         return row
     scrubbed = {**row, "messages": messages}
-    return {**scrubbed, "prompt_key": text_key(prompt_of(scrubbed))}
+    return {**scrubbed, "prompt_key": _key(prompt_of(scrubbed))}
 
 
 def _decontaminate(
@@ -317,11 +331,17 @@ def ngram_overlap(texts: list[str], reference: list[str], settings: DataSettings
     share = np.zeros(len(texts))
     if not texts or not reference:
         return share
-    hashes, rows = ngram_hashes(tokenise(texts), settings.decontam_ngram)
-    known, _ = ngram_hashes(tokenise(reference), settings.decontam_ngram)
-    hits = np.bincount(rows, weights=np.isin(hashes, known), minlength=len(texts))
-    total = np.bincount(rows, minlength=len(texts))
-    np.divide(hits, total, out=share, where=total > 0)
+    n = settings.decontam_ngram
+    known = np.unique(ngram_hashes(tokenise(reference), n)[0])
+    if known.size == 0:
+        return share
+    for block in blocks(len(texts)):
+        hashes, rows = ngram_hashes(tokenise(texts[block]), n)
+        size = block.stop - block.start
+        found = known[np.searchsorted(known, hashes).clip(max=len(known) - 1)] == hashes
+        hits = np.bincount(rows, weights=found, minlength=size)
+        total = np.bincount(rows, minlength=size)
+        np.divide(hits, total, out=share[block], where=total > 0)
     return share
 
 
@@ -342,14 +362,7 @@ def _quality(rows: list[Row], report: CurationReport, settings: DataSettings) ->
 
 def _may_refuse(answers: list[str]) -> np.ndarray:
     """One RE2 pass over every answer for refusal hints; only hits meet the Python regex."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not answers:
-        return np.zeros(0, dtype=bool)
-    pattern = "|".join(re.escape(h) for h in _REFUSAL_HINTS)
-    hits = pc.match_substring_regex(pa.array(answers, pa.large_string()), pattern, ignore_case=True)
-    return hits.to_numpy(zero_copy_only=False)
+    return matches(answers, "|".join(re.escape(h) for h in _REFUSAL_HINTS), ignore_case=True)
 
 
 def _quality_problem(row: Row, settings: DataSettings, maybe_refusal: bool = True) -> str | None:
@@ -381,7 +394,7 @@ def _resolve_conflicts(rows: list[Row], report: CurationReport) -> list[Row]:
         if row["split"] != "train":
             kept.append(row)
             continue
-        answer = text_key(response_of(row))
+        answer = _key(response_of(row))
         if first.setdefault(row["prompt_key"], answer) != answer:
             report.removed["conflicting_answer"] += 1
             report.flagged.append(str(row["id"]))

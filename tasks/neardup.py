@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tasks.columns import blocks
 from tasks.ngrams import MIX, ngram_hashes, tokenise
 
 ROWS_PER_BAND = 4
@@ -19,13 +20,20 @@ ROWS_PER_BAND = 4
 
 def signatures(texts: list[str], num_perm: int, seed: int = 1) -> np.ndarray:
     """MinHash signatures, shape (rows, num_perm), uint32; all-max for a row without words."""
-    hashes, rows = ngram_hashes(tokenise(texts), 2)
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**32, num_perm, dtype=np.uint32) | np.uint32(1)
     b = rng.integers(0, 2**32, num_perm, dtype=np.uint32)
     sig = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    with ThreadPoolExecutor(2) as pool:
+        for block in blocks(len(texts)):
+            _sign(texts[block], a, b, sig[block], pool)
+    return sig
+
+
+def _sign(texts: list[str], a: np.ndarray, b: np.ndarray, out: np.ndarray, pool) -> None:
+    hashes, rows = ngram_hashes(tokenise(texts), 2)
     if hashes.size == 0:
-        return sig
+        return
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     owners = rows[starts]
     # 32-bit arithmetic: a*h + b mod 2^32 (a odd) permutes 32-bit values; it estimates Jaccard
@@ -33,11 +41,10 @@ def signatures(texts: list[str], num_perm: int, seed: int = 1) -> np.ndarray:
     hashes = (hashes >> np.uint64(32)).astype(np.uint32)
 
     def one(i: int) -> None:
-        sig[owners, i] = np.minimum.reduceat(hashes * a[i] + b[i], starts)
+        with np.errstate(over="ignore"):
+            out[owners, i] = np.minimum.reduceat(hashes * a[i] + b[i], starts)
 
-    with np.errstate(over="ignore"), ThreadPoolExecutor(2) as pool:
-        list(pool.map(one, range(num_perm)))
-    return sig
+    list(pool.map(one, range(len(a))))
 
 
 def near_duplicates(texts: list[str], threshold: float, num_perm: int) -> np.ndarray:

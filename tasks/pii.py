@@ -43,12 +43,9 @@ def _maybe_pii(text: str) -> bool:
 
 def may_hold_pii(texts: list[str]) -> np.ndarray:
     """`_maybe_pii` for a whole column in one RE2 pass (pyarrow): only hits need Python."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    from tasks.columns import matches
 
-    pattern = "|".join([*(re.escape(s) for s in _LITERALS), _DIGITS.pattern])
-    hits = pc.match_substring_regex(pa.array(texts, pa.large_string()), pattern)
-    return hits.to_numpy(zero_copy_only=False)
+    return matches(texts, "|".join([*(re.escape(s) for s in _LITERALS), _DIGITS.pattern]))
 
 
 def luhn_ok(digits: str) -> bool:

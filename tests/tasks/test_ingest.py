@@ -168,3 +168,20 @@ def test_schema_problems_are_kept_per_row_for_the_gate(tmp_path: Path):
     assert "'answer' looks like a renamed 'response'" in problems[2]
     assert problems[3] == "field 'response' must be a string, got int"
     assert problems[4] == "messages[0].content must be a string, got int"
+
+
+def test_json_line_breaks_inside_strings_and_nan_read_as_before(tmp_path: Path):
+    """Lines end at "\\n" only: U+2028 inside a JSON string is text, not a new line; NaN,
+    which orjson refuses and json accepts, still reads."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"id": "a", "prompt": "one\u2028two", "response": "A."}\n'
+        '{"id": "b", "prompt": "Q?", "response": "B.", "score": NaN}\n'
+        '{"id": "c", "prompt": null, "response": "C."}\n',
+        encoding="utf-8",
+    )
+    records = read_drop(path)
+    assert [r["line"] for r in records] == [1, 2, 3]
+    assert prompt_of(records[0]) == "one\u2028two"
+    assert response_of(records[1]) == "B."
+    assert records[2]["messages"] is None  # a null prompt is not a conversation
