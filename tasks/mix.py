@@ -159,7 +159,7 @@ def cycle_plan(
     epochs: float,
     replay_passes: float | None,
     seed: int,
-    group: int = 0,
+    batch: int = 0,
 ) -> list[dict[str, Any]] | None:
     """Every row the cycle trains, epoch after epoch, when replayed rows get fewer passes than
     the rest (`train.replay_passes`); None when each row is trained every epoch.
@@ -168,8 +168,8 @@ def cycle_plan(
     most of an incremental cycle's compute is replay. Each replayed row comes back
     `replay_passes` times, spread evenly over the epochs; new rows and corrections come every
     epoch (a share of them in a last, fractional one). Each epoch is shuffled and, with
-    `group` > 0, cut into groups of that many rows sorted by length (as a length-grouped
-    sampler does, but within the epoch, so a row never meets its own copy in a batch).
+    `batch` (rows per optimizer step) > 0, length-grouped as transformers'
+    LengthGroupedSampler does, but within the epoch, so a row never meets its own copy.
     """
     replay = [r for r in rows if r.get("origin") == "replay"]
     if replay_passes is None or replay_passes >= epochs or not replay:
@@ -184,13 +184,17 @@ def cycle_plan(
         share = min(1.0, epochs - epoch)
         block = rest if share == 1.0 else rng.sample(rest, round(share * len(rest)))
         block = block + stream[len(stream) * epoch // count : len(stream) * (epoch + 1) // count]
-        plan += _length_grouped(rng.sample(block, len(block)), group)
+        plan += _length_grouped(rng.sample(block, len(block)), batch)
     return plan
 
 
-def _length_grouped(rows: list[dict[str, Any]], group: int) -> list[dict[str, Any]]:
-    if group <= 0:
+def _length_grouped(rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """Groups of up to 50 batches, at least 4 groups an epoch, each sorted longest first
+    (transformers' `get_length_grouped_indices`): a small epoch sorted whole would train every
+    long row first and every short one last, at the lowest learning rate."""
+    if batch <= 0:
         return rows
+    group = batch * max(1, min(len(rows) // (batch * 4), 50))
     chunks = (rows[i : i + group] for i in range(0, len(rows), group))
     return [r for chunk in chunks for r in sorted(chunk, key=_chars, reverse=True)]
 

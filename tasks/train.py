@@ -33,7 +33,6 @@ from tasks.registry import Champion
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-LENGTH_GROUP = 50  # batches per length-sorted group, as transformers' LengthGroupedSampler
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
@@ -350,8 +349,8 @@ def cycle_dataset(
     With `train.replay_passes` the cycle is planned row by row (tasks.mix.cycle_plan) and the
     Trainer makes one sequential pass over the plan, which already holds every epoch.
     """
-    group = 0 if flat else LENGTH_GROUP * settings.batch_size * settings.grad_accum
-    plan = cycle_plan(rows, settings.epochs, settings.replay_passes, seed, group)
+    batch = 0 if flat else settings.batch_size * settings.grad_accum
+    plan = cycle_plan(rows, settings.epochs, settings.replay_passes, seed, batch)
     if plan is None:
         dataset = build_dataset(tokenizer, rows, settings.max_length)
         return dataset, settings, "random" if flat else "group_by_length"

@@ -164,14 +164,25 @@ def test_a_fractional_epoch_and_length_groups_in_the_plan():
     from tasks.mix import cycle_plan
 
     rows = _origin_rows(new=20, replay=10)
-    plan = cycle_plan(rows, epochs=1.5, replay_passes=0.5, seed=1, group=5)
+    plan = cycle_plan(rows, epochs=1.5, replay_passes=0.5, seed=1, batch=1)
     new = [r for r in plan if r["origin"] == "new"]
     assert len(new) == 30 and len({r["id"] for r in new}) == 20  # all, then half again
     assert sum(r["origin"] == "replay" for r in plan) == 5
     size = [sum(len(m["content"]) for m in r["messages"]) for r in plan]
-    first = size[:22]  # epoch 1: 20 new + 2 replayed rows
+    first = size[:22]  # epoch 1: 20 new + 2 replayed rows, in groups of 22 // 4 = 5 rows
     groups = [first[i : i + 5] for i in range(0, 22, 5)]
     assert all(g == sorted(g, reverse=True) for g in groups)
+    assert first != sorted(first, reverse=True)  # a small epoch is not sorted whole
+
+
+def test_length_groups_are_sized_like_transformers_sampler():
+    from tasks.mix import _chars, _length_grouped
+
+    rows = _origin_rows(new=400, replay=0)
+    for batch, size in [(2, 100), (1, 50)]:  # 400 // (2 * 4) = 50 steps; 400 // 4 capped at 50
+        grouped = [_chars(r) for r in _length_grouped(rows, batch)]
+        starts = [i for i in range(1, 400) if grouped[i] > grouped[i - 1]]  # a new group
+        assert set(starts) <= set(range(size, 400, size)) and len(starts) >= 400 // size - 1
 
 
 def test_the_mix_marks_where_each_row_comes_from(tiny_config):
