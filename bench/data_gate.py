@@ -1,7 +1,7 @@
 """The data gate on a million rows: read, GX validation and each curation step, timed.
 
 Run: python bench/data_gate.py [--rows 1000000] [--peer-rows 20000] [--json out.json]
-     (not run in CI; about a minute and 6 GB of memory for a million rows)
+     (not run in CI; under a minute and about 4 GB of memory for a million rows)
 
 Rows are synthetic chat pairs (random words from a 5,000-word vocabulary with 2% prices and
 data caps, 8-40 words per turn) with planted dirt: 2% exact duplicates, 2% near duplicates
