@@ -30,7 +30,10 @@ def signatures(texts: list[str], num_perm: int, seed: int = 1) -> np.ndarray:
     return sig
 
 
-def _sign(texts: list[str], a: np.ndarray, b: np.ndarray, out: np.ndarray, pool) -> None:
+def _sign(
+    texts: list[str], a: np.ndarray, b: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor
+) -> None:
+    """One block's signatures into `out` (a view of the block's rows), a thread per permutation."""
     hashes, rows = ngram_hashes(tokenise(texts), 2)
     if hashes.size == 0:
         return
