@@ -1,6 +1,7 @@
 """Training throughput on this machine: freshtune's trainer against its peers, in one run.
 
 Run: python bench/train_throughput.py [--model PATH] [--steps 4] [--rounds 2] [--json out.json]
+     [--freshtune-dtype bfloat16]   (freshtune in bf16 autocast; the peers stay as below)
      (needs the `bench` extra: pip install -e '.[bench]' for TRL)
 
 Same model, same rows, same LoRA (r=16, alpha 32, all linear layers), same batch size:
@@ -46,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out")
+    parser.add_argument(
+        "--freshtune-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="train.dtype for freshtune (auto: fp32 on CPU, as the careful TRL)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     return parser.parse_args(argv)
 
@@ -79,6 +86,7 @@ def run_freshtune(model: str, rows: list[dict], args: argparse.Namespace) -> lis
         warmup=0.0,
         logging_steps=1,
         lora=LORA,
+        dtype=args.freshtune_dtype,
     )
     marks: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -192,10 +192,14 @@ def check_adapter_fits(model: Any, adapter_dir: Path, adapter_name: str = "defau
 
 
 def pick_precision(dtype: str) -> dict[str, bool]:
+    """`auto`: bf16 and TF32 on GPUs that have them, fp32 on CPU (bf16 ran about 20x slower on
+    AVX2 cores). An explicit `bfloat16` is honoured on CPU too: cores with AVX512-BF16 or AMX
+    train faster in it than in fp32 (bench/train_throughput.py --freshtune-dtype bfloat16)."""
     import torch
 
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported() and dtype in ("auto", "bfloat16")
+    auto_bf16 = on_gpu and torch.cuda.is_bf16_supported() and dtype == "auto"
+    bf16 = dtype == "bfloat16" or auto_bf16
     return {"use_cpu": not on_gpu, "bf16": bf16, "tf32": on_gpu and dtype == "auto"}
 
 

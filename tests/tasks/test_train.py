@@ -165,3 +165,21 @@ def test_replay_passes_train_replayed_rows_once(tiny_model: Path, tmp_path: Path
     assert once.tokens * 48 == pytest.approx(every.tokens * 32, rel=0.05)
     weights = load_file(str(once.adapter_dir / "adapter_model.safetensors"))
     assert all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)
+
+
+def test_bfloat16_asked_for_is_used_on_cpu_and_auto_stays_fp32(tiny_model: Path, tmp_path: Path):
+    from freshtune.config import TrainSettings
+    from tasks.train import pick_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU rule")
+    assert pick_precision("auto") == {"use_cpu": True, "bf16": False, "tf32": False}
+    assert pick_precision("bfloat16")["bf16"] and not pick_precision("float32")["bf16"]
+    settings = TrainSettings(
+        epochs=1, batch_size=4, max_length=64, lora={"r": 4, "alpha": 8}, dtype="bfloat16"
+    )
+    fit = train_adapter(str(tiny_model), _rows(8), settings, tmp_path / "bf16", seed=0)
+    weights = load_file(str(fit.adapter_dir / "adapter_model.safetensors"))
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    # Autocast computes in bf16 and keeps fp32 master weights, which the adapter saves.
+    assert lora_b and all(w.dtype == torch.float32 and w.abs().max() > 0 for w in lora_b)
