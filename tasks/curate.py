@@ -119,7 +119,7 @@ def normalise_record(record: Row, clean: bool = False) -> Row:
         {"role": m["role"], "content": m["content"] if clean else normalise_text(m["content"])}
         for m in record["messages"]
     ]
-    row = {k: v for k, v in record.items() if k[0] != "_"}
+    row = {k: v for k, v in record.items() if not k.startswith("_")}
     row["messages"] = messages
     row["prompt_key"] = _key(prompt_of(row))
     return row
