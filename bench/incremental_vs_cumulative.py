@@ -71,13 +71,12 @@ def month_snapshot(month: int) -> MemorySnapshot:
 
 def train(cfg, snaps: list[MemorySnapshot], mode: str, parent: Path | None):
     from tasks.mix import build_mix
-    from tasks.train import adapter_key, train_adapter
+    from tasks.train import adapter_dir, train_adapter
 
     mix = build_mix(snaps[-1], snaps[:-1], cfg.train.replay_ratio, cfg.seed, mode)
     # Keyed by what is trained: month 1 is the same run in both modes and is trained once.
-    base = cfg.resolved_base_model()
-    out = cfg.paths.adapters / adapter_key(base, cfg.train, mix.digest, parent, cfg.seed)
-    return train_adapter(base, mix.rows, cfg.train, out, parent=parent, seed=cfg.seed)
+    out = adapter_dir(mix, parent, cfg)
+    return train_adapter(cfg.resolved_base_model(), mix.rows, cfg.train, out, parent, cfg.seed)
 
 
 @dataclass(frozen=True)
@@ -179,10 +178,11 @@ def run_months(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     snaps: list[MemorySnapshot] = []
     parent: Path | None = None
     months = []
+    flops = per_token(cfg) if args.compute_only else 0.0  # loads the model: once a run
     for month in range(1, args.months + 1):
         snaps.append(month_snapshot(month))
         if args.compute_only:
-            inc, cum = (plan(cfg, snaps, mode, per_token(cfg)) for mode in MODES)
+            inc, cum = (plan(cfg, snaps, mode, flops) for mode in MODES)
             inc_scores = cum_scores = UNSCORED
         else:
             inc = train(cfg, snaps, "incremental", parent)

@@ -104,12 +104,10 @@ def _key(normalised: str | None) -> str:
     return hashlib.sha256((normalised or "").casefold().encode()).hexdigest()[:24]
 
 
-def row_key(record: Row) -> str:
-    return text_key(f"{prompt_of(record)}\x00{response_of(record)}")
-
-
-def _row_key(record: Row) -> str:
-    return _key(f"{prompt_of(record)}\x00{response_of(record)}")
+def row_key(record: Row, normalised: bool = False) -> str:
+    """Key of the (prompt, response) pair; `normalised`: the row went through `_normalise`."""
+    pair = f"{prompt_of(record)}\x00{response_of(record)}"
+    return _key(pair) if normalised else text_key(pair)
 
 
 def normalise_record(record: Row, clean: bool = False) -> Row:
@@ -272,7 +270,7 @@ def _dedupe(rows: list[Row], report: CurationReport, seen: set[str]) -> list[Row
     local: set[str] = set()
     kept = []
     for row in rows:
-        key = f"{row['split']}:{_row_key(row)}"
+        key = f"{row['split']}:{row_key(row, normalised=True)}"
         if key in local:
             report.removed["duplicate_in_drop"] += 1
         elif key in seen:

@@ -1,5 +1,5 @@
 """Vectorised word n-grams for a whole column of texts, shared by near-dup, decontamination
-and drift: pyarrow tokenises in C++, numpy hashes, so a million rows take a second or two."""
+and drift: pyarrow tokenises in C++ (about 3.5 s for a million texts here), numpy hashes."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ from collections import Counter
 
 import numpy as np
 
+from tasks.columns import matches
+
 PLACEHOLDERS = ("EMAIL", "PHONE", "CARD", "IBAN", "SECRET")
 
 # One alternation, tried left to right at each position: secrets first (they may contain
@@ -43,8 +45,6 @@ def _maybe_pii(text: str) -> bool:
 
 def may_hold_pii(texts: list[str]) -> np.ndarray:
     """`_maybe_pii` for a whole column in one RE2 pass (pyarrow): only hits need Python."""
-    from tasks.columns import matches
-
     return matches(texts, "|".join([*(re.escape(s) for s in _LITERALS), _DIGITS.pattern]))
 
 

@@ -192,9 +192,9 @@ def check_adapter_fits(model: Any, adapter_dir: Path, adapter_name: str = "defau
 
 
 def pick_precision(dtype: str) -> dict[str, bool]:
-    """`auto`: bf16 and TF32 on GPUs that have them, fp32 on CPU (TRL's bf16 defaults ran at
-    about 5 tokens/s against 110 in fp32 on AVX2 cores). An explicit `bfloat16` is honoured on
-    CPU too: cores with AVX512-BF16 train faster in it (bench/train_throughput.py)."""
+    """`auto`: bf16 and TF32 on GPUs that have them, fp32 on CPU (issue 7 saw TRL's bf16
+    defaults at about 5 tokens/s against 110 for a plain fp32 loop on AVX2 cores). An explicit
+    `bfloat16` is honoured on CPU too: AVX512-BF16 cores train faster in it."""
     import torch
 
     on_gpu = torch.cuda.is_available()

@@ -123,7 +123,7 @@ def to_frame(records: list[dict[str, Any]]):
 
 def _scrubbed(records: list[dict[str, Any]]) -> list[str]:
     texts = ["\n".join([m["content"] for m in r["messages"] or []]) for r in records]
-    maybe = may_hold_pii(texts) if texts else []
+    maybe = may_hold_pii(texts)
     return [scrub_text(t) if m else t for t, m in zip(texts, maybe)]
 
 
