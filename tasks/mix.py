@@ -22,6 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig
+from tasks.ingest import response_of
 from tasks.snapshot import Snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,25 @@ def stratified_replay(
     for age, row in pool:
         by_age.setdefault(age, []).append(row)
     quotas = replay_quotas({a: len(rows) for a, rows in by_age.items()}, total)
-    return [r for a in sorted(by_age) for r in rng.sample(by_age[a], quotas[a])]
+    return [r for a in sorted(by_age) for r in spread(by_age[a], rng)[: quotas[a]]]
+
+
+def spread(rows: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """`rows` shuffled so that every distinct answer comes once before any comes twice.
+
+    Rows that ask one fact in other words share its answer. A plain random sample replays
+    some facts several times and skips others, and a skipped fact is the one a cycle forgets;
+    where every answer differs this is a plain shuffle.
+    """
+    rank: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    keyed = []
+    for i, row in enumerate(rng.sample(rows, len(rows))):
+        answer = (response_of(row) or "").casefold()
+        rank.setdefault(answer, rng.random())
+        seen[answer] = seen.get(answer, -1) + 1
+        keyed.append(((seen[answer], rank[answer], i), row))
+    return [row for _, row in sorted(keyed, key=lambda k: k[0])]
 
 
 def build_mix(
@@ -166,8 +185,9 @@ def cycle_plan(
 
     Replay guards against forgetting; it does not need the new rows' full count of epochs, and
     most of an incremental cycle's compute is replay. Each replayed row comes back
-    `replay_passes` times, spread evenly over the epochs; new rows and corrections come every
-    epoch (a share of them in a last, fractional one). Each epoch is shuffled and, with
+    `replay_passes` times, spread evenly over the epochs (under one pass, the rows trained
+    cover as many distinct answers as they can: `spread`); new rows and corrections come
+    every epoch (a share of them in a last, fractional one). Each epoch is shuffled and, with
     `batch` (rows per optimizer step) > 0, length-grouped as transformers'
     LengthGroupedSampler does, but within the epoch, so a row never meets its own copy.
     """
@@ -177,7 +197,7 @@ def cycle_plan(
     rest = [r for r in rows if r.get("origin") != "replay"]
     rng = random.Random(f"cycle-{seed}")
     count = math.ceil(epochs)
-    order = rng.sample(replay, len(replay))
+    order = spread(replay, rng)
     stream = (order * math.ceil(replay_passes))[: round(replay_passes * len(replay))]
     plan: list[dict[str, Any]] = []
     for epoch in range(count):

@@ -571,7 +571,12 @@ def _load_result(folder: Path) -> TrainResult:
 
 def adapter_dir(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig) -> Path:
     """Where the adapter of this mix, parent and config lands, wherever it is trained."""
-    key = adapter_key(cfg.resolved_base_model(), cfg.train, mix.digest, parent, cfg.seed)
+    # Without replayed rows replay_passes trains nothing differently (a cumulative baseline):
+    # keying on it would retrain an identical adapter.
+    settings = (
+        cfg.train if mix.replay_rows else cfg.train.model_copy(update={"replay_passes": None})
+    )
+    key = adapter_key(cfg.resolved_base_model(), settings, mix.digest, parent, cfg.seed)
     return cfg.paths.adapters / key
 
 

@@ -191,3 +191,38 @@ def test_the_mix_marks_where_each_row_comes_from(tiny_config):
     new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
     mix = build_mix(new, [old], ratio=0.5, seed=0)
     assert sorted(r["origin"] for r in mix.rows) == ["new"] * 4 + ["replay"] * 2
+
+
+def test_replay_covers_every_fact_before_any_fact_twice(tiny_config):
+    # 10 facts, each asked 4 ways: a plain sample of 10 rows would skip about 3 of them.
+    cfg = tiny_config()
+    asked = [(f, w) for f in range(10) for w in ("How much is", "Price of", "Cost of", "What is")]
+    old = _commit(
+        cfg,
+        "a" * 64,
+        [chat_row(f"o{f}{w}", f"{w} item {f}?", f"Item {f} is ${f}.") for f, w in asked],
+    )
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(10)])
+    for seed in range(5):
+        mix = build_mix(new, [old], ratio=1.0, seed=seed)
+        replayed = [r["messages"][-1]["content"] for r in mix.rows if r["origin"] == "replay"]
+        assert len(set(replayed)) == 10
+
+
+def test_under_one_pass_the_trained_replay_rows_cover_distinct_answers():
+    import random
+
+    from tasks.mix import cycle_plan, spread
+
+    replay = [
+        {**chat_row(f"r{f}{w}", f"Q{w} {f}?", f"Fact {f}."), "origin": "replay"}
+        for f in range(6)
+        for w in range(4)
+    ]
+    rows = [{**chat_row(f"n{i}", f"New {i}?", "New."), "origin": "new"} for i in range(6)]
+    plan = cycle_plan(rows + replay, epochs=2, replay_passes=0.25, seed=0)
+    trained = [r["messages"][-1]["content"] for r in plan if r["origin"] == "replay"]
+    assert sorted(trained) == [f"Fact {f}." for f in range(6)]
+    # every answer once, then every answer again, and so on
+    order = [r["messages"][-1]["content"] for r in spread(replay, random.Random(1))]
+    assert all(len(set(order[i : i + 6])) == 6 for i in range(0, 24, 6))

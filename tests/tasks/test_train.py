@@ -152,6 +152,18 @@ def test_a_changed_runtime_setting_keeps_the_adapter_key():
     assert key != adapter_key("base", TrainSettings(mode="fresh"), "mix", None, 0)
 
 
+def test_replay_passes_key_only_mixes_that_replay(tiny_config):
+    from tasks.mix import TrainingMix
+    from tasks.train import adapter_dir
+
+    rows = [{"drop": "d", "id": str(i)} for i in range(4)]
+    once, every = tiny_config("train.replay_passes=1"), tiny_config()
+    baseline = TrainingMix(rows, new_rows=4, replay_rows=0, drops=["d"], mode="cumulative")
+    assert adapter_dir(baseline, None, once) == adapter_dir(baseline, None, every)
+    replaying = TrainingMix(rows, new_rows=2, replay_rows=2, drops=["d"])
+    assert adapter_dir(replaying, None, once) != adapter_dir(replaying, None, every)
+
+
 def test_replay_passes_train_replayed_rows_once(tiny_model: Path, tmp_path: Path):
     from freshtune.config import TrainSettings
 
