@@ -573,9 +573,8 @@ def adapter_dir(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig) -> 
     """Where the adapter of this mix, parent and config lands, wherever it is trained."""
     # Without replayed rows replay_passes trains nothing differently (a cumulative baseline):
     # keying on it would retrain an identical adapter.
-    settings = (
-        cfg.train if mix.replay_rows else cfg.train.model_copy(update={"replay_passes": None})
-    )
+    replays = any(r.get("origin") == "replay" for r in mix.rows)  # as cycle_plan decides
+    settings = cfg.train if replays else cfg.train.model_copy(update={"replay_passes": None})
     key = adapter_key(cfg.resolved_base_model(), settings, mix.digest, parent, cfg.seed)
     return cfg.paths.adapters / key
 

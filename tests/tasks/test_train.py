@@ -156,11 +156,13 @@ def test_replay_passes_key_only_mixes_that_replay(tiny_config):
     from tasks.mix import TrainingMix
     from tasks.train import adapter_dir
 
+    # A cumulative mix counts its earlier rows as replay_rows but trains them every epoch.
     rows = [{"drop": "d", "id": str(i)} for i in range(4)]
     once, every = tiny_config("train.replay_passes=1"), tiny_config()
-    baseline = TrainingMix(rows, new_rows=4, replay_rows=0, drops=["d"], mode="cumulative")
+    baseline = TrainingMix(rows, new_rows=2, replay_rows=2, drops=["d"], mode="cumulative")
     assert adapter_dir(baseline, None, once) == adapter_dir(baseline, None, every)
-    replaying = TrainingMix(rows, new_rows=2, replay_rows=2, drops=["d"])
+    marked = [{**r, "origin": "replay" if i > 1 else "new"} for i, r in enumerate(rows)]
+    replaying = TrainingMix(marked, new_rows=2, replay_rows=2, drops=["d"])
     assert adapter_dir(replaying, None, once) != adapter_dir(replaying, None, every)
 
 
