@@ -191,7 +191,7 @@ def cycle_plan(
     `batch` (rows per optimizer step) > 0, length-grouped as transformers'
     LengthGroupedSampler does, but within the epoch, so a row never meets its own copy.
     """
-    replay = [r for r in rows if r.get("origin") == "replay"]
+    replay = replayed(rows)
     if replay_passes is None or replay_passes >= epochs or not replay:
         return None
     rest = [r for r in rows if r.get("origin") != "replay"]
@@ -206,6 +206,12 @@ def cycle_plan(
         block = block + stream[len(stream) * epoch // count : len(stream) * (epoch + 1) // count]
         plan += _length_grouped(rng.sample(block, len(block)), batch)
     return plan
+
+
+def replayed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows marked as replay: the only ones `train.replay_passes` trains differently (a
+    cumulative mix counts its earlier rows as replay_rows but trains them every epoch)."""
+    return [r for r in rows if r.get("origin") == "replay"]
 
 
 def _length_grouped(rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:

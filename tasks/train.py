@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
-from tasks.mix import TrainingMix, cycle_plan, load_mix, save_mix
+from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
 from tasks.registry import Champion
 
 log = logging.getLogger(__name__)
@@ -571,10 +571,11 @@ def _load_result(folder: Path) -> TrainResult:
 
 def adapter_dir(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig) -> Path:
     """Where the adapter of this mix, parent and config lands, wherever it is trained."""
-    # Without replayed rows replay_passes trains nothing differently (a cumulative baseline):
-    # keying on it would retrain an identical adapter.
-    replays = any(r.get("origin") == "replay" for r in mix.rows)  # as cycle_plan decides
-    settings = cfg.train if replays else cfg.train.model_copy(update={"replay_passes": None})
+    # Without replayed rows replay_passes trains nothing differently: keying on it would
+    # retrain an identical adapter.
+    settings = cfg.train
+    if not replayed(mix.rows):
+        settings = settings.model_copy(update={"replay_passes": None})
     key = adapter_key(cfg.resolved_base_model(), settings, mix.digest, parent, cfg.seed)
     return cfg.paths.adapters / key
 
