@@ -58,9 +58,21 @@ CLAIMS = {
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # Sized for 2 CPU cores (<= 90 minutes on AVX2 cores, which train at ~120 tokens/s):
-    # fewer changed facts per month, 2 epochs, 12 questions a slice.
-    "cpu": {"months": 12, "epochs": 2.0, "change_share": 0.1, "max_questions": 12},
-    "gpu": {"months": 12, "epochs": 5.0, "change_share": 0.25, "max_questions": 64},
+    # fewer changed facts per month, 2 epochs for every cycle, 12 questions a slice.
+    "cpu": {
+        "months": 12,
+        "epochs": 2.0,
+        "continue_epochs": None,  # as many as the first cycle
+        "change_share": 0.1,
+        "max_questions": 12,
+    },
+    "gpu": {
+        "months": 12,
+        "epochs": 5.0,
+        "continue_epochs": 3.0,
+        "change_share": 0.25,
+        "max_questions": 64,
+    },
 }
 
 
@@ -398,7 +410,11 @@ def run(args: argparse.Namespace, on_month: Any = None) -> dict[str, Any]:
 
     preset = PRESETS[args.preset]
     args.change_share = preset["change_share"]
-    overrides = [f"base_model={Path(args.model).resolve()}", f"train.epochs={preset['epochs']}"]
+    overrides = [
+        f"base_model={Path(args.model).resolve()}",
+        f"train.epochs={preset['epochs']}",
+        f"train.continue_epochs={preset['continue_epochs'] or 'null'}",
+    ]
     cfg = load_config("demo", [*overrides, "eval.max_new_tokens=20", *args.set], args.workspace)
     cfg.paths.ensure()
     cache, team, months = Cache(args.workspace / "cache.json"), lanes(), []

@@ -44,6 +44,12 @@ class LoraSettings(_Strict):
 
 class TrainSettings(_Strict):
     epochs: float = Field(3.0, gt=0)
+    continue_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="epochs of a cycle that continues a champion adapter (it knows the domain "
+        "already); None: epochs",
+    )
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -85,6 +91,11 @@ class TrainSettings(_Strict):
         None, description="Prefect work pool of the train-on-gpu deployment; None: in-process"
     )
     lora: LoraSettings = LoraSettings()
+
+    def for_cycle(self, continues: bool) -> TrainSettings:
+        """The settings a cycle trains with: `continue_epochs` when it continues a champion."""
+        epochs = self.continue_epochs if continues and self.continue_epochs else self.epochs
+        return self.model_copy(update={"epochs": epochs, "continue_epochs": None})
 
 
 class DataSettings(_Strict):

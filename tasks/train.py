@@ -36,6 +36,8 @@ IGNORE = -100
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
+# Settings an adapter key gets through the mix digest or the resolved epochs instead.
+MIX_ONLY = ("replay_ratio", "continue_epochs")
 # What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 Sink = Callable[[dict[str, float], int], None]
@@ -87,7 +89,10 @@ class FitStats:
 def adapter_key(
     base: str, settings: TrainSettings, mix_digest: str, parent: Path | None, seed: int
 ) -> str:
-    kept = settings.model_dump(mode="json", exclude=set(RUNTIME_ONLY))
+    # Keyed by what is trained: the epochs this cycle runs, not continue_epochs; the replayed
+    # rows are in the mix digest, so replay_ratio would only split identical runs.
+    settings = settings.for_cycle(parent is not None)
+    kept = settings.model_dump(mode="json", exclude={*RUNTIME_ONLY, *MIX_ONLY})
     blob = json.dumps(
         [base, kept, mix_digest, parent.name if parent else None, seed], sort_keys=True
     )
@@ -301,6 +306,7 @@ def train_adapter(
     if (out_dir / "train_result.json").exists():
         log.info("adapter %s already trained; reusing it", out_dir)
         return _load_result(out_dir)
+    settings = settings.for_cycle(parent is not None)
     staging = out_dir.with_name(out_dir.name + ".partial")
     resume = prepare_staging(staging)
     start = time.perf_counter()

@@ -166,6 +166,39 @@ def test_replay_passes_key_only_mixes_that_replay(tiny_config):
     assert adapter_dir(replaying, None, once) != adapter_dir(replaying, None, every)
 
 
+def test_key_follows_the_rows_and_epochs_trained_not_the_settings_that_chose_them(tiny_config):
+    from tasks.mix import TrainingMix
+    from tasks.train import adapter_dir
+
+    rows = [{"drop": "d", "id": str(i)} for i in range(4)]
+    mix = TrainingMix(rows, new_rows=4, replay_rows=0, drops=["d"])
+    plain, ratio = tiny_config(), tiny_config("train.replay_ratio=3")
+    shorter = tiny_config("train.continue_epochs=1")
+    # Month 1 (no parent) trains the same rows for `epochs` whatever the replay settings.
+    assert adapter_dir(mix, None, plain) == adapter_dir(mix, None, ratio)
+    assert adapter_dir(mix, None, plain) == adapter_dir(mix, None, shorter)
+    parent = plain.paths.adapters / "champion"
+    assert adapter_dir(mix, parent, plain) != adapter_dir(mix, parent, shorter)
+    same = tiny_config(f"train.continue_epochs={plain.train.epochs}")
+    assert adapter_dir(mix, parent, plain) == adapter_dir(mix, parent, same)
+
+
+def test_continue_epochs_shorten_only_a_cycle_that_continues(
+    tiny_model: Path, trained: Path, tmp_path: Path
+):
+    from freshtune.config import TrainSettings
+
+    settings = TrainSettings(
+        epochs=2, continue_epochs=1, batch_size=4, max_length=64, lora={"r": 4, "alpha": 8}
+    )
+    fresh = train_adapter(str(tiny_model), _rows(8), settings, tmp_path / "fresh", seed=0)
+    child = train_adapter(
+        str(tiny_model), _rows(8), settings, tmp_path / "child", parent=trained, seed=0
+    )
+    assert (fresh.steps, child.steps) == (4, 2)
+    assert child.tokens * 2 == fresh.tokens
+
+
 def test_replay_passes_train_replayed_rows_once(tiny_model: Path, tmp_path: Path):
     from freshtune.config import TrainSettings
 
