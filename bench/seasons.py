@@ -205,7 +205,7 @@ def lanes() -> dict[str, Lane]:
 
 def train_lane(lane: Lane, month: int, records: list[dict], cfg: Any) -> dict[str, float]:
     """This month's run of one strategy; returns its compute (zero when it does not train)."""
-    from tasks.mix import build_mix
+    from tasks.mix import build_mix, replayed
     from tasks.train import adapter_key, train_adapter
 
     if lane.mode == "once" and month > 1:
@@ -219,7 +219,8 @@ def train_lane(lane: Lane, month: int, records: list[dict], cfg: Any) -> dict[st
     # Keyed by what is trained (rows, parent, settings; not the mode's name), so identical
     # runs (month 1 of every curated lane) train once and a changed --set trains anew.
     base = cfg.resolved_base_model()
-    key = adapter_key(base, cfg.train, digest_of(mix.rows), parent, cfg.seed)
+    replays = bool(replayed(mix.rows))
+    key = adapter_key(base, cfg.train, digest_of(mix.rows), parent, cfg.seed, replays)
     result = train_adapter(base, mix.rows, cfg.train, cfg.paths.adapters / key, parent, cfg.seed)
     lane.history.append(snap)
     lane.adapter = result.adapter_dir

@@ -92,10 +92,14 @@ class TrainSettings(_Strict):
     )
     lora: LoraSettings = LoraSettings()
 
-    def for_cycle(self, continues: bool) -> TrainSettings:
-        """The settings a cycle trains with: `continue_epochs` when it continues a champion."""
+    def for_cycle(self, continues: bool, replays: bool = True) -> TrainSettings:
+        """The settings a cycle trains with: `continue_epochs` when it continues a champion;
+        no `replay_passes` when none of its rows is replayed (they would change nothing)."""
         epochs = self.continue_epochs if continues and self.continue_epochs else self.epochs
-        return self.model_copy(update={"epochs": epochs, "continue_epochs": None})
+        passes = self.replay_passes if replays else None
+        return self.model_copy(
+            update={"epochs": epochs, "continue_epochs": None, "replay_passes": passes}
+        )
 
 
 class DataSettings(_Strict):

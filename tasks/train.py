@@ -36,8 +36,8 @@ IGNORE = -100
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
-# Settings an adapter key gets through the mix digest or the resolved epochs instead.
-MIX_ONLY = ("replay_ratio", "continue_epochs")
+# Settings a key holds in another form: the replayed rows (mix digest), the resolved epochs.
+KEYED_ELSEWHERE = ("replay_ratio", "continue_epochs")
 # What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 Sink = Callable[[dict[str, float], int], None]
@@ -87,12 +87,17 @@ class FitStats:
 
 
 def adapter_key(
-    base: str, settings: TrainSettings, mix_digest: str, parent: Path | None, seed: int
+    base: str,
+    settings: TrainSettings,
+    mix_digest: str,
+    parent: Path | None,
+    seed: int,
+    replays: bool = True,
 ) -> str:
-    # Keyed by what is trained: the epochs this cycle runs, not continue_epochs; the replayed
-    # rows are in the mix digest, so replay_ratio would only split identical runs.
-    settings = settings.for_cycle(parent is not None)
-    kept = settings.model_dump(mode="json", exclude={*RUNTIME_ONLY, *MIX_ONLY})
+    """Keyed by what is trained (`TrainSettings.for_cycle`), so settings that would train the
+    same adapter (a cumulative mix under `replay_passes`, month 1 under `replay_ratio`) share it."""
+    settings = settings.for_cycle(parent is not None, replays)
+    kept = settings.model_dump(mode="json", exclude={*RUNTIME_ONLY, *KEYED_ELSEWHERE})
     blob = json.dumps(
         [base, kept, mix_digest, parent.name if parent else None, seed], sort_keys=True
     )
@@ -306,7 +311,7 @@ def train_adapter(
     if (out_dir / "train_result.json").exists():
         log.info("adapter %s already trained; reusing it", out_dir)
         return _load_result(out_dir)
-    settings = settings.for_cycle(parent is not None)
+    settings = settings.for_cycle(parent is not None, bool(replayed(rows)))
     staging = out_dir.with_name(out_dir.name + ".partial")
     resume = prepare_staging(staging)
     start = time.perf_counter()
@@ -577,12 +582,8 @@ def _load_result(folder: Path) -> TrainResult:
 
 def adapter_dir(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig) -> Path:
     """Where the adapter of this mix, parent and config lands, wherever it is trained."""
-    # Without replayed rows replay_passes trains nothing differently: keying on it would
-    # retrain an identical adapter.
-    settings = cfg.train
-    if not replayed(mix.rows):
-        settings = settings.model_copy(update={"replay_passes": None})
-    key = adapter_key(cfg.resolved_base_model(), settings, mix.digest, parent, cfg.seed)
+    replays = bool(replayed(mix.rows))
+    key = adapter_key(cfg.resolved_base_model(), cfg.train, mix.digest, parent, cfg.seed, replays)
     return cfg.paths.adapters / key
 
 

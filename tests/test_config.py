@@ -55,3 +55,14 @@ def test_fingerprint_changes_with_the_section_it_covers(tmp_path: Path):
     b = load_config("demo", ["train.epochs=9"], tmp_path)
     assert a.fingerprint("train") != b.fingerprint("train")
     assert a.fingerprint("eval") == b.fingerprint("eval")
+
+
+def test_a_cycle_trains_continue_epochs_only_when_it_continues_and_replay_passes_only_on_replay():
+    from freshtune.config import TrainSettings
+
+    settings = TrainSettings(epochs=5, continue_epochs=3, replay_passes=1.0)
+    assert settings.for_cycle(continues=False).epochs == 5
+    continuing = settings.for_cycle(continues=True)
+    assert (continuing.epochs, continuing.continue_epochs, continuing.replay_passes) == (3, None, 1)
+    assert settings.for_cycle(continues=True, replays=False).replay_passes is None
+    assert TrainSettings(epochs=5).for_cycle(continues=True).epochs == 5  # null: epochs
