@@ -1,20 +1,21 @@
 """Incremental vs cumulative retraining over months 1..k of the demo domain, in one run.
 
 Run: python bench/incremental_vs_cumulative.py [--months 3] [--seeds 1] [--json out.json]
-     (state goes to a scratch workspace, --workspace, by default under /tmp; about 16 minutes
-     on 2 cores, which train the demo preset at about 150 tokens/s)
-     The setting that costs 40% of cumulative at k = 3, over 3 seeds:
+     (state goes to a scratch workspace, --workspace, by default under /tmp; one seed takes
+     about 16 minutes on 2 AVX2 cores, which train the demo preset at about 150 tokens/s)
+     The setting that costs 40% of cumulative at k = 3, over 3 seeds (7 min a seed at the
+     300 tokens/s of 2 AVX-512 cores):
      python bench/incremental_vs_cumulative.py --seeds 3 --set train.continue_epochs=3
-         --set train.replay_ratio=1.3
+         --set train.replay_ratio=1.3 --set train.continue_learning_rate=5e-4
 
 Both modes train with the demo preset's settings (`--set` changes them, as the CLI does).
 Each month: `incremental` continues last month's incremental adapter on the new rows plus a
-replay sample (train.replay_ratio) for train.continue_epochs (the preset: as many as
-train.epochs, 5), each replayed row every epoch unless `--set train.replay_passes=P`;
-`cumulative` trains a new adapter from the base on every still-current row so far for
-train.epochs. Both are scored on the same questions: every eval question of months 1..m whose
-fact still holds in month m (worded differently from the training questions), split into
-`current` (month m) and `earlier`.
+replay sample (train.replay_ratio) for train.continue_epochs at train.continue_learning_rate
+(the preset: train.epochs, 5, at train.learning_rate), each replayed row every epoch unless
+`--set train.replay_passes=P`; `cumulative` trains a new adapter from the base on every
+still-current row so far for train.epochs at train.learning_rate. Both are scored on the same
+questions: every eval question of months 1..m whose fact still holds in month m (worded
+differently from the training questions), split into `current` (month m) and `earlier`.
 Compute is counted in real tokens and FLOPs (4·N per token) and wall time.
 """
 

@@ -402,7 +402,9 @@ def run(args: argparse.Namespace, on_month: Any = None) -> dict[str, Any]:
     overrides = [
         f"base_model={Path(args.model).resolve()}",
         f"train.epochs={preset['epochs']}",
-        "train.continue_epochs=null",  # every cycle trains the preset's epochs, as measured
+        # Every cycle trains the preset's epochs at its learning rate, as measured.
+        "train.continue_epochs=null",
+        "train.continue_learning_rate=null",
     ]
     cfg = load_config("demo", [*overrides, "eval.max_new_tokens=20", *args.set], args.workspace)
     cfg.paths.ensure()

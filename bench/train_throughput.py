@@ -1,6 +1,6 @@
 """Training throughput on this machine: freshtune's trainer against its peers, in one run.
 
-Run: python bench/train_throughput.py [--model PATH] [--steps 4] [--rounds 2] [--json out.json]
+Run: python bench/train_throughput.py [--model PATH] [--steps 8] [--rounds 3] [--json out.json]
      [--freshtune-dtype bfloat16]   (freshtune in bf16 autocast; the peers stay as below)
      (needs the `bench` extra: pip install -e '.[bench]' for TRL)
 
@@ -41,9 +41,9 @@ LR = 1e-4
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per contender")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per contender")
     parser.add_argument("--default-steps", type=int, default=2, help="timed steps, TRL defaults")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best kept")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best kept")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out")

@@ -51,6 +51,13 @@ class TrainSettings(_Strict):
         "already); None: epochs",
     )
     learning_rate: float = Field(2e-4, gt=0, lt=1)
+    continue_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="peak learning rate of a cycle that continues a champion adapter; None: "
+        "learning_rate",
+    )
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(256, ge=16, description="tokens per row; longer rows are cut")
@@ -93,12 +100,20 @@ class TrainSettings(_Strict):
     lora: LoraSettings = LoraSettings()
 
     def for_cycle(self, continues: bool, replays: bool = True) -> TrainSettings:
-        """The settings a cycle trains with: `continue_epochs` when it continues a champion;
-        no `replay_passes` when none of its rows is replayed (they would change nothing)."""
+        """The settings a cycle trains with: `continue_epochs` and `continue_learning_rate`
+        when it continues a champion; no `replay_passes` when none of its rows is replayed
+        (they would change nothing)."""
         epochs = self.continue_epochs if continues and self.continue_epochs else self.epochs
+        rate = self.continue_learning_rate if continues else None
         passes = self.replay_passes if replays else None
         return self.model_copy(
-            update={"epochs": epochs, "continue_epochs": None, "replay_passes": passes}
+            update={
+                "epochs": epochs,
+                "continue_epochs": None,
+                "learning_rate": rate or self.learning_rate,
+                "continue_learning_rate": None,
+                "replay_passes": passes,
+            }
         )
 
 

@@ -37,7 +37,7 @@ TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is nam
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
 # Settings a key holds in another form: the replayed rows (mix digest), the resolved epochs.
-KEYED_ELSEWHERE = ("replay_ratio", "continue_epochs")
+KEYED_ELSEWHERE = ("replay_ratio", "continue_epochs", "continue_learning_rate")
 # What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 Sink = Callable[[dict[str, float], int], None]

@@ -57,12 +57,21 @@ def test_fingerprint_changes_with_the_section_it_covers(tmp_path: Path):
     assert a.fingerprint("eval") == b.fingerprint("eval")
 
 
-def test_a_cycle_trains_continue_epochs_only_when_it_continues_and_replay_passes_only_on_replay():
+def test_a_cycle_takes_continue_settings_only_when_it_continues_and_replay_passes_on_replay():
     from freshtune.config import TrainSettings
 
-    settings = TrainSettings(epochs=5, continue_epochs=3, replay_passes=1.0)
-    assert settings.for_cycle(continues=False).epochs == 5
+    settings = TrainSettings(
+        epochs=5,
+        continue_epochs=3,
+        learning_rate=1e-3,
+        continue_learning_rate=5e-4,
+        replay_passes=1.0,
+    )
+    first = settings.for_cycle(continues=False)
+    assert (first.epochs, first.learning_rate) == (5, 1e-3)
     continuing = settings.for_cycle(continues=True)
-    assert (continuing.epochs, continuing.continue_epochs, continuing.replay_passes) == (3, None, 1)
+    assert (continuing.epochs, continuing.learning_rate, continuing.replay_passes) == (3, 5e-4, 1)
+    assert continuing.continue_epochs is None and continuing.continue_learning_rate is None
     assert settings.for_cycle(continues=True, replays=False).replay_passes is None
-    assert TrainSettings(epochs=5).for_cycle(continues=True).epochs == 5  # null: epochs
+    unset = TrainSettings(epochs=5, learning_rate=1e-3).for_cycle(continues=True)
+    assert (unset.epochs, unset.learning_rate) == (5, 1e-3)  # null: the first cycle's

@@ -181,6 +181,9 @@ def test_key_follows_the_rows_and_epochs_trained_not_the_settings_that_chose_the
     assert adapter_dir(mix, parent, plain) != adapter_dir(mix, parent, shorter)
     same = tiny_config(f"train.continue_epochs={plain.train.epochs}")
     assert adapter_dir(mix, parent, plain) == adapter_dir(mix, parent, same)
+    gentle = tiny_config("train.continue_learning_rate=1e-5")
+    assert adapter_dir(mix, None, plain) == adapter_dir(mix, None, gentle)
+    assert adapter_dir(mix, parent, plain) != adapter_dir(mix, parent, gentle)
 
 
 def test_continue_epochs_shorten_only_a_cycle_that_continues(
@@ -197,6 +200,32 @@ def test_continue_epochs_shorten_only_a_cycle_that_continues(
     )
     assert (fresh.steps, child.steps) == (4, 2)
     assert child.tokens * 2 == fresh.tokens
+
+
+def test_continue_learning_rate_sets_how_far_a_continuing_cycle_moves(
+    tiny_model: Path, trained: Path, tmp_path: Path
+):
+    from freshtune.config import TrainSettings
+
+    parent = load_file(str(trained / "adapter_model.safetensors"))
+    settings = TrainSettings(
+        epochs=1, learning_rate=5e-3, batch_size=4, max_length=64, lora={"r": 4, "alpha": 8}
+    )
+    gentle = settings.model_copy(update={"continue_learning_rate": 5e-5})
+
+    def moved(s: TrainSettings, name: str) -> float:
+        fit = train_adapter(str(tiny_model), _rows(8), s, tmp_path / name, parent=trained, seed=0)
+        child = load_file(str(fit.adapter_dir / "adapter_model.safetensors"))
+        return sum((child[k] - parent[k]).abs().sum().item() for k in parent)
+
+    assert moved(gentle, "gentle") * 10 < moved(settings, "full")
+    # A cycle without a parent trains at learning_rate whatever continue_learning_rate says.
+    first = [
+        train_adapter(str(tiny_model), _rows(8), s, tmp_path / n, seed=0)
+        for s, n in ((settings, "a"), (gentle, "b"))
+    ]
+    a, b = (load_file(str(f.adapter_dir / "adapter_model.safetensors")) for f in first)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_replay_passes_train_replayed_rows_once(tiny_model: Path, tmp_path: Path):
