@@ -36,7 +36,8 @@ IGNORE = -100
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
-# Settings a key holds in another form: the replayed rows (mix digest), the resolved epochs.
+# Settings a key holds in another form: the replayed rows (mix digest), the epochs and
+# learning rate a cycle resolves them to (TrainSettings.for_cycle).
 KEYED_ELSEWHERE = ("replay_ratio", "continue_epochs", "continue_learning_rate")
 # What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -92,7 +93,7 @@ def adapter_key(
     mix_digest: str,
     parent: Path | None,
     seed: int,
-    replays: bool = True,
+    replays: bool,
 ) -> str:
     """Keyed by what is trained (`TrainSettings.for_cycle`), so settings that would train the
     same adapter (a cumulative mix under `replay_passes`, month 1 under `replay_ratio`) share it."""

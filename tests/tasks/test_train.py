@@ -147,9 +147,10 @@ def test_a_changed_runtime_setting_keeps_the_adapter_key():
     from freshtune.config import TrainSettings
     from tasks.train import adapter_key
 
-    key = adapter_key("base", TrainSettings(), "mix", None, 0)
-    assert key == adapter_key("base", TrainSettings(save_steps=5, work_pool="gpu"), "mix", None, 0)
-    assert key != adapter_key("base", TrainSettings(mode="fresh"), "mix", None, 0)
+    key = adapter_key("base", TrainSettings(), "mix", None, 0, True)
+    runtime = TrainSettings(save_steps=5, work_pool="gpu")
+    assert key == adapter_key("base", runtime, "mix", None, 0, True)
+    assert key != adapter_key("base", TrainSettings(mode="fresh"), "mix", None, 0, True)
 
 
 def test_replay_passes_key_only_mixes_that_replay(tiny_config):
