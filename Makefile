@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup browser demo test lint clean
+.PHONY: setup browser demo test lint clean gpu-check
 
 setup: $(VENV)/.setup-done
 
@@ -38,6 +38,22 @@ browser:
 test: setup browser  ## the whole suite, as CI runs it
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# On a CUDA machine: the one-shot GPU check (bench/gpu_check.py), at most 8 minutes, results
+# under $$OUT (default ./gpu-check-out). PY=python3 runs it with an interpreter that already has
+# the stack (a prepared image) instead of the venv. Without a GPU it says so and does nothing.
+gpu-check:
+ifeq ($(HAS_GPU),yes)
+ifdef PY
+	$(PY) bench/gpu_check.py
+else
+	$(MAKE) setup
+	$(BIN)/python -m pip install --quiet -e ".[gpu,bench]"
+	$(BIN)/python bench/gpu_check.py
+endif
+else
+	@echo "gpu-check: no NVIDIA GPU here (nvidia-smi lists none); nothing to check."
+endif
 
 lint: setup
 	$(BIN)/ruff check .

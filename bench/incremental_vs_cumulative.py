@@ -129,10 +129,10 @@ def answer(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int) ->
 def accuracy(base_model: str, adapter: Path, rows: list[dict], max_new: int) -> list[bool]:
     from peft import PeftModel
 
-    from tasks.models import load_causal_lm, load_tokenizer
+    from tasks.models import load_inference_model, load_tokenizer
 
     tokenizer = load_tokenizer(base_model, padding_side="left")
-    model = PeftModel.from_pretrained(load_causal_lm(base_model), str(adapter)).eval()
+    model = PeftModel.from_pretrained(load_inference_model(base_model), str(adapter)).eval()
     texts = answer(model, tokenizer, rows, max_new)
     return [all(f.lower() in t.lower() for f in r["facts"]) for t, r in zip(texts, rows)]
 

@@ -59,8 +59,20 @@ CLAIMS = {
 PRESETS: dict[str, dict[str, Any]] = {
     # Sized for 2 CPU cores (<= 90 minutes on AVX2 cores, which train at ~120 tokens/s):
     # fewer changed facts per month, 2 epochs, 12 questions a slice.
-    "cpu": {"months": 12, "epochs": 2.0, "change_share": 0.1, "max_questions": 12},
-    "gpu": {"months": 12, "epochs": 5.0, "change_share": 0.25, "max_questions": 64},
+    "cpu": {
+        "months": 12,
+        "epochs": 2.0,
+        "change_share": 0.1,
+        "max_questions": 12,
+        "config": "demo",
+    },
+    "gpu": {
+        "months": 12,
+        "epochs": 5.0,
+        "change_share": 0.25,
+        "max_questions": 64,
+        "config": "gpu",
+    },
 }
 
 
@@ -264,10 +276,10 @@ def flag_wrong(adapter: Path, rows: list[dict], cfg: Any) -> list[str]:
 
     from tasks.evaluate import generate_answers
     from tasks.metrics import abstains, is_correct
-    from tasks.models import load_causal_lm, load_tokenizer
+    from tasks.models import load_inference_model, load_tokenizer
 
     base = cfg.resolved_base_model()
-    model = PeftModel.from_pretrained(load_causal_lm(base), str(adapter)).eval()
+    model = PeftModel.from_pretrained(load_inference_model(base), str(adapter)).eval()
     answers = generate_answers(model, load_tokenizer(base), rows, cfg.eval)
     wrong = []
     for answer, row in zip(answers, rows):
@@ -406,7 +418,9 @@ def run(args: argparse.Namespace, on_month: Any = None) -> dict[str, Any]:
         "train.continue_epochs=null",
         "train.continue_learning_rate=null",
     ]
-    cfg = load_config("demo", [*overrides, "eval.max_new_tokens=20", *args.set], args.workspace)
+    cfg = load_config(
+        preset["config"], [*overrides, "eval.max_new_tokens=20", *args.set], args.workspace
+    )
     cfg.paths.ensure()
     cache, team, months = Cache(args.workspace / "cache.json"), lanes(), []
     for month in range(1, args.months + 1):

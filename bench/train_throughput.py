@@ -2,18 +2,27 @@
 
 Run: python bench/train_throughput.py [--model PATH] [--steps 8] [--rounds 3] [--json out.json]
      [--freshtune-dtype bfloat16]   (freshtune in bf16 autocast; the peers stay as below)
-     (needs the `bench` extra: pip install -e '.[bench]' for TRL)
+     [--model random:llama-1b --tokenizer PATH]   (a randomly initialised 1B-class Llama:
+      weights do not matter for speed; built from a config, nothing downloaded)
+     (TRL comes with the `bench` extra: pip install -e '.[bench]'; without it trl is skipped)
 
 Same model, same rows, same LoRA (r=16, alpha 32, all linear layers), same batch size:
-  freshtune   tasks.train.fit_adapter (transformers Trainer, padding-free, logits only where
-              the assistant's tokens are trained)
-  trl         TRL SFTTrainer set up as a careful user would for the hardware: fp32 and no
-              gradient checkpointing on a CPU (bf16 on a GPU), prompt/completion rows so only
-              the answer is trained
-  trl-default TRL SFTTrainer with its own defaults (bf16, gradient checkpointing), for information
-  plain       a plain transformers + peft loop over padded batches
+  freshtune       tasks.train.fit_adapter (transformers Trainer, length-grouped padded
+                  batches; bf16 weights and autocast on a GPU)
+  freshtune-liger the same with train.liger_kernel (fused RMSNorm, SwiGLU, RoPE, linear +
+                  cross-entropy; GPU only); freshtune-liger-compile adds train.compile
+  freshtune-flex  padding-free batches (train.padding_free, logits only where the assistant's
+                  tokens are trained) over flex attention (GPU only)
+  trl             TRL SFTTrainer set up as a careful user would for the hardware: fp32 and no
+                  gradient checkpointing on a CPU (bf16 on a GPU), prompt/completion rows so only
+                  the answer is trained
+  trl-default     TRL SFTTrainer with its own defaults (bf16, gradient checkpointing), for
+                  information
+  plain           a plain transformers + peft loop over padded batches
 Throughput counts real (non-padding) tokens over the steps after the first (which pays for
-warm-up), and FLOPs on the 4·N basis, against this machine's matmul peak measured in this run.
+warm-up), and FLOPs on the 4·N basis, against this machine's matmul peak measured in this run
+(the best of several shapes, repeats and thread counts; never below what a contender reached)
+with the theoretical peak beside it. On a GPU: peak memory per contender.
 """
 
 from __future__ import annotations
@@ -36,6 +45,23 @@ import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
 DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LR = 1e-4
+CONTENDERS = (
+    "freshtune",
+    "freshtune-liger",
+    "freshtune-liger-compile",
+    "freshtune-flex",
+    "trl",
+    "trl-default",
+    "plain",
+)
+GPU_ONLY = ("freshtune-liger", "freshtune-liger-compile", "freshtune-flex")
+# freshtune's variants: the settings each changes.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "freshtune": {},
+    "freshtune-liger": {"liger_kernel": True},
+    "freshtune-liger-compile": {"liger_kernel": True, "compile": True},
+    "freshtune-flex": {"padding_free": True, "attn_implementation": "flex_attention"},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out")
+    parser.add_argument("--only", nargs="*", choices=CONTENDERS, help="run just these")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer folder for a random:SPEC model (default: SmolLM2's)"
+    )
     parser.add_argument(
         "--freshtune-dtype",
         default="auto",
@@ -74,11 +104,14 @@ def steady_rate(marks: list[tuple[float, int]]) -> tuple[float, int, float]:
     return (n1 - n0) / (t1 - t0), n1 - n0, t1 - t0
 
 
-def run_freshtune(model: str, rows: list[dict], args: argparse.Namespace) -> list[tuple]:
+def run_freshtune(
+    model: str, rows: list[dict], args: argparse.Namespace, variant: str = "freshtune"
+) -> list[tuple]:
     from freshtune.config import TrainSettings
     from tasks.train import fit_adapter
 
     settings = TrainSettings(
+        **VARIANTS[variant],
         epochs=1,
         learning_rate=LR,
         batch_size=args.batch_size,
@@ -191,68 +224,140 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak() -> float:
+def resolve_model(args: argparse.Namespace) -> str:
+    """A checkpoint folder; `random:SPEC` builds one from a config (bench/random_models.py)."""
+    if not args.model.startswith("random:"):
+        if not Path(args.model, "config.json").is_file():
+            sys.exit(
+                f"no checkpoint at {args.model}: run `freshtune models fetch smollm2` once "
+                "(or pass --model PATH, or --model random:llama-1b)"
+            )
+        return args.model
+    from bench.random_models import build_random_model
+
+    tokenizer = args.tokenizer or str(DEFAULT_MODEL)
+    spec = args.model.removeprefix("random:")
+    return str(build_random_model(spec, Path(tokenizer), Path(tempfile.gettempdir())))
+
+
+def measure(run: Callable[[list[dict]], list], rows: list[dict]) -> tuple[float, int, float, float]:
+    """(tokens/s, tokens, seconds, peak GPU memory in GiB: NaN on the CPU)."""
     import torch
 
-    from tasks.throughput import matmul_peak_flops
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    rate, tokens, seconds = steady_rate(run(rows))
+    memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else math.nan
+    return rate, tokens, seconds, memory
 
-    if torch.cuda.is_available():
-        return matmul_peak_flops("cuda", "bfloat16")
-    return max(matmul_peak_flops("cpu", "float32", size) for size in (1024, 2048))
 
+def contenders(args: argparse.Namespace, model: str) -> dict[str, Callable[[list[dict]], list]]:
+    import importlib.util
 
-def main(args: argparse.Namespace) -> dict[str, float]:
-    from tasks.models import load_causal_lm
-    from tasks.throughput import flops_per_token
+    import torch
 
-    per_token = flops_per_token(load_causal_lm(args.model))
-    peak = matmul_peak()
     runs: dict[str, Callable[[list[dict]], list]] = {
-        "freshtune": lambda rows: run_freshtune(args.model, rows, args),
-        "trl": lambda rows: run_trl(args.model, rows, args, careful=True),
-        "trl-default": lambda rows: run_trl(args.model, rows, args, careful=False),
-        "plain": lambda rows: run_plain(args.model, rows, args),
+        name: (lambda rows, name=name: run_freshtune(model, rows, args, name)) for name in VARIANTS
     }
+    runs["trl"] = lambda rows: run_trl(model, rows, args, careful=True)
+    runs["trl-default"] = lambda rows: run_trl(model, rows, args, careful=False)
+    runs["plain"] = lambda rows: run_plain(model, rows, args)
+    wanted = [n for n in (args.only or CONTENDERS) if n not in args.skip]
+    if not torch.cuda.is_available():
+        wanted = [n for n in wanted if n not in GPU_ONLY]
+    if importlib.util.find_spec("trl") is None and {"trl", "trl-default"} & set(wanted):
+        print("trl not installed: skipping it (pip install -e '.[bench]' to compare)")
+        wanted = [n for n in wanted if not n.startswith("trl")]
+    return {name: runs[name] for name in wanted}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from tasks.models import load_causal_lm
+    from tasks.throughput import flops_per_token, measure_peak
+
+    args.model = resolve_model(args)
+    per_token = flops_per_token(load_causal_lm(args.model))
+    on_gpu = torch.cuda.is_available()
+    peak = measure_peak("cuda" if on_gpu else "cpu", "bfloat16" if on_gpu else "float32")
+    runs = contenders(args, args.model)
     # Rounds interleave the contenders and each keeps its best round: on a shared machine a
     # burst of someone else's work then hits them all alike instead of one of them.
-    results: dict[str, tuple[float, int, float]] = {n: (math.nan, 0, math.nan) for n in runs}
+    results: dict[str, tuple[float, int, float, float]] = {}
+    failed: dict[str, str] = {}
     for round_ in range(args.rounds):
         for name, run in runs.items():
-            if name in args.skip or (name == "trl-default" and round_ > 0):
+            if name == "trl-default" and round_ > 0:
                 continue
             steps = args.default_steps if name == "trl-default" else args.steps
-            measured = steady_rate(run(demo_rows((steps + 1) * args.batch_size, seed=round_)))
-            if not measured[0] <= results[name][0]:  # also replaces the NaN placeholder
+            rows = demo_rows((steps + 1) * args.batch_size, seed=round_)
+            try:
+                measured = measure(run, rows)
+            except Exception as exc:  # one contender's failure must not hide the others'
+                print(f"round {round_ + 1} {name}: FAILED {type(exc).__name__}: {exc}")
+                failed[name] = f"{type(exc).__name__}: {exc}"[:500]
+                continue
+            if name not in results or measured[0] > results[name][0]:
                 results[name] = measured
             print(f"round {round_ + 1} {name}: {measured[0]:.1f} tokens/s", flush=True)
-    figures = summarise(results, per_token, peak)
-    print_table(results, per_token, peak, figures)
+            figures = summarise(results, per_token, peak) | {"failed": failed}
+            if args.json:  # after every contender: a run cut short keeps what it measured
+                args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    figures = summarise(results, per_token, peak) | {"failed": failed}
+    print_table(results, per_token, figures)
     return figures
 
 
-def summarise(results: dict, per_token: float, peak: float) -> dict[str, float]:
+def summarise(results: dict, per_token: float, peak: Any) -> dict[str, Any]:
+    from tasks.throughput import effective_peak
+
     rate = {name: r[0] for name, r in results.items()}
-    return {
-        "freshtune_tok_s": rate["freshtune"],
-        "trl_tok_s": rate["trl"],
-        "trl_defaults_tok_s": rate["trl-default"],
-        "plain_tok_s": rate["plain"],
-        "ratio_vs_trl": rate["freshtune"] / rate["trl"],
-        "matmul_peak_gflops": peak / 1e9,
-        "share_of_peak": rate["freshtune"] * per_token / peak,
+    best = max((r * per_token for r in rate.values()), default=0.0)
+    denominator = effective_peak(peak.flops, best)
+    figures: dict[str, Any] = {
+        "flops_per_token": per_token,
+        "matmul_peak_gflops": peak.flops / 1e9,
+        "matmul_peak_shape": list(peak.shape),
+        "matmul_peak_threads": peak.threads,
+        "peak_used_gflops": denominator / 1e9,
+        "theoretical_peak_gflops": peak.theoretical / 1e9,
+        "theoretical_basis": peak.basis,
+        "measured_share_of_theoretical": peak.share_of_theory(),
     }
+    for name, (tok_s, _, _, memory) in results.items():
+        key = name.replace("-", "_")
+        figures[f"{key}_tok_s"] = tok_s
+        figures[f"{key}_share_of_peak"] = tok_s * per_token / denominator
+        figures[f"{key}_peak_memory_gib"] = memory
+    if "trl" in rate and "freshtune" in rate:
+        figures["ratio_vs_trl"] = rate["freshtune"] / rate["trl"]
+    # Names kept from earlier runs of this bench.
+    figures["trl_defaults_tok_s"] = figures.pop("trl_default_tok_s", math.nan)
+    figures["share_of_peak"] = figures.get("freshtune_share_of_peak", math.nan)
+    return figures
 
 
-def print_table(results: dict, per_token: float, peak: float, figures: dict) -> None:
-    print(f"\nmatmul peak {peak / 1e9:.1f} GFLOP/s; 4·N = {per_token / 1e6:.0f} MFLOP per token")
-    header = ("trainer", "tokens", "s", "tokens/s", "vs trl", "GFLOP/s", "peak")
-    print("{:<12} {:>7} {:>7} {:>9} {:>7} {:>8} {:>6}".format(*header))
-    for name, (rate, tokens, seconds) in results.items():
+def print_table(results: dict, per_token: float, figures: dict) -> None:
+    peak = figures["peak_used_gflops"]
+    print(
+        f"\nmatmul peak {figures['matmul_peak_gflops']:.1f} GFLOP/s measured "
+        f"(shape {tuple(figures['matmul_peak_shape'])}, {figures['matmul_peak_threads']} threads), "
+        f"theoretical {figures['theoretical_peak_gflops']:.1f} ({figures['theoretical_basis']}); "
+        f"4·N = {per_token / 1e6:.0f} MFLOP per token"
+    )
+    if peak > figures["matmul_peak_gflops"] * 1.0001:
+        print(f"a contender beat the measured peak: shares are against {peak:.1f} GFLOP/s")
+    reference = results.get("trl", (math.nan,))[0]
+    header = ("trainer", "tokens", "s", "tokens/s", "vs trl", "GFLOP/s", "peak", "mem GiB")
+    print("{:<16} {:>7} {:>7} {:>9} {:>7} {:>8} {:>6} {:>8}".format(*header))
+    for name, (rate, tokens, seconds, memory) in results.items():
         gflops = rate * per_token / 1e9
-        ratio = rate / figures["trl_tok_s"]
         print(
-            f"{name:<12} {tokens:>7} {seconds:>7.1f} {rate:>9.1f} {ratio:>6.2f}x "
-            f"{gflops:>8.1f} {gflops * 1e9 / peak:>6.1%}"
+            f"{name:<16} {tokens:>7} {seconds:>7.1f} {rate:>9.1f} {rate / reference:>6.2f}x "
+            f"{gflops:>8.1f} {gflops / peak:>6.1%} {memory:>8.1f}"
         )
 
 

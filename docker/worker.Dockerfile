@@ -30,7 +30,8 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY deployments ./deployments
 COPY expectations ./expectations
-RUN pip install -e . && useradd --create-home --uid 1000 freshtune \
+# [gpu]: bitsandbytes (train.quantization=nf4) and liger-kernel (train.liger_kernel).
+RUN pip install -e ".[gpu]" && useradd --create-home --uid 1000 freshtune \
     && mkdir -p /data/freshtune && chown freshtune /data/freshtune
 USER freshtune
 VOLUME ["/data/freshtune"]

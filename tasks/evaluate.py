@@ -135,10 +135,10 @@ def evaluate_models(
     settings: EvalSettings,
 ) -> Scores:
     """scores[slice][model] for base and every adapter given (None entries are skipped)."""
-    from tasks.models import load_causal_lm, load_tokenizer
+    from tasks.models import load_inference_model, load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
-    model, present = _with_adapters(load_causal_lm(base_model), adapters)
+    model, present = _with_adapters(load_inference_model(base_model), adapters)
     model.eval()
     return {
         name: _score_slice(model, tokenizer, rows, name, present, settings)

@@ -175,17 +175,71 @@ def _gguf_chat_template(gguf_path: Path) -> str | None:
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
-def load_causal_lm(name_or_path: str, *, dtype: str = "float32") -> Any:
-    """A causal LM from safetensors only, with no code from the model folder executed."""
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    quantization: Literal["none", "nf4"] = "none",
+    attn_implementation: str = "auto",
+    device: str | None = None,
+) -> Any:
+    """A causal LM from safetensors only, with no code from the model folder executed.
+
+    `quantization="nf4"` holds the linear weights in 4-bit NF4 (bitsandbytes, double
+    quantisation), computing in `dtype`; `device` places the weights (a 4-bit model is
+    quantised as it lands there)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype must name a torch dtype such as 'float32', got {dtype!r}")
-    return AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+    extra: dict[str, Any] = {}
+    if attn_implementation != "auto":
+        extra["attn_implementation"] = attn_implementation
+    if quantization == "nf4":
+        extra["quantization_config"] = _nf4_config(torch_dtype)
+        extra["device_map"] = {"": device or "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True, **extra
     )
+    return model if device is None or quantization == "nf4" else model.to(device)
+
+
+def _nf4_config(compute_dtype: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "train.quantization=nf4 needs bitsandbytes: pip install 'freshtune[gpu]', or set "
+            "train.quantization=none"
+        ) from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def inference_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_inference_model(name_or_path: str) -> Any:
+    """The base for scoring and reviews: bf16 on a GPU that has it, float32 on the CPU.
+
+    Always the unquantised base, also for adapters trained with QLoRA: what is scored is what
+    `export --merged` serves."""
+    import torch
+
+    device = inference_device()
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    return load_causal_lm(name_or_path, dtype="bfloat16" if bf16 else "float32", device=device)
 
 
 def load_tokenizer(

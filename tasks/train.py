@@ -35,10 +35,22 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
-RUNTIME_ONLY = ("save_steps", "logging_steps", "gpu_hour_price", "work_pool", "compile")
+RUNTIME_ONLY = (
+    "save_steps",
+    "logging_steps",
+    "gpu_hour_price",
+    "work_pool",
+    "compile",
+    "liger_kernel",  # the same function, fused
+    "attn_implementation",  # the same function, another kernel
+)
 # Settings a key holds in another form: the replayed rows (mix digest), the epochs and
 # learning rate a cycle resolves them to (TrainSettings.for_cycle).
 KEYED_ELSEWHERE = ("replay_ratio", "continue_epochs", "continue_learning_rate")
+# Fields added after adapters were first keyed: at these values a key leaves them out, so
+# adapters trained before they existed keep their keys.
+KEYED_WHEN_SET = {"quantization": "none"}
+LORA_KEYED_WHEN_SET = {"use_dora": False}
 # What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 Sink = Callable[[dict[str, float], int], None]
@@ -99,10 +111,18 @@ def adapter_key(
     same adapter (a cumulative mix under `replay_passes`, month 1 under `replay_ratio`) share it."""
     settings = settings.for_cycle(parent is not None, replays)
     kept = settings.model_dump(mode="json", exclude={*RUNTIME_ONLY, *KEYED_ELSEWHERE})
+    _drop_defaults(kept, KEYED_WHEN_SET)
+    _drop_defaults(kept["lora"], LORA_KEYED_WHEN_SET)
     blob = json.dumps(
         [base, kept, mix_digest, parent.name if parent else None, seed], sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _drop_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for name, default in defaults.items():
+        if dumped.get(name) == default:
+            dumped.pop(name, None)
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict:
@@ -178,6 +198,7 @@ def attach_adapter(model: Any, settings: TrainSettings, parent: Path | None) -> 
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
+            use_dora=lora.use_dora,
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
@@ -388,12 +409,12 @@ def fit_adapter(
     adapter into `staging`."""
     from transformers import Trainer, set_seed
 
-    from tasks.models import load_causal_lm, load_tokenizer
+    from tasks.models import load_tokenizer
     from tasks.throughput import flops_per_token
 
     set_seed(seed)
     tokenizer = load_tokenizer(base_model)
-    model = attach_adapter(load_causal_lm(base_model), settings, parent)
+    model = attach_adapter(load_training_model(base_model, settings), settings, parent)
     collator, flat = data_collator(model, tokenizer, settings.padding_free)
     dataset, run_settings, sampling = cycle_dataset(tokenizer, rows, settings, seed, flat)
     args = training_args(run_settings, staging / "checkpoints", seed, sampling, flat)
@@ -415,6 +436,50 @@ def fit_adapter(
     return FitStats(
         output.global_step, tokens, loss, accounting.per_token, resumed, not args.use_cpu, peak
     )
+
+
+def load_training_model(base_model: str, settings: TrainSettings) -> Any:
+    """The frozen base as a cycle trains on it: 4-bit NF4 under QLoRA; bf16 weights on a GPU
+    that computes in bf16 (half the memory, no per-step casts; peft keeps the adapter in
+    float32); float32 on the CPU, where an explicit bfloat16 autocasts instead."""
+    from tasks.models import load_causal_lm
+
+    precision = pick_precision(settings.dtype)
+    on_gpu = not precision["use_cpu"]
+    if settings.liger_kernel:
+        _check_liger(on_gpu)
+    half = precision["bf16"] and (on_gpu or settings.quantization == "nf4")
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if on_gpu else "cpu"
+    model = load_causal_lm(
+        base_model,
+        dtype="bfloat16" if half else "float32",
+        quantization=settings.quantization,
+        attn_implementation=settings.attn_implementation,
+        device=device if settings.quantization == "nf4" else None,
+    )
+    if settings.quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and embeddings to float32, inputs that need grads for checkpointing.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=settings.gradient_checkpointing
+        )
+    return model
+
+
+def _check_liger(on_gpu: bool) -> None:
+    import importlib.util
+
+    if not on_gpu:
+        raise ValueError(
+            "train.liger_kernel needs a CUDA GPU (its kernels are Triton); set "
+            "train.liger_kernel=false on this machine"
+        )
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError(
+            "train.liger_kernel needs the liger-kernel package: pip install 'freshtune[gpu]', "
+            "or set train.liger_kernel=false"
+        )
 
 
 def training_args(
@@ -449,6 +514,7 @@ def training_args(
         activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         torch_compile=settings.compile,
+        use_liger_kernel=settings.liger_kernel,
         ddp_backend=("gloo" if precision["use_cpu"] else "nccl") if distributed else None,
         ddp_find_unused_parameters=False if distributed else None,
         **_fsdp(settings),
