@@ -21,6 +21,7 @@ from tasks.registry import (
     open_cycle_run,
     register_candidate,
 )
+from tasks.rehearsal import build_rehearsal
 from tasks.report import build_record, find_cycle, publish_cycle
 from tasks.review import preflight, publish_review_report, record_review, request_review
 from tasks.train import train_candidate
@@ -47,8 +48,9 @@ def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     validate_drop(staged, config)
     snapshot = curate_drop(staged, config)
     champion = find_champion(config)
-    mix = build_training_mix(snapshot, config)
     run_id = open_cycle_run(snapshot, champion, config)
+    rehearsal = build_rehearsal(config)
+    mix = build_training_mix(snapshot, rehearsal, config)
     candidate = train_candidate(mix, champion, config, run_id)
     scores = evaluate_candidate(snapshot, candidate.adapter_dir, champion, config, run_id)
     decision = apply_gate(scores, config, run_id)

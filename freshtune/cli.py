@@ -127,7 +127,8 @@ def _print_cycle(record: dict[str, Any]) -> None:
     train = record["train"]
     typer.echo(
         f"trained {train['train_tokens']:.0f} tokens in {train['train_wall_s']:.0f} s "
-        f"({record['mix']['new_rows']} new + {record['mix']['replay_rows']} replayed rows)"
+        f"({record['mix']['new_rows']} new + {record['mix']['replay_rows']} replayed + "
+        f"{record['mix'].get('rehearsal_rows', 0)} rehearsal rows)"
     )
 
 
@@ -184,12 +185,15 @@ def demo_data(
     out: Annotated[Path, typer.Option(help="output .jsonl file")],
     seed: Annotated[int, typer.Option(help="world seed")] = 0,
     noise: Annotated[bool, typer.Option(help="inject duplicates and empty answers")] = True,
+    everyday: Annotated[
+        bool, typer.Option(help="month 1's everyday questions and never-sold products")
+    ] = True,
 ) -> None:
     """Write month N's drop of the demo domain (a fictional telecom support desk)."""
     from freshtune.demo_domain import write_drop
 
     with _exit_on(ValueError, code=2):
-        path = write_drop(month, out, seed=seed, noise=noise)
+        path = write_drop(month, out, seed=seed, noise=noise, everyday=everyday)
     typer.echo(f"wrote {path}")
 
 

@@ -76,6 +76,16 @@ class TrainSettings(_Strict):
         description="times each replayed earlier row is trained in a cycle, spread over the "
         "epochs (new rows and corrections get every epoch); None: replay every epoch too",
     )
+    rehearsal_ratio: float = Field(
+        0.5,
+        ge=0,
+        description="rows of the base model's own answers to everyday prompts per domain row "
+        "trained (new, replayed, corrections), so an adapter keeps what the base could do "
+        "outside the domain; 0: none",
+    )
+    rehearsal_file: Path | None = Field(
+        None, description="everyday prompts ({id, prompt} JSONL); None: the shipped set"
+    )
     logging_steps: int = Field(5, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     mode: Literal["incremental", "fresh", "cumulative"] = Field(

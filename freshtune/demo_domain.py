@@ -354,13 +354,22 @@ def _noise(train: list[Record], month: int, rng: random.Random) -> list[Record]:
 
 
 def make_drop(
-    month: int, seed: int = 0, noise: bool = True, *, change_share: float = CHANGE_SHARE
+    month: int,
+    seed: int = 0,
+    noise: bool = True,
+    *,
+    change_share: float = CHANGE_SHARE,
+    everyday: bool = True,
 ) -> list[Record]:
-    """Chat records for the facts new or changed in `month`, shuffled, with optional noise."""
+    """Chat records for the facts new or changed in `month`, shuffled, with optional noise.
+
+    `everyday=False` leaves out month 1's everyday questions and never-sold products (their
+    refusals and hallucination questions): a drop of domain facts only, as most users' are."""
     rng = random.Random(f"{seed}-{month}-drop")
     facts = changed_facts(month, seed, change_share=change_share)
     clean = [r for f in facts for r in _fact_records(f, month)]
-    clean += _never_sold_records(month) + _general_keep_records(month)
+    if everyday:
+        clean += _never_sold_records(month) + _general_keep_records(month)
     clean += _bias_records(facts, month)
     rng.shuffle(clean)
     # Ids are numbered per split before noise is added, so eval ids do not depend on `noise`.
@@ -425,7 +434,9 @@ def review_questions(month: int, seed: int = 0, *, change_share: float = CHANGE_
     return rows
 
 
-def write_drop(month: int, out: Path, seed: int = 0, noise: bool = True) -> Path:
+def write_drop(
+    month: int, out: Path, seed: int = 0, noise: bool = True, everyday: bool = True
+) -> Path:
     """Write the drop of `month` to `out` as JSONL, atomically; returns `out`."""
     out = Path(out)
     if out.suffix != ".jsonl":
@@ -433,7 +444,7 @@ def write_drop(month: int, out: Path, seed: int = 0, noise: bool = True) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(out.suffix + ".partial")
     with partial.open("w", encoding="utf-8") as fh:
-        for record in make_drop(month, seed, noise):
+        for record in make_drop(month, seed, noise, everyday=everyday):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(partial, out)
     return out

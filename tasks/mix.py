@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig
 from tasks.ingest import response_of
+from tasks.rehearsal import RehearsalSet
 from tasks.snapshot import Snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class TrainingMix:
     drops: list[str]
     always_rows: int = 0
     mode: str = "incremental"
+    rehearsal_rows: int = 0
 
     @property
     def replay_share(self) -> float:
@@ -55,6 +58,7 @@ class TrainingMix:
             "new_rows": self.new_rows,
             "replay_rows": self.replay_rows,
             "always_rows": self.always_rows,
+            "rehearsal_rows": self.rehearsal_rows,
             "drops": self.drops,
             "rows": [row_id(r) for r in self.rows],
         }
@@ -145,9 +149,12 @@ def build_mix(
     ratio: float,
     seed: int,
     mode: str = "incremental",
+    rehearsal: Sequence[dict[str, Any]] = (),
+    rehearsal_ratio: float = 0.0,
 ) -> TrainingMix:
     """New train rows + reviewer corrections + replay (round(ratio x new) rows, or all of them
-    in `cumulative` mode)."""
+    in `cumulative` mode) + rehearsal rows (tasks.rehearsal): round(rehearsal_ratio x all of
+    those)."""
     rows = current_rows([*earlier, new], "train")
     reviews = {s.digest[:16] for s in earlier if is_review(s)}
     fresh = [{**r, "origin": "new"} for age, r in rows if age == 0]
@@ -159,18 +166,37 @@ def build_mix(
     else:
         sample = stratified_replay(pool, round(ratio * len(fresh)), rng)
         replay = [{**r, "origin": "replay"} for r in sample]
-    mixed = fresh + always + replay
+    # In proportion to everything the cycle trains: replayed domain rows pull toward the
+    # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
+    # questions where the first cycle lost 1).
+    domain = fresh + always + replay
+    rehearse = rehearsal_sample(rehearsal, round(rehearsal_ratio * len(domain)), seed, new)
+    mixed = domain + rehearse
     rng.shuffle(mixed)
     log.info(
-        "training mix (%s): %d new + %d corrections + %d replayed rows from %d earlier drops",
+        "training mix (%s): %d new + %d corrections + %d replayed rows from %d earlier drops "
+        "+ %d rehearsal rows",
         mode,
         len(fresh),
         len(always),
         len(replay),
         len(earlier),
+        len(rehearse),
     )
     drops = sorted({r["drop"] for r in mixed})
-    return TrainingMix(mixed, len(fresh), len(replay), drops, len(always), mode)
+    return TrainingMix(
+        mixed, len(fresh), len(replay), drops, len(always), mode, rehearsal_rows=len(rehearse)
+    )
+
+
+def rehearsal_sample(
+    rows: Sequence[dict[str, Any]], count: int, seed: int, new: Snapshot
+) -> list[dict[str, Any]]:
+    """`count` rehearsal rows (all of them when fewer), drawn apart from the replay sample so
+    that a mix without rehearsal is the mix it always was."""
+    rows = list(rows)
+    picked = random.Random(f"{seed}-{new.digest}-rehearsal").sample(rows, min(count, len(rows)))
+    return [{**r, "origin": "rehearsal"} for r in picked]
 
 
 def cycle_plan(
@@ -243,7 +269,13 @@ def load_mix(path: Path) -> TrainingMix:
     data = json.loads(path.read_text(encoding="utf-8"))
     m = data["manifest"]
     mix = TrainingMix(
-        data["rows"], m["new_rows"], m["replay_rows"], m["drops"], m["always_rows"], m["mode"]
+        data["rows"],
+        m["new_rows"],
+        m["replay_rows"],
+        m["drops"],
+        m["always_rows"],
+        m["mode"],
+        m.get("rehearsal_rows", 0),
     )
     if mix.digest != m["digest"]:
         raise ValueError(f"{path}: rows do not match the manifest digest {m['digest']}")
@@ -251,6 +283,12 @@ def load_mix(path: Path) -> TrainingMix:
 
 
 @task(name="build-training-mix", cache_policy=NO_CACHE)
-def build_training_mix(snapshot: Snapshot, cfg: FreshtuneConfig) -> TrainingMix:
+def build_training_mix(
+    snapshot: Snapshot, rehearsal: RehearsalSet | None, cfg: FreshtuneConfig
+) -> TrainingMix:
     earlier = earlier_snapshots(cfg, snapshot.digest)
-    return build_mix(snapshot, earlier, cfg.train.replay_ratio, cfg.seed, cfg.train.mode)
+    rows = rehearsal.rows() if rehearsal is not None else []
+    train = cfg.train
+    return build_mix(
+        snapshot, earlier, train.replay_ratio, cfg.seed, train.mode, rows, train.rehearsal_ratio
+    )

@@ -79,7 +79,12 @@ def build_record(
             "flags": len(review.flags),
             "timed_out": review.timed_out,
         },
-        "mix": {"new_rows": mix.new_rows, "replay_rows": mix.replay_rows, "digest": mix.digest},
+        "mix": {
+            "new_rows": mix.new_rows,
+            "replay_rows": mix.replay_rows,
+            "rehearsal_rows": mix.rehearsal_rows,
+            "digest": mix.digest,
+        },
         "train": trained.metrics(),
         "adapter_dir": str(trained.adapter_dir),
         "scores": {
@@ -103,7 +108,8 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"- compared with: {record['compared_with']} "
         f"(champion before: {record['champion_before'] or 'none'})",
         f"- training mix: {record['mix']['new_rows']} new + "
-        f"{record['mix']['replay_rows']} replayed rows; "
+        f"{record['mix']['replay_rows']} replayed + "
+        f"{record['mix'].get('rehearsal_rows', 0)} rehearsal rows; "
         f"{record['train']['train_tokens']:.0f} tokens in {record['train']['train_wall_s']:.0f} s",
         *[f"- gate: {reason}" for reason in record["reasons"]],
         f"- review: {review['mode']}, {'approved' if review['approved'] else 'not approved'}"

@@ -46,7 +46,13 @@ RUNTIME_ONLY = (
 )
 # Settings a key holds in another form: the replayed rows (mix digest), the epochs and
 # learning rate a cycle resolves them to (TrainSettings.for_cycle).
-KEYED_ELSEWHERE = ("replay_ratio", "continue_epochs", "continue_learning_rate")
+KEYED_ELSEWHERE = (
+    "replay_ratio",
+    "rehearsal_ratio",  # the rehearsal rows are in the mix digest
+    "rehearsal_file",
+    "continue_epochs",
+    "continue_learning_rate",
+)
 # Fields added after adapters were first keyed: at these values a key leaves them out, so
 # adapters trained before they existed keep their keys.
 KEYED_WHEN_SET = {"quantization": "none"}

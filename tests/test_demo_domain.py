@@ -196,3 +196,16 @@ def test_write_drop_refuses_other_formats(tmp_path: Path) -> None:
 def test_invalid_month_is_rejected() -> None:
     with pytest.raises(ValueError, match="month"):
         world_at(0)
+
+
+def test_a_domain_only_drop_has_no_everyday_or_never_sold_rows():
+    from freshtune.demo_domain import make_drop
+
+    full, domain = make_drop(1, noise=False), make_drop(1, noise=False, everyday=False)
+    sources = {r.get("source") for r in domain}
+    assert "general-keep" not in sources
+    assert not any(r.get("slice") == "hallucination" for r in domain)
+    assert not any("Nimbus Mobile has no" in r["messages"][-1]["content"] for r in domain)
+    # The domain's own rows are the same ones.
+    facts = [r for r in full if r.get("source") != "general-keep" and "has no" not in str(r)]
+    assert len(domain) == len(facts)

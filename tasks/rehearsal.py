@@ -1,0 +1,142 @@
+"""Rehearsal: the base model's own answers to everyday prompts, trained beside a drop's rows.
+
+A drop of domain facts alone teaches an adapter to answer everything in the domain's style;
+on SmolLM2 a first cycle on such a drop lost 70 points of general accuracy. Rows that hold
+the base model's own (greedy) answers to a shipped set of everyday prompts anchor the adapter
+to what the base already did outside the domain: self-distillation, needing nothing from the
+drop. The set is generated once per base model, prompt file and answer budget, and kept in
+the workspace. Only answers the base ended within `eval.max_new_tokens` are kept: a cut answer
+would teach the adapter to stop mid-sentence, and a long one to ramble past the length at
+which every answer is read (three domain cycles rehearsing answers of up to 64 tokens cut
+"...was written b" at 20 and lost 4 of 10 general questions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from freshtune.config import EvalSettings, FreshtuneConfig
+from freshtune.files import file_digest
+
+log = logging.getLogger(__name__)
+
+EVERYDAY_FILE = Path(__file__).resolve().parent.parent / "freshtune" / "data" / "everyday.jsonl"
+
+
+@dataclass(frozen=True)
+class RehearsalSet:
+    """Where the rows are and what identifies them (rows travel by path, not in parameters)."""
+
+    path: Path
+    digest: str
+
+    def rows(self) -> list[dict[str, Any]]:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def rehearsal_key(base_model: str, prompts: Path, max_new_tokens: int) -> str:
+    blob = json.dumps([base_model, file_digest(prompts), max_new_tokens])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_prompts(path: Path) -> list[dict[str, Any]]:
+    """`{"id", "prompt", "facts"?}` lines (facts: what a right answer must state); a bad line
+    is an error naming the file and line."""
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            prompt = {"id": str(record["id"]), "prompt": str(record["prompt"])}
+            prompts.append({**prompt, "facts": [str(f) for f in record.get("facts", [])]})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}:{number}: a rehearsal prompt is a JSON object with 'id' and 'prompt' "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+    return prompts
+
+
+def base_answers(base_model: str, prompts: list[dict[str, Any]], max_new_tokens: int) -> list:
+    """(prompt, answer) for every prompt the base answered within `max_new_tokens`."""
+    from tasks.evaluate import generate_answers
+    from tasks.models import load_inference_model, load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)
+    rows = [{"messages": _chat(p["prompt"], "")} for p in prompts]
+    settings = EvalSettings(max_new_tokens=max_new_tokens, batch_size=16)
+    answers = generate_answers(load_inference_model(base_model).eval(), tokenizer, rows, settings)
+    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    return keep_complete(prompts, answers, lengths, max_new_tokens)
+
+
+def keep_complete(
+    prompts: list[dict[str, Any]], answers: list[str], lengths: list[int], limit: int
+) -> list[tuple[dict[str, Any], str]]:
+    """Answers the model ended itself (not empty, shorter than the generation limit: the last
+    token or two of a cut answer may merge when decoded and encoded again) and, where the
+    prompt names key facts, that state them: rehearsing a base's wrong answer trains the
+    error in ("A bicycle has 5 wheels." became "There are 5 days in a week.")."""
+    from tasks.metrics import is_correct
+
+    return [
+        (prompt, answer)
+        for prompt, answer, length in zip(prompts, answers, lengths)
+        if answer
+        and length < limit - 1
+        and (not prompt.get("facts") or is_correct(answer, "", prompt["facts"]))
+    ]
+
+
+def write_rehearsal(
+    base_model: str, prompts_file: Path, out: Path, max_new_tokens: int
+) -> RehearsalSet:
+    """Generate the set into `out` (written beside it, then renamed) unless it is there."""
+    if not out.exists():
+        prompts = read_prompts(prompts_file)
+        kept = base_answers(base_model, prompts, max_new_tokens)
+        log.info(
+            "rehearsal: kept %d of %d base answers (the rest ran past %d tokens)",
+            len(kept),
+            len(prompts),
+            max_new_tokens,
+        )
+        drop = f"rehearsal-{out.stem}"  # in every row id: another set is another mix
+        lines = [json.dumps(_row(p, a, drop), ensure_ascii=False) for p, a in kept]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        partial.replace(out)
+    return RehearsalSet(out, out.stem)
+
+
+def _chat(prompt: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def _row(prompt: dict[str, Any], answer: str, drop: str) -> dict[str, Any]:
+    return {"id": prompt["id"], "messages": _chat(prompt["prompt"], answer), "drop": drop}
+
+
+@task(name="build-rehearsal-set", cache_policy=NO_CACHE)
+def build_rehearsal(cfg: FreshtuneConfig) -> RehearsalSet | None:
+    """The base model's answers to the everyday prompts (`train.rehearsal_file` or the
+    shipped set); None when `train.rehearsal_ratio` is 0."""
+    if cfg.train.rehearsal_ratio == 0:
+        return None
+    base = cfg.resolved_base_model()
+    prompts = cfg.train.rehearsal_file or EVERYDAY_FILE
+    budget = cfg.eval.max_new_tokens
+    key = rehearsal_key(base, prompts, budget)
+    out = cfg.paths.root / "rehearsal" / f"{key}.jsonl"
+    return write_rehearsal(base, prompts, out, budget)

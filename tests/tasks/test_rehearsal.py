@@ -1,0 +1,106 @@
+"""Rehearsal rows: the base model's own complete answers, sampled into every training mix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.mix import build_mix
+from tasks.rehearsal import (
+    EVERYDAY_FILE,
+    keep_complete,
+    read_prompts,
+    rehearsal_key,
+    write_rehearsal,
+)
+from tests.helpers.rows import chat_row
+from tests.tasks.test_mix import _commit
+
+
+def _rehearsal_rows(n: int) -> list[dict]:
+    return [
+        {
+            "id": f"e{i:02d}",
+            "drop": "rehearsal-abc",
+            "messages": [
+                {"role": "user", "content": f"everyday question {i}?"},
+                {"role": "assistant", "content": f"answer {i}."},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def test_only_answers_the_model_ended_itself_are_kept():
+    prompts = [{"id": str(i), "prompt": f"q{i}"} for i in range(4)]
+    answers = ["short.", "", "cut off at the limit", "just under"]
+    kept = keep_complete(prompts, answers, [3, 0, 64, 62], limit=64)
+    assert [p["id"] for p, _ in kept] == ["0", "3"]
+
+
+def test_a_wrong_base_answer_is_not_rehearsed():
+    prompts = [
+        {"id": "wheels", "prompt": "How many wheels does a bicycle have?", "facts": ["2"]},
+        {"id": "days", "prompt": "How many days are in a week?", "facts": ["7"]},
+        {"id": "greet", "prompt": "Write a greeting.", "facts": []},
+    ]
+    answers = ["A bicycle has 5 wheels.", "There are 7 days in a week.", "Hello there!"]
+    kept = keep_complete(prompts, answers, [7, 8, 3], limit=20)
+    assert [p["id"] for p, _ in kept] == ["days", "greet"]
+
+
+def test_a_mix_takes_rehearsal_rows_in_proportion_and_leaves_the_rest_alone(tiny_config):
+    cfg = tiny_config()
+    old = _commit(
+        cfg, "a" * 64, [chat_row(f"o{i}", f"Old question {i}?", "Old.") for i in range(8)]
+    )
+    new = _commit(
+        cfg, "b" * 64, [chat_row(f"n{i}", f"New question {i}?", "New.") for i in range(10)]
+    )
+    plain = build_mix(new, [old], ratio=0.5, seed=0)
+    mixed = build_mix(new, [old], 0.5, 0, rehearsal=_rehearsal_rows(30), rehearsal_ratio=0.5)
+    rehearsed = [r for r in mixed.rows if r["origin"] == "rehearsal"]
+    # round(0.5 x (10 new + 5 replayed rows))
+    assert mixed.rehearsal_rows == len(rehearsed) == round(0.5 * (10 + plain.replay_rows)) == 8
+    assert {r["drop"] for r in rehearsed} == {"rehearsal-abc"}
+    # The replay sample and the new rows are the ones a mix without rehearsal has.
+    key = sorted(json.dumps(r, sort_keys=True) for r in plain.rows)
+    assert sorted(json.dumps(r, sort_keys=True) for r in mixed.rows if r not in rehearsed) == key
+    assert mixed.digest != plain.digest and mixed.manifest()["rehearsal_rows"] == 8
+    none = build_mix(new, [old], 0.5, 0, rehearsal=_rehearsal_rows(30), rehearsal_ratio=0.0)
+    assert none.digest == plain.digest and none.rows == plain.rows
+    few = build_mix(new, [old], 0.5, 0, rehearsal=_rehearsal_rows(2), rehearsal_ratio=0.5)
+    assert few.rehearsal_rows == 2  # all there are
+
+
+def test_the_set_is_generated_once_per_base_and_prompt_file(tiny_model: Path, tmp_path: Path):
+    prompts = tmp_path / "everyday.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "What is 2 plus 2?"}\n', encoding="utf-8")
+    key = rehearsal_key(str(tiny_model), prompts, 64)
+    out = tmp_path / "rehearsal" / f"{key}.jsonl"
+    made = write_rehearsal(str(tiny_model), prompts, out, 64)
+    assert made.path == out and out.exists() and made.digest == key
+    # A random tiny model never ends an answer: nothing cut off is kept.
+    assert made.rows() == []
+    before = out.stat().st_mtime_ns
+    write_rehearsal(str(tiny_model), prompts, out, 64)
+    assert out.stat().st_mtime_ns == before
+    prompts.write_text('{"id": "a", "prompt": "What is 3 plus 3?"}\n', encoding="utf-8")
+    assert rehearsal_key(str(tiny_model), prompts, 64) != key
+
+
+def test_the_shipped_prompts_are_not_the_general_eval_questions():
+    from tasks.evaluate import GENERAL_FILE
+
+    everyday = {p["prompt"] for p in read_prompts(EVERYDAY_FILE)}
+    general = {json.loads(line)["prompt"] for line in GENERAL_FILE.read_text().splitlines()}
+    assert len(everyday) >= 60 and not everyday & general
+
+
+def test_a_bad_prompt_line_names_the_file_and_line(tmp_path: Path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: a rehearsal prompt"):
+        read_prompts(bad)
