@@ -43,7 +43,6 @@ class Part:
     name: str
     limit_s: float  # its share of the budget, at most
     command: Callable[[Context], list[str]]
-    needs_model: bool = False
 
 
 @dataclass
@@ -133,11 +132,11 @@ PARTS = (
     Part("env", 30, lambda ctx: _inline(ctx, "env")),
     Part("peak", 45, lambda ctx: _inline(ctx, "peak")),
     Part("model", 90, lambda ctx: [*_inline(ctx, "model"), "--model", str(ctx.model)]),
-    Part("throughput-1b", 180, cmd_throughput_1b, needs_model=True),
-    Part("qlora-cycle", 180, cmd_qlora, needs_model=True),
+    Part("throughput-1b", 180, cmd_throughput_1b),
+    Part("qlora-cycle", 180, cmd_qlora),
     Part("pytest-gpu", 120, cmd_pytest),
-    Part("seasons", 240, cmd_seasons, needs_model=True),
-    Part("throughput-smollm2", 75, cmd_throughput_smollm2, needs_model=True),
+    Part("seasons", 240, cmd_seasons),
+    Part("throughput-smollm2", 75, cmd_throughput_smollm2),
 )
 
 
