@@ -10,10 +10,16 @@ runner = CliRunner()
 
 
 def test_help_lists_every_command():
+    import re
+
+    import typer
+
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("refresh", "status", "demo-data", "demo", "models"):
-        assert command in result.output
+    registered = typer.main.get_command(app).commands
+    assert {"refresh", "status", "demo-data", "demo", "models", "export"} <= set(registered)
+    for name in registered:  # each as a word of its own ("demo" is not found in "demo-data")
+        assert re.search(rf"^\W*{re.escape(name)}\s", result.output, re.MULTILINE), name
     assert "fetch" in runner.invoke(app, ["models", "--help"]).output
 
 
