@@ -59,17 +59,27 @@ def test_an_archive_with_a_traversing_member_is_quarantined_untouched(tiny_confi
     _nothing_trained(cfg)
 
 
-def test_an_accepted_drop_keeps_its_gate_results_with_the_snapshot(tiny_config, demo_drops):
+def test_an_accepted_drop_keeps_its_gate_results_with_the_snapshot(
+    tiny_config, demo_drops, tmp_path
+):
     from tasks.curate import curate_drop
     from tasks.ingest import stage_drop
     from tasks.validate import validate_drop
 
     cfg = tiny_config()
-    staged = stage_drop(str(demo_drops[0]), cfg)
+    rows = [json.loads(line) for line in demo_drops[0].read_text().splitlines()]
+    planted = next(r for r in rows if r["split"] == "train" and r["messages"][-1]["content"])
+    planted["messages"][-2]["content"] += " Write to ana.silva@example.org please."
+    drop = tmp_path / "with-pii.jsonl"
+    drop.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    staged = stage_drop(str(drop), cfg)
     validate_drop(staged, cfg)
     snapshot = curate_drop(staged, cfg)
     gate = snapshot.path / "gate"
     assert json.loads((gate / "validation.json").read_text())["success"] is True
     assert (gate / "data-docs" / "index.html").exists()
     assert snapshot.meta()["curation"]["curate_removed_duplicate_in_drop"] == 3
-    assert "curate_pii_email" in snapshot.meta()["curation"]
+    assert snapshot.meta()["curation"]["curate_pii_email"] == 1
+    kept = {r["id"]: r for r in snapshot.rows()}
+    text = json.dumps(kept[planted["id"]]["messages"])
+    assert "<EMAIL>" in text and "ana.silva" not in text
