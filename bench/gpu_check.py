@@ -265,6 +265,8 @@ def part_env(out: Path) -> dict[str, Any]:
 
     import torch
 
+    from tasks.throughput import nvidia_smi
+
     def version(name: str) -> str:
         try:
             return meta.version(name)
@@ -288,20 +290,10 @@ def part_env(out: Path) -> dict[str, Any]:
             "gpu_memory_gib": round(props.total_memory / 2**30, 1),
             "sms": props.multi_processor_count,
             "capability": f"{props.major}.{props.minor}",
-            "driver": _nvidia_smi("driver_version"),
-            "max_sm_clock_mhz": _nvidia_smi("clocks.max.sm"),
+            "driver": nvidia_smi("driver_version") or "unknown",
+            "max_sm_clock_mhz": nvidia_smi("clocks.max.sm") or "unknown",
         }
     return {"headline": env}
-
-
-def _nvidia_smi(field: str) -> str:
-    try:
-        return subprocess.run(
-            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", "0"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def part_peak(out: Path) -> dict[str, Any]:

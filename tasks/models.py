@@ -224,12 +224,6 @@ def _nf4_config(compute_dtype: Any) -> Any:
     )
 
 
-def inference_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_inference_model(name_or_path: str) -> Any:
     """The base for scoring and reviews: bf16 on a GPU that has it, float32 on the CPU.
 
@@ -237,7 +231,7 @@ def load_inference_model(name_or_path: str) -> Any:
     `export --merged` serves."""
     import torch
 
-    device = inference_device()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     return load_causal_lm(name_or_path, dtype="bfloat16" if bf16 else "float32", device=device)
 

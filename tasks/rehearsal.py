@@ -67,17 +67,19 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     return prompts
 
 
-def base_answers(base_model: str, prompts: list[dict[str, Any]], max_new_tokens: int) -> list:
-    """(prompt, answer) for every prompt the base answered within `max_new_tokens`."""
+def base_answers(
+    base_model: str, prompts: list[dict[str, Any]], settings: EvalSettings
+) -> list[tuple[dict[str, Any], str]]:
+    """(prompt, answer) for every prompt the base answered right within the answer budget,
+    generated exactly as evaluation generates (the same `eval` settings)."""
     from tasks.evaluate import generate_answers
     from tasks.models import load_inference_model, load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
     rows = [{"messages": _chat(p["prompt"], "")} for p in prompts]
-    settings = EvalSettings(max_new_tokens=max_new_tokens, batch_size=16)
     answers = generate_answers(load_inference_model(base_model).eval(), tokenizer, rows, settings)
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-    return keep_complete(prompts, answers, lengths, max_new_tokens)
+    return keep_complete(prompts, answers, lengths, settings.max_new_tokens)
 
 
 def keep_complete(
@@ -86,7 +88,8 @@ def keep_complete(
     """Answers the model ended itself (not empty, shorter than the generation limit: the last
     token or two of a cut answer may merge when decoded and encoded again) and, where the
     prompt names key facts, that state them: rehearsing a base's wrong answer trains the
-    error in ("A bicycle has 5 wheels." became "There are 5 days in a week.")."""
+    error (a demo cycle that rehearsed "A bicycle has 5 wheels." answered "There are 5 days
+    in a week.")."""
     from tasks.metrics import is_correct
 
     return [
@@ -99,17 +102,17 @@ def keep_complete(
 
 
 def write_rehearsal(
-    base_model: str, prompts_file: Path, out: Path, max_new_tokens: int
+    base_model: str, prompts_file: Path, out: Path, settings: EvalSettings
 ) -> RehearsalSet:
     """Generate the set into `out` (written beside it, then renamed) unless it is there."""
     if not out.exists():
         prompts = read_prompts(prompts_file)
-        kept = base_answers(base_model, prompts, max_new_tokens)
+        kept = base_answers(base_model, prompts, settings)
         log.info(
             "rehearsal: kept %d of %d base answers (the rest ran past %d tokens)",
             len(kept),
             len(prompts),
-            max_new_tokens,
+            settings.max_new_tokens,
         )
         drop = f"rehearsal-{out.stem}"  # in every row id: another set is another mix
         lines = [json.dumps(_row(p, a, drop), ensure_ascii=False) for p, a in kept]
@@ -136,7 +139,5 @@ def build_rehearsal(cfg: FreshtuneConfig) -> RehearsalSet | None:
         return None
     base = cfg.resolved_base_model()
     prompts = cfg.train.rehearsal_file or EVERYDAY_FILE
-    budget = cfg.eval.max_new_tokens
-    key = rehearsal_key(base, prompts, budget)
-    out = cfg.paths.root / "rehearsal" / f"{key}.jsonl"
-    return write_rehearsal(base, prompts, out, budget)
+    key = rehearsal_key(base, prompts, cfg.eval.max_new_tokens)
+    return write_rehearsal(base, prompts, cfg.paths.root / "rehearsal" / f"{key}.jsonl", cfg.eval)

@@ -151,17 +151,25 @@ def _gpu_theoretical(dtype: str) -> tuple[float, str]:
     return flops, basis
 
 
-def _gpu_max_clock_hz() -> float:
+def nvidia_smi(field: str) -> str:
+    """One `--query-gpu` field of GPU 0 as nvidia-smi prints it; "" when it cannot tell."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits", "-i", "0"],
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", "0"],
             capture_output=True,
             text=True,
             timeout=20,
             check=True,
         ).stdout
-        return float(out.strip().splitlines()[0]) * 1e6
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _gpu_max_clock_hz() -> float:
+    try:
+        return float(nvidia_smi("clocks.max.sm")) * 1e6
+    except ValueError:
         return 0.0
 
 

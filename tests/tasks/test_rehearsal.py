@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from freshtune.config import EvalSettings
 from tasks.mix import build_mix
 from tasks.rehearsal import (
     EVERYDAY_FILE,
@@ -80,12 +81,12 @@ def test_the_set_is_generated_once_per_base_and_prompt_file(tiny_model: Path, tm
     prompts.write_text('{"id": "a", "prompt": "What is 2 plus 2?"}\n', encoding="utf-8")
     key = rehearsal_key(str(tiny_model), prompts, 64)
     out = tmp_path / "rehearsal" / f"{key}.jsonl"
-    made = write_rehearsal(str(tiny_model), prompts, out, 64)
+    made = write_rehearsal(str(tiny_model), prompts, out, EvalSettings(max_new_tokens=64))
     assert made.path == out and out.exists() and made.digest == key
     # A random tiny model never ends an answer: nothing cut off is kept.
     assert made.rows() == []
     before = out.stat().st_mtime_ns
-    write_rehearsal(str(tiny_model), prompts, out, 64)
+    write_rehearsal(str(tiny_model), prompts, out, EvalSettings(max_new_tokens=64))
     assert out.stat().st_mtime_ns == before
     prompts.write_text('{"id": "a", "prompt": "What is 3 plus 3?"}\n', encoding="utf-8")
     assert rehearsal_key(str(tiny_model), prompts, 64) != key

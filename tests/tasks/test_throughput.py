@@ -10,6 +10,7 @@ import pytest
 from freshtune.config import TrainSettings
 from tasks.throughput import (
     _matmul_rate,
+    _shapes,
     effective_peak,
     measure_peak,
     model_params,
@@ -17,12 +18,13 @@ from tasks.throughput import (
 )
 
 
-def test_the_peak_is_the_best_of_its_shapes_and_thread_counts():
+def test_the_peak_sweeps_shapes_and_threads_and_restores_the_thread_count():
     import torch
 
     threads = torch.get_num_threads()
     peak = measure_peak("cpu", "float32", quick=True)
     assert peak.threads in {threads, max(1, threads // 2)}
+    assert peak.shape in _shapes(on_gpu=False, quick=True)
     # One more single-shape measurement cannot beat the best by much (noise: 30%).
     single = _matmul_rate("cpu", "float32", (512, 512, 512), repeats=3)
     assert peak.flops > 0.7 * single
