@@ -130,6 +130,12 @@ def _print_cycle(record: dict[str, Any]) -> None:
         f"({record['mix']['new_rows']} new + {record['mix']['replay_rows']} replayed + "
         f"{record['mix'].get('rehearsal_rows', 0)} rehearsal rows)"
     )
+    if stages := record.get("stages"):
+        total = sum(stages.values()) or 1.0
+        typer.echo(
+            "time by stage: "
+            + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in stages.items())
+        )
 
 
 def _print_where(cfg: FreshtuneConfig) -> None:

@@ -334,6 +334,11 @@ class WorkspacePaths:
         return self.root / "cycles"
 
     @property
+    def eval_cache(self) -> Path:
+        """Answers already generated, by model and question digest (tasks/evalcache.py)."""
+        return self.root / "cache" / "answers"
+
+    @property
     def mlflow(self) -> Path:
         return self.root / "mlflow"
 

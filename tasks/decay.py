@@ -83,7 +83,11 @@ def check_health(champion: Champion, cfg: FreshtuneConfig) -> Health:
     if not rows:
         return Health(champion.version, source, 0, float("nan"), threshold)
     scores = evaluate_models(
-        cfg.resolved_base_model(), {"champion": champion.adapter_dir}, {"current": rows}, cfg.eval
+        cfg.resolved_base_model(),
+        {"champion": champion.adapter_dir},
+        {"current": rows},
+        cfg.eval,
+        cfg.paths.eval_cache,
     )
     accuracy = scores["current"]["champion"].accuracy
     return Health(champion.version, source, len(rows), accuracy, threshold)

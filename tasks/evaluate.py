@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import EvalSettings, FreshtuneConfig
+from tasks.evalcache import AnswerCache, Generated, model_digest, question_digest
 from tasks.metrics import SliceScore, score
 from tasks.mix import current_rows
 from tasks.registry import Champion
@@ -133,52 +135,95 @@ def evaluate_models(
     adapters: dict[str, Path | None],
     slices: dict[str, list[dict[str, Any]]],
     settings: EvalSettings,
+    cache_dir: Path | None = None,
 ) -> Scores:
-    """scores[slice][model] for base and every adapter given (None entries are skipped)."""
-    from tasks.models import load_inference_model, load_tokenizer
+    """scores[slice][model] for base and every adapter given (None entries are skipped).
 
-    tokenizer = load_tokenizer(base_model)
-    model, present = _with_adapters(load_inference_model(base_model), adapters)
-    model.eval()
+    Answers found in the cache under `cache_dir` (by model and question digest) are reused;
+    only the rest are generated, and the weights are not loaded when nothing is missing."""
+    from tasks.models import inference_runtime
+
+    models = {"base": None, **{n: p for n, p in adapters.items() if p is not None}}
+    runtime = inference_runtime()
+    digests = {name: model_digest(base_model, path, runtime) for name, path in models.items()}
+    answers = _answers(base_model, models, digests, slices, settings, AnswerCache(cache_dir))
     return {
-        name: _score_slice(model, tokenizer, rows, name, present, settings)
+        name: {model: _score_rows(rows, name, answers[model], settings) for model in models}
         for name, rows in slices.items()
     }
 
 
-def _with_adapters(model: Any, adapters: dict[str, Path | None]) -> tuple[Any, list[str]]:
+def _answers(base_model, models, digests, slices, settings, cache) -> dict[str, dict]:
+    """answers[model][question digest]: cached ones, then the missing ones generated."""
+    questions = {question_digest(r, settings): r for rows in slices.values() for r in rows}
+    found = {name: cache.lookup(digests[name], list(questions)) for name in models}
+    missing = {name: [questions[k] for k in questions if k not in found[name]] for name in models}
+    log.info(
+        "evaluation: %d questions; generating %s (the rest cached)",
+        len(questions),
+        ", ".join(f"{n} {len(m)}" for n, m in missing.items()),
+    )
+    if any(missing.values()):
+        fresh = _generate(base_model, models, missing, settings)
+        for name, generated in fresh.items():
+            cache.store(digests[name], generated)
+            found[name].update(generated)
+    return found
+
+
+def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Generated]]:
+    from tasks.models import load_inference_model, load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)
+    wanted = {n: p for n, p in models.items() if n != "base" and missing[n]}
+    model = _with_adapters(load_inference_model(base_model), wanted)
+    model.eval()
+    out = {}
+    for name, rows in missing.items():
+        if not rows:
+            continue
+        with _as_model(model, name):
+            answers = generate_answers(model, tokenizer, rows, settings)
+            nll = reference_nll(model, tokenizer, rows, settings)
+        out[name] = {
+            question_digest(r, settings): Generated(a, n, t)
+            for r, a, (n, t) in zip(rows, answers, nll)
+        }
+    return out
+
+
+@contextmanager
+def _as_model(model: Any, name: str):
+    """The base (adapters disabled) or one adapter switched on."""
+    if name != "base":
+        model.set_adapter(name)
+        yield
+    elif hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
+def _with_adapters(model: Any, adapters: dict[str, Path]) -> Any:
     from peft import PeftModel
 
     from tasks.train import check_adapter_fits
 
-    present = [name for name, path in adapters.items() if path is not None]
-    for i, name in enumerate(present):
-        path = str(adapters[name])
+    for i, (name, path) in enumerate(adapters.items()):
         if i == 0:
-            model = PeftModel.from_pretrained(model, path, adapter_name=name)
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
         else:
-            model.load_adapter(path, adapter_name=name)
+            model.load_adapter(str(path), adapter_name=name)
         check_adapter_fits(model, Path(path), adapter_name=name)
-    return model, present
+    return model
 
 
-def _score_slice(model, tokenizer, rows, kind, adapters, settings) -> dict[str, SliceScore]:
-    def run() -> SliceScore:
-        answers = generate_answers(model, tokenizer, rows, settings)
-        return score(answers, rows, kind, reference_nll(model, tokenizer, rows, settings))
-
+def _score_rows(rows, kind, answers, settings) -> SliceScore:
     if not rows:
-        return {name: SliceScore(0, math.nan, math.nan) for name in ["base", *adapters]}
-    scores = {}
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            scores["base"] = run()
-    else:
-        scores["base"] = run()
-    for name in adapters:
-        model.set_adapter(name)
-        scores[name] = run()
-    return scores
+        return SliceScore(0, math.nan, math.nan)
+    got = [answers[question_digest(r, settings)] for r in rows]
+    return score([g.answer for g in got], rows, kind, [(g.nll, g.tokens) for g in got])
 
 
 def score_metrics(scores: Scores) -> dict[str, float]:
@@ -216,7 +261,9 @@ def score_candidate(
     """Every slice of this drop and the earlier ones, for base, champion and candidate."""
     slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
     adapters = {"champion": champion.adapter_dir if champion else None, "candidate": candidate}
-    return evaluate_models(cfg.resolved_base_model(), adapters, slices, cfg.eval)
+    return evaluate_models(
+        cfg.resolved_base_model(), adapters, slices, cfg.eval, cfg.paths.eval_cache
+    )
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)

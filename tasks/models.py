@@ -229,11 +229,18 @@ def load_inference_model(name_or_path: str) -> Any:
 
     Always the unquantised base, also for adapters trained with QLoRA: what is scored is what
     `export --merged` serves."""
+    device, dtype = inference_runtime().split("-")
+    return load_causal_lm(name_or_path, dtype=dtype, device=device)
+
+
+def inference_runtime() -> str:
+    """Where and in what precision scoring runs ("cuda-bfloat16", "cpu-float32"): greedy
+    answers depend on it, so it is part of an answer's cache key."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    return load_causal_lm(name_or_path, dtype="bfloat16" if bf16 else "float32", device=device)
+    if not torch.cuda.is_available():
+        return "cpu-float32"
+    return f"cuda-{'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'}"
 
 
 def load_tokenizer(

@@ -125,6 +125,8 @@ def render_markdown(record: dict[str, Any]) -> str:
             f"| {_pct(s['consistency'])} | {_num(s['perplexity'])} |"
             for m, s in by_model.items()
         ]
+    if record.get("stages"):
+        lines += ["", "| stage | time | share |", "|---|---|---|", *stage_lines(record["stages"])]
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +138,42 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def stage_seconds(timeout_s: float = 10.0) -> dict[str, float]:
+    """Seconds spent in each task of this flow run so far, from Prefect's task-run records.
+
+    The server learns of finished tasks from events, a moment later: wait for them to settle."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.runtime import flow_run, task_run
+
+    flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [
+                r
+                for r in client.read_task_runs(flow_run_filter=flow_runs)
+                if str(r.id) != str(task_run.id)
+            ]
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    stages: dict[str, float] = {}
+    for run in sorted(runs, key=lambda r: r.start_time or r.expected_start_time):
+        name = run.name.rsplit("-", 1)[0]
+        stages[name] = stages.get(name, 0.0) + run.total_run_time.total_seconds()
+    return {name: round(seconds, 1) for name, seconds in stages.items()}
+
+
+def stage_lines(stages: dict[str, float]) -> list[str]:
+    total = sum(stages.values())
+    return [
+        f"| {name} | {seconds:.0f} s | {100 * seconds / total:.0f}% |"
+        for name, seconds in stages.items()
+        if total
+    ]
+
+
 @task(name="publish-cycle", cache_policy=NO_CACHE)
 def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any]:
     """Write the cycle record (last: its presence marks the drop as done) and show it."""
@@ -143,6 +181,10 @@ def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any
 
     from tasks import registry
 
+    record = {**record, "stages": stage_seconds()}
+    registry.log_metrics(
+        cfg, record["run_id"], {f"stage.{k}_s": v for k, v in record["stages"].items()}
+    )
     markdown = render_markdown(record)
     create_markdown_artifact(markdown, key="refresh-cycle", description="refresh cycle summary")
     registry.log_text(cfg, record["run_id"], markdown, "cycle.md")

@@ -31,6 +31,7 @@ def test_two_drops_promote_then_warm_start_from_the_champion(tiny_config, demo_d
     first = refresh(str(demo_drops[0]), cfg)
     assert first["verdict"] == "BLESSED" and first["promoted"] and _alias(cfg) == first["version"]
     assert first["champion_before"] is None and first["mix"]["replay_rows"] == 0
+    champion_answers = _cached_answers(cfg, Path(first["adapter_dir"]))
 
     second = refresh(str(demo_drops[1]), cfg)
     assert second["promoted"] and _alias(cfg) == second["version"] != first["version"]
@@ -51,6 +52,20 @@ def test_two_drops_promote_then_warm_start_from_the_champion(tiny_config, demo_d
         cfg.tracking.model_name, "previous"
     )
     assert str(previous.version) == first["version"]
+    # The champion answered last month's questions and the shipped general ones as a
+    # candidate: it only generated answers to this month's questions.
+    added = _cached_answers(cfg, Path(first["adapter_dir"])) - champion_answers
+    n = {name: by_model["champion"]["n"] for name, by_model in second["scores"].items()}
+    assert n["current"] <= len(added) <= sum(n.values()) - n["earlier"] - n["general"]
+    assert {"validate-drop", "train-candidate", "evaluate-models"} <= set(second["stages"])
+
+
+def _cached_answers(cfg, adapter: Path | None) -> set[str]:
+    from tasks.evalcache import model_digest
+    from tasks.models import inference_runtime
+
+    digest = model_digest(cfg.resolved_base_model(), adapter, inference_runtime())
+    return set(json.loads((cfg.paths.eval_cache / f"{digest}.json").read_text()))
 
 
 def test_run_logs_config_digests_metrics_and_a_stock_peft_adapter(tiny_config, demo_drops):

@@ -1,0 +1,95 @@
+"""Evaluation reuses what it already generated: by model digest and question digest."""
+
+import json
+import shutil
+
+from safetensors.torch import load_file, save_file
+
+from tasks.evalcache import question_digest
+from tasks.evaluate import evaluate_models
+from tasks.train import train_adapter
+from tests.helpers.rows import chat_row
+
+
+def _rows(n: int, split: str) -> list[dict]:
+    return [
+        chat_row(
+            f"{split}-{i}", f"How much does plan {i} cost?", f"Plan {i} costs ${30 + i}.", split
+        )
+        for i in range(n)
+    ]
+
+
+def _slices(n: int = 6) -> dict[str, list[dict]]:
+    rows = _rows(n, "eval")
+    return {"current": rows[: n // 2], "general": rows[n // 2 :]}
+
+
+def _adapter(tiny_config, tmp_path):
+    cfg = tiny_config("train.epochs=1")
+    out = tmp_path / "adapter"
+    train_adapter(cfg.base_model, _rows(8, "train"), cfg.train, out, seed=0)
+    return cfg, out
+
+
+def _tamper(cache_dir, row, settings, text):
+    """Overwrite one cached answer in every model's file: a reused answer shows the text."""
+    key = question_digest(row, settings)
+    for path in cache_dir.glob("*.json"):
+        entries = json.loads(path.read_text())
+        entries[key][0] = text
+        path.write_text(json.dumps(entries))
+
+
+def test_a_second_evaluation_reuses_the_cached_answers(tiny_config, tmp_path):
+    cfg, adapter = _adapter(tiny_config, tmp_path)
+    slices, cache = _slices(), tmp_path / "cache"
+    first = evaluate_models(cfg.base_model, {"candidate": adapter}, slices, cfg.eval, cache)
+    assert len(list(cache.glob("*.json"))) == 2  # one file per model: base and candidate
+
+    row = slices["current"][0]
+    _tamper(cache, row, cfg.eval, "planted answer")
+    again = evaluate_models(cfg.base_model, {"candidate": adapter}, slices, cfg.eval, cache)
+    for model in ("base", "candidate"):
+        assert again["current"][model].samples[0]["answer"] == "planted answer"
+        assert again["general"][model].samples == first["general"][model].samples
+
+
+def test_new_adapter_weights_or_a_new_question_are_generated_afresh(tiny_config, tmp_path):
+    cfg, adapter = _adapter(tiny_config, tmp_path)
+    slices, cache = _slices(), tmp_path / "cache"
+    evaluate_models(cfg.base_model, {"candidate": adapter}, slices, cfg.eval, cache)
+    row = slices["current"][0]
+    _tamper(cache, row, cfg.eval, "planted answer")
+
+    changed = tmp_path / "changed"
+    shutil.copytree(adapter, changed)
+    weights = load_file(str(changed / "adapter_model.safetensors"))
+    save_file({k: v * 1.5 for k, v in weights.items()}, str(changed / "adapter_model.safetensors"))
+    reworded = {
+        **row,
+        "messages": [
+            {"role": "user", "content": "Reworded: what plan is it?"},
+            row["messages"][-1],
+        ],
+    }
+    again = evaluate_models(
+        cfg.base_model, {"candidate": changed}, {"current": [row, reworded]}, cfg.eval, cache
+    )
+    assert again["current"]["candidate"].samples[0]["answer"] != "planted answer"
+    assert again["current"]["base"].samples[0]["answer"] == "planted answer"  # base unchanged
+    assert again["current"]["base"].samples[1]["answer"] != "planted answer"
+    assert len(list(cache.glob("*.json"))) == 3
+
+
+def test_cached_scores_equal_uncached_ones(tiny_config, tmp_path):
+    cfg, adapter = _adapter(tiny_config, tmp_path)
+    slices = _slices()
+    plain = evaluate_models(cfg.base_model, {"candidate": adapter}, slices, cfg.eval)
+    cache = tmp_path / "cache"
+    evaluate_models(cfg.base_model, {"candidate": adapter}, slices, cfg.eval, cache)
+    cached = evaluate_models(cfg.base_model, {"candidate": adapter}, slices, cfg.eval, cache)
+    for name in slices:
+        for model in ("base", "candidate"):
+            assert cached[name][model].metrics() == plain[name][model].metrics()
+            assert cached[name][model].samples == plain[name][model].samples
