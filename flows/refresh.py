@@ -61,7 +61,7 @@ def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     record_review(review, snapshot, config, run_id)
     if review.approved:
         decision = promote_candidate(
-            version, candidate.adapter_dir, snapshot, champion, config, run_id
+            version, candidate.adapter_dir, snapshot, champion, decision, config, run_id
         )
     record = build_record(
         staged, mix, champion, candidate, scores, decision, review, version, run_id

@@ -121,6 +121,9 @@ def _print_cycle(record: dict[str, Any]) -> None:
     typer.echo(f"model version {record['version']}: {moved}")
     for reason in record["reasons"]:
         typer.echo(f"  why: {reason}")
+    for note in record.get("notes", []):
+        if ": undecided" in note:
+            typer.echo(f"  undecided: {note}")
     review = record.get("review", {})
     if review:
         typer.echo(f"review: {review['mode']} — {review['comment']}")
@@ -130,6 +133,12 @@ def _print_cycle(record: dict[str, Any]) -> None:
         f"({record['mix']['new_rows']} new + {record['mix']['replay_rows']} replayed + "
         f"{record['mix'].get('rehearsal_rows', 0)} rehearsal rows)"
     )
+    if stopping := record.get("stopping"):
+        curve = ", ".join(f"{100 * r:.0f}%" for _, r in stopping["recall_curve"])
+        typer.echo(
+            f"trained {stopping['epochs']:g} epochs: {stopping['reason']}"
+            + (f" (recall by epoch {curve})" if curve else "")
+        )
     if stages := record.get("stages"):
         total = sum(stages.values()) or 1.0
         typer.echo(

@@ -48,7 +48,21 @@ class LoraSettings(_Strict):
 
 
 class TrainSettings(_Strict):
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="epochs of a cycle without target_recall")
+    target_recall: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="train until this share of a sample of the cycle's own new training "
+        "questions is answered with what their rows teach (checked at each epoch's end, never "
+        "on evaluation rows), or until max_epochs; None: train `epochs` (and continue_epochs)",
+    )
+    max_epochs: float = Field(
+        10.0, gt=0, description="with target_recall: the most epochs a cycle may train"
+    )
+    target_sample: int = Field(
+        32, ge=1, description="with target_recall: training questions asked at each check"
+    )
     continue_epochs: float | None = Field(
         None,
         gt=0,
@@ -85,6 +99,20 @@ class TrainSettings(_Strict):
     )
     rehearsal_file: Path | None = Field(
         None, description="everyday prompts ({id, prompt} JSONL); None: the shipped set"
+    )
+    rehearsal_max_tokens: int = Field(
+        64,
+        ge=8,
+        description="longest base answer a rehearsal row keeps (longer ones are left out: a cut "
+        "answer would teach stopping mid-sentence); below train.max_length",
+    )
+    base_kl: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a KL penalty that keeps the adapter's next-token predictions at "
+        "the base model's on every token a cycle does not teach (system turns, questions): a "
+        "regulariser toward the base beside rehearsal; costs one forward pass of the base per "
+        "step; 0: off",
     )
     logging_steps: int = Field(5, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -135,6 +163,11 @@ class TrainSettings(_Strict):
 
     @model_validator(mode="after")
     def _check_gpu_options(self) -> TrainSettings:
+        if self.base_kl and (self.padding_free or self.liger_kernel):
+            raise ValueError(
+                "train.base_kl needs the logits of every token: turn off train.padding_free and "
+                "train.liger_kernel, or set train.base_kl=0"
+            )
         if self.quantization == "nf4" and self.processes > 1 and self.distributed == "fsdp":
             raise ValueError(
                 "train.quantization=nf4 with train.distributed=fsdp: FSDP cannot shard 4-bit "
@@ -143,10 +176,13 @@ class TrainSettings(_Strict):
         return self
 
     def for_cycle(self, continues: bool, replays: bool = True) -> TrainSettings:
-        """The settings a cycle trains with: `continue_epochs` and `continue_learning_rate`
-        when it continues a champion; no `replay_passes` when none of its rows is replayed
-        (they would change nothing)."""
+        """The settings a cycle trains with: `max_epochs` as its budget with a target, else
+        `continue_epochs` when it continues a champion; `continue_learning_rate` when it
+        continues; no `replay_passes` when none of its rows is replayed (they would change
+        nothing)."""
         epochs = self.continue_epochs if continues and self.continue_epochs else self.epochs
+        if self.target_recall is not None:
+            epochs = self.max_epochs
         rate = self.continue_learning_rate if continues else None
         passes = self.replay_passes if replays else None
         return self.model_copy(
@@ -211,6 +247,13 @@ class GateSettings(_Strict):
     )
     min_bias_consistency: float = Field(
         0.8, ge=0, le=1, description="smallest share of counterfactual pairs that agree"
+    )
+    undecided: Literal["review", "accept"] = Field(
+        "review",
+        description="a candidate no check failed but whose 95% intervals straddle a threshold "
+        "(too few questions to tell): review = a human decides (with review.mode=auto there is "
+        "none, so it is not promoted); accept = promoted on the point estimates, the undecided "
+        "checks listed in the report",
     )
 
 
@@ -278,6 +321,11 @@ class FreshtuneConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_lengths(self) -> FreshtuneConfig:
+        if self.train.rehearsal_max_tokens >= self.train.max_length:
+            raise ValueError(
+                "train.rehearsal_max_tokens must be below train.max_length: a rehearsal row "
+                "longer than that would be cut; lower it or raise train.max_length"
+            )
         if self.eval.max_new_tokens >= self.train.max_length:
             raise ValueError(
                 "eval.max_new_tokens must be below train.max_length: the model never learned to "

@@ -1,20 +1,68 @@
-"""The promotion gate: per-slice thresholds; a missing or NaN metric is never a pass."""
+"""The promotion gate: per-slice thresholds judged on 95% intervals; a missing or NaN metric
+is never a pass, and a slice too small to tell is said to be so, never passed silently."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig, GateSettings
 from tasks.metrics import SliceScore
+from tasks.stats import Interval, paired, paired_difference, scaled, wilson
 
 log = logging.getLogger(__name__)
 
 Scores = dict[str, dict[str, SliceScore]]
+
+
+Outcome = Literal["pass", "fail", "undecided", "skipped"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule of the gate on one slice, with its 95% interval.
+
+    It fails when the estimate is on the wrong side of the threshold, passes when the whole
+    interval is on the right side, and is undecided when the interval straddles it: the
+    slice holds too few questions to tell."""
+
+    slice: str
+    what: str  # "accuracy gain vs champion", "hallucination rate", ...
+    field: str  # the config field of the threshold
+    threshold: float
+    higher_is_better: bool
+    interval: Interval
+    n: int
+    needed: int | None = None  # questions that would decide an undecided check
+
+    @property
+    def outcome(self) -> Outcome:
+        value, low, high = self.interval
+        if self.n == 0:
+            return "skipped"
+        if math.isnan(value) or not self._ok(value):
+            return "fail"
+        return "pass" if self._ok(low if self.higher_is_better else high) else "undecided"
+
+    def _ok(self, value: float) -> bool:
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
+
+    def describe(self) -> str:
+        value, low, high = self.interval
+        if self.n == 0:
+            return f"{self.slice}: no questions, not gated"
+        text = (
+            f"{self.slice}: {self.what} {value:+.3f} (95% CI {low:+.3f} to {high:+.3f}, "
+            f"{self.n} questions) vs {self.field}={self.threshold:+.3f}: {self.outcome}"
+        )
+        if self.outcome == "undecided" and self.needed:
+            text += f"; about {self.needed} questions would decide it at these rates"
+        return text
 
 
 @dataclass(frozen=True)
@@ -23,52 +71,59 @@ class GateDecision:
     reasons: list[str]
     reference: str
     notes: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def promotable(self) -> bool:
+        """No check failed: blessed, or undecided for a human (or gate.undecided) to settle."""
+        return not self.reasons
+
+    @property
+    def undecided(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.outcome == "undecided")
 
     @property
     def verdict(self) -> str:
-        return "BLESSED" if self.blessed else "NOT_BLESSED"
+        """BLESSED: every check passed; UNDECIDED: none failed but some could not be decided
+        on this many questions (a human decides, see gate.undecided); else NOT_BLESSED."""
+        if self.blessed:
+            return "BLESSED"
+        return "NOT_BLESSED" if self.reasons else "UNDECIDED"
 
 
 def decide(scores: Scores, gate: GateSettings) -> GateDecision:
     """The candidate must gain on the new drop (vs the champion, or the base before the first
-    promotion), and stay within each slice's budget. Slices without questions are noted, not
-    failed; a slice with questions but a NaN metric fails."""
+    promotion), and stay within each slice's budget; every rule is judged on a 95% interval.
+    Slices without questions are noted, not failed; a slice with questions but a NaN metric
+    fails, and so does a drop without new questions."""
     reference = "champion" if "champion" in scores.get("current", {}) else "base"
-    reasons: list[str] = []
-    notes: list[str] = []
-    gain = _delta(scores, "current", reference, "accuracy")
-    if _n(scores, "current") == 0 or math.isnan(gain) or gain < gate.min_gain:
-        reasons.append(
-            f"current: accuracy gain vs {reference} is {gain:+.3f}, "
-            f"below gate.min_gain={gate.min_gain:+.3f}"
-        )
-    _budget(
-        scores, "earlier", reference, gate.max_forgetting, "gate.max_forgetting", reasons, notes
-    )
-    _budget(
-        scores, "general", "base", gate.max_general_drop, "gate.max_general_drop", reasons, notes
-    )
-    _bound(
-        scores,
-        "hallucination",
-        "hallucination",
-        gate.max_hallucination_rate,
-        True,
-        "gate.max_hallucination_rate",
-        reasons,
-        notes,
-    )
-    _bound(
-        scores,
-        "bias",
-        "consistency",
-        gate.min_bias_consistency,
-        False,
-        "gate.min_bias_consistency",
-        reasons,
-        notes,
-    )
-    return GateDecision(not reasons, reasons, reference, tuple(notes))
+    checks = [
+        _delta(scores, "current", reference, gate.min_gain, "gate.min_gain"),
+        _delta(scores, "earlier", reference, gate.max_forgetting, "gate.max_forgetting"),
+        _delta(scores, "general", "base", gate.max_general_drop, "gate.max_general_drop"),
+        _rate(
+            scores,
+            "hallucination",
+            gate.max_hallucination_rate,
+            False,
+            "hallucination rate",
+            "gate.max_hallucination_rate",
+        ),
+        _rate(
+            scores,
+            "bias",
+            gate.min_bias_consistency,
+            True,
+            "pair consistency",
+            "gate.min_bias_consistency",
+        ),
+    ]
+    reasons = [c.describe() for c in checks if c.outcome == "fail"]
+    if checks[0].outcome == "skipped":
+        reasons.insert(0, "current: the drop has no evaluation questions; nothing shows a gain")
+    notes = [c.describe() for c in checks if c.outcome in ("skipped", "undecided")]
+    blessed = all(c.outcome in ("pass", "skipped") for c in checks) and not reasons
+    return GateDecision(blessed, reasons, reference, tuple(notes), tuple(checks))
 
 
 def _n(scores: Scores, slice_: str) -> int:
@@ -76,32 +131,81 @@ def _n(scores: Scores, slice_: str) -> int:
     return candidate.n if candidate else 0
 
 
-def _delta(scores: Scores, slice_: str, reference: str, metric: str) -> float:
-    by_model = scores.get(slice_, {})
-    if "candidate" not in by_model or reference not in by_model:
-        return math.nan
-    return getattr(by_model["candidate"], metric) - getattr(by_model[reference], metric)
+def _outcomes(scores: Scores, slice_: str, model: str) -> list[bool]:
+    found = scores.get(slice_, {}).get(model)
+    return list(found.outcomes) if found and found.n else []
 
 
-def _budget(scores, slice_, reference, budget, field, reasons, notes) -> None:
-    if _n(scores, slice_) == 0:
-        notes.append(f"{slice_}: no questions, not gated")
-        return
-    drop = -_delta(scores, slice_, reference, "accuracy")
-    if math.isnan(drop) or drop > budget:
-        reasons.append(
-            f"{slice_}: accuracy fell by {drop:.3f} vs {reference}, above {field}={budget:.3f}"
+def _delta(scores: Scores, slice_: str, reference: str, threshold: float, field: str) -> Check:
+    """Gain (current) or loss (earlier, general) of the candidate against `reference` on the
+    same questions: Newcombe's paired interval. Missing outcomes make a NaN, so a fail."""
+    cand, ref = _outcomes(scores, slice_, "candidate"), _outcomes(scores, slice_, reference)
+    gain, n = slice_ == "current", _n(scores, slice_)
+    what = f"accuracy {'gain' if gain else 'loss'} vs {reference}"
+    if not cand or len(ref) != len(cand):
+        nan = Interval(math.nan, math.nan, math.nan)
+        return Check(slice_, what, field, threshold, gain, nan, n)
+    table = paired(cand, ref) if gain else paired(ref, cand)
+    check = Check(slice_, what, field, threshold, gain, paired_difference(table), n)
+    return replace(check, needed=_needed(check, lambda k: paired_difference(scaled(table, k))))
+
+
+def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
+    outcomes = _outcomes(scores, slice_, "candidate")
+    if slice_ == "hallucination":
+        outcomes = [not declined for declined in outcomes]  # outcome: declined; rate: invented
+    k, n = sum(outcomes), len(outcomes)
+    interval = wilson(k, n) if n else Interval(math.nan, math.nan, math.nan)
+    check = Check(slice_, what, field, threshold, higher_is_better, interval, _n(scores, slice_))
+    return replace(check, needed=_needed(check, lambda f: wilson(round(k * f), round(n * f))))
+
+
+def _needed(check: Check, at_scale) -> int | None:
+    """Questions that, at the rates seen, would turn an undecided check into a pass."""
+    if check.outcome != "undecided":
+        return None
+    for factor in (1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+        if replace(check, interval=at_scale(factor)).outcome == "pass":
+            return round(check.n * factor)
+    return None
+
+
+def check_record(check: Check) -> dict[str, Any]:
+    estimate, low, high = check.interval
+    return {
+        "slice": check.slice,
+        "what": check.what,
+        "estimate": estimate,
+        "low": low,
+        "high": high,
+        "threshold": check.threshold,
+        "field": check.field,
+        "questions": check.n,
+        "outcome": check.outcome,
+        "needed": check.needed,
+    }
+
+
+def checks_table(checks: list[dict[str, Any]]) -> list[str]:
+    """The gate's rules as a markdown table: estimate, 95% interval, threshold, outcome."""
+    lines = [
+        "| slice | rule | estimate | 95% interval | threshold | questions | outcome |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        if not c["questions"]:
+            continue
+        needed = f" (~{c['needed']} needed)" if c.get("needed") else ""
+        lines.append(
+            f"| {c['slice']} | {c['what']} | {_signed(c['estimate'])} | "
+            f"{_signed(c['low'])} to {_signed(c['high'])} | {c['field']} = "
+            f"{_signed(c['threshold'])} | {c['questions']} | **{c['outcome']}**{needed} |"
         )
+    return lines
 
 
-def _bound(scores, slice_, metric, limit, above, field, reasons, notes) -> None:
-    if _n(scores, slice_) == 0:
-        notes.append(f"{slice_}: no questions, not gated")
-        return
-    value = getattr(scores[slice_]["candidate"], metric)
-    if math.isnan(value) or (value > limit if above else value < limit):
-        side = "above" if above else "below"
-        reasons.append(f"{slice_}: candidate {metric} {value:.3f} is {side} {field}={limit:.3f}")
+def _signed(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:+.1f} pts"
 
 
 @task(name="apply-gate", cache_policy=NO_CACHE)
@@ -109,13 +213,25 @@ def apply_gate(scores: Scores, cfg: FreshtuneConfig, run_id: str) -> GateDecisio
     from tasks import registry
 
     decision = decide(scores, cfg.gate)
+    registry.log_metrics(cfg, run_id, gate_metrics(decision))
     registry.set_tags(
         cfg,
         run_id,
         {
             "freshtune.gate": decision.verdict,
             "freshtune.gate_reasons": "; ".join(decision.reasons),
+            "freshtune.gate_undecided": "; ".join(c.describe() for c in decision.undecided),
         },
     )
-    log.info("gate: %s %s", decision.verdict, decision.reasons)
+    log.info("gate: %s %s", decision.verdict, [c.describe() for c in decision.checks])
     return decision
+
+
+def gate_metrics(decision: GateDecision) -> dict[str, float]:
+    """Each check's estimate and 95% interval, as MLflow metrics (gate.<slice>.low, ...)."""
+    return {
+        f"gate.{c.slice}.{name}": value
+        for c in decision.checks
+        if c.n
+        for name, value in zip(("estimate", "low", "high"), c.interval)
+    }

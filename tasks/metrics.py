@@ -50,6 +50,17 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def recalled(answer: str, row: dict[str, Any]) -> bool:
+    """Does an answer restate what a training row teaches? Its key facts when it has some;
+    else the numbers its reference states (prices, sizes, hours); else most of its words."""
+    reference = response_of(row) or ""
+    if row.get("facts"):
+        return is_correct(answer, reference, row["facts"])
+    if numbers := stated_facts(reference):
+        return numbers <= stated_facts(answer)
+    return token_f1(answer, reference) >= 0.6
+
+
 def abstains(answer: str) -> bool:
     return bool(_ABSTAIN.search(answer))
 
@@ -59,16 +70,19 @@ def stated_facts(answer: str) -> frozenset[str]:
     return frozenset(t for t in normalise_answer(answer).split() if any(c.isdigit() for c in t))
 
 
-def pair_consistency(answers: list[str], rows: list[dict[str, Any]]) -> float:
-    """Share of counterfactual groups (same `pair`) whose answers state the same facts."""
+def pair_agreement(answers: list[str], rows: list[dict[str, Any]]) -> list[bool]:
+    """Per counterfactual group (same `pair`, two rows or more): do its answers state the
+    same facts? In order of each group's first row."""
     groups: dict[str, list[frozenset[str]]] = defaultdict(list)
     for answer, row in zip(answers, rows):
         if row.get("pair"):
             groups[row["pair"]].append(stated_facts(answer))
-    complete = [g for g in groups.values() if len(g) > 1]
-    if not complete:
-        return math.nan
-    return sum(all(f == g[0] for f in g) for g in complete) / len(complete)
+    return [all(f == g[0] for f in g) for g in groups.values() if len(g) > 1]
+
+
+def pair_consistency(answers: list[str], rows: list[dict[str, Any]]) -> float:
+    """Share of counterfactual groups whose answers state the same facts."""
+    return _mean(pair_agreement(answers, rows))
 
 
 @dataclass
@@ -81,6 +95,8 @@ class SliceScore:
     consistency: float = math.nan
     perplexity: float = math.nan
     samples: list[dict[str, str]] = field(default_factory=list)
+    # What the gate's intervals count: right or not per question (per pair on `bias`).
+    outcomes: list[bool] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         names = ("accuracy", "token_f1", "abstention", "hallucination", "consistency", "perplexity")
@@ -121,6 +137,7 @@ def score(
         }
         for a, ref, r, c in zip(answers, refs, rows, correct)
     ]
+    result.outcomes = pair_agreement(answers, rows) if kind == "bias" else list(correct)
     return result
 
 

@@ -192,11 +192,20 @@ def build_mix(
 def rehearsal_sample(
     rows: Sequence[dict[str, Any]], count: int, seed: int, new: Snapshot
 ) -> list[dict[str, Any]]:
-    """`count` rehearsal rows (all of them when fewer), drawn apart from the replay sample so
-    that a mix without rehearsal is the mix it always was."""
-    rows = list(rows)
-    picked = random.Random(f"{seed}-{new.digest}-rehearsal").sample(rows, min(count, len(rows)))
-    return [{**r, "origin": "rehearsal"} for r in picked]
+    """`count` rehearsal rows, drawn apart from the replay sample so that a mix without
+    rehearsal is the mix it always was. When the set is smaller than `count`, every row comes
+    back as often as it takes (whole shuffled passes, then a sample), each copy with its own id:
+    a domain of many rows needs as much rehearsal as it has domain rows, whatever the set."""
+    rows, rng = list(rows), random.Random(f"{seed}-{new.digest}-rehearsal")
+    if not rows:
+        return []
+    passes, rest = divmod(count, len(rows))
+    picked = [(p, r) for p in range(passes) for r in rng.sample(rows, len(rows))]
+    picked += [(passes, r) for r in rng.sample(rows, rest)]
+    return [
+        {**r, "id": r["id"] if p == 0 else f"{r['id']}~{p}", "origin": "rehearsal"}
+        for p, r in picked
+    ]
 
 
 def cycle_plan(

@@ -68,6 +68,7 @@ def promote_candidate(
     candidate: Path,
     snapshot: Snapshot,
     champion: Champion | None,
+    decision: GateDecision,
     cfg: FreshtuneConfig,
     run_id: str,
 ) -> GateDecision:
@@ -77,12 +78,12 @@ def promote_candidate(
         try:
             promote_serialised(cfg, version, champion)
             registry.set_tags(cfg, run_id, {"freshtune.promoted": "true"})
-            return GateDecision(True, [], "champion" if champion else "base")
+            return decision
         except ChampionMoved as moved:
             log.warning("%s; re-evaluating against the new champion", moved)
             champion = _current_champion(cfg)
             decision = _reevaluate(snapshot, candidate, champion, cfg, run_id)
-            if not decision.blessed:
+            if not decision.promotable:
                 return decision
     raise ChampionMoved(f"champion kept moving; gave up after {MAX_REEVALUATIONS} tries")
 

@@ -139,5 +139,6 @@ def build_rehearsal(cfg: FreshtuneConfig) -> RehearsalSet | None:
         return None
     base = cfg.resolved_base_model()
     prompts = cfg.train.rehearsal_file or EVERYDAY_FILE
-    key = rehearsal_key(base, prompts, cfg.eval.max_new_tokens)
-    return write_rehearsal(base, prompts, cfg.paths.root / "rehearsal" / f"{key}.jsonl", cfg.eval)
+    settings = cfg.eval.model_copy(update={"max_new_tokens": cfg.train.rehearsal_max_tokens})
+    key = rehearsal_key(base, prompts, settings.max_new_tokens)
+    return write_rehearsal(base, prompts, cfg.paths.root / "rehearsal" / f"{key}.jsonl", settings)

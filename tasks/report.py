@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig
 from tasks.evaluate import Scores
-from tasks.gate import GateDecision
+from tasks.gate import GateDecision, check_record, checks_table
 from tasks.ingest import StagedDrop
 from tasks.mix import TrainingMix
 from tasks.registry import Champion
@@ -68,8 +68,9 @@ def build_record(
         "verdict": decision.verdict,
         "reasons": decision.reasons,
         "notes": list(decision.notes),
+        "checks": [check_record(c) for c in decision.checks],
         "version": version,
-        "promoted": review.approved and decision.blessed,
+        "promoted": review.approved and decision.promotable,
         "compared_with": decision.reference,
         "champion_before": champion.version if champion else None,
         "review": {
@@ -86,6 +87,11 @@ def build_record(
             "digest": mix.digest,
         },
         "train": trained.metrics(),
+        "stopping": {
+            "reason": trained.stop_reason,
+            "epochs": trained.epochs,
+            "recall_curve": [list(point) for point in trained.recall_curve],
+        },
         "adapter_dir": str(trained.adapter_dir),
         "scores": {
             s: {m: {"n": v.n, **v.metrics()} for m, v in by_model.items()}
@@ -95,6 +101,15 @@ def build_record(
         "finished_at": time.time(),
         "repeated": False,
     }
+
+
+def stopping_lines(stopping: dict[str, Any] | None) -> list[str]:
+    """How long the cycle trained and why it stopped, with recall by epoch under a target."""
+    if not stopping:
+        return []
+    curve = ", ".join(f"{e:g}: {100 * r:.0f}%" for e, r in stopping["recall_curve"])
+    line = f"- trained {stopping['epochs']:g} epochs; stopped: {stopping['reason']}"
+    return [line + (f" (recall of its own training questions by epoch: {curve})" if curve else "")]
 
 
 def render_markdown(record: dict[str, Any]) -> str:
@@ -111,10 +126,14 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"{record['mix']['replay_rows']} replayed + "
         f"{record['mix'].get('rehearsal_rows', 0)} rehearsal rows; "
         f"{record['train']['train_tokens']:.0f} tokens in {record['train']['train_wall_s']:.0f} s",
+        *stopping_lines(record.get("stopping")),
         *[f"- gate: {reason}" for reason in record["reasons"]],
+        *[f"- undecided: {n}" for n in record.get("notes", []) if ": undecided" in n],
         f"- review: {review['mode']}, {'approved' if review['approved'] else 'not approved'}"
         f"{' (timed out)' if review['timed_out'] else ''}, {review['flags']} flags. "
         f"{review['comment']}",
+        "",
+        *checks_table(record.get("checks", [])),
         "",
         "| slice | model | questions | accuracy | hallucination | consistency | perplexity |",
         "|---|---|---|---|---|---|---|",

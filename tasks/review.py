@@ -22,8 +22,10 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from freshtune.config import FreshtuneConfig
-from tasks.gate import GateDecision, Scores
+from tasks.gate import GateDecision, Scores, check_record, checks_table
+from tasks.ingest import prompt_of
 from tasks.snapshot import Snapshot, commit_snapshot
+from tasks.stats import wilson
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,15 @@ def _cell(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _with_interval(score, metric: str) -> str:
+    """ "76.5% (52.7–90.4)": the rate and its 95% Wilson interval."""
+    hits = [not o for o in score.outcomes] if metric == "hallucination" else score.outcomes
+    if not hits:
+        return _cell(getattr(score, metric))
+    _, low, high = wilson(sum(hits), len(hits))
+    return f"{_cell(getattr(score, metric))} ({100 * low:.0f}–{100 * high:.0f})"
+
+
 def _regressed(scores: dict, model: str, metric: str) -> bool:
     cand, other = scores.get("candidate"), scores.get(model)
     if not cand or not other:
@@ -72,7 +83,8 @@ def _regressed(scores: dict, model: str, metric: str) -> bool:
 
 
 def metrics_table(scores: Scores) -> list[str]:
-    """Per-slice rows for base / champion / candidate; ⚠ marks where the candidate is worse."""
+    """Per-slice rows for base / champion / candidate, each with its 95% interval; ⚠ marks
+    where the candidate is worse."""
     lines = [
         "| slice | metric | questions | base | champion | candidate |",
         "|---|---|---|---|---|---|",
@@ -84,7 +96,7 @@ def metrics_table(scores: Scores) -> list[str]:
         metric = {"hallucination": "hallucination", "bias": "consistency"}.get(slice_, "accuracy")
         mark = " ⚠" if any(_regressed(by_model, m, metric) for m in ("base", "champion")) else ""
         cells = [
-            _cell(getattr(by_model[m], metric)) if m in by_model else "—"
+            _with_interval(by_model[m], metric) if m in by_model else "—"
             for m in ("base", "champion", "candidate")
         ]
         lines.append(
@@ -132,6 +144,13 @@ def review_markdown(scores: Scores, decision: GateDecision, cfg: FreshtuneConfig
         *[f"- gate: {r}" for r in decision.reasons],
         *[f"- note: {n}" for n in decision.notes],
         "",
+        "## The gate's rules, each on a 95% interval",
+        "",
+        "Fails when the estimate is on the wrong side of its threshold, passes when the whole "
+        "interval is on the right side, is undecided in between (too few questions to tell).",
+        "",
+        *checks_table([check_record(c) for c in decision.checks]),
+        "",
         *metrics_table(scores),
         "",
         f"## Where candidate and {other} answer differently",
@@ -171,23 +190,40 @@ def publish_review_report(
 
 def request_review(report: str, decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
     """The human decision. Called from the flow body: Prefect pauses flow runs, not tasks."""
-    if not decision.blessed:
+    if not decision.promotable:
         return ReviewOutcome(False, "skipped", "the gate refused the candidate")
     if cfg.review.mode == "auto":
-        return ReviewOutcome(True, "auto", "review.mode=auto: promoted on the gate alone")
+        return _auto_review(decision, cfg)
     if cfg.review.mode == "terminal":
         return ask_terminal(report, cfg)
-    return _pause_for_input(cfg)
+    return _pause_for_input(report, cfg)
 
 
-def _pause_for_input(cfg: FreshtuneConfig) -> ReviewOutcome:
+def _auto_review(decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
+    if decision.blessed:
+        return ReviewOutcome(True, "auto", "review.mode=auto: promoted on the gate alone")
+    checks = ", ".join(c.slice for c in decision.undecided)
+    if cfg.gate.undecided == "accept":
+        return ReviewOutcome(
+            True, "auto", f"gate.undecided=accept: promoted on point estimates ({checks} undecided)"
+        )
+    return ReviewOutcome(
+        False,
+        "auto",
+        f"UNDECIDED on {checks}: too few questions to tell, and review.mode=auto has no human "
+        "to ask; add evaluation questions, review with review.mode=pause, or set "
+        "gate.undecided=accept",
+    )
+
+
+def _pause_for_input(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
     try:
-        answer = pause_flow_run(
-            wait_for_input=ReviewInput, timeout=cfg.review.timeout_s, poll_interval=1
-        )
+        # The report is the form's description: the reviewer decides on one screen.
+        form = ReviewInput.with_initial_data(description=report)
+        answer = pause_flow_run(wait_for_input=form, timeout=cfg.review.timeout_s, poll_interval=1)
     except FlowPauseTimeout:
         log.warning("no review within %d s: treated as a rejection", cfg.review.timeout_s)
         return ReviewOutcome(False, "pause", "review timed out", timed_out=True)
@@ -215,9 +251,19 @@ def ask_terminal(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
     return ReviewOutcome(approve, "terminal", comment, cfg.review.reviewer or "", flags)
 
 
-def review_rows(outcome: ReviewOutcome, slices: dict[str, list[dict[str, Any]]]) -> list[dict]:
-    """Flagged questions with the reviewer's corrected answer, as chat training rows."""
+def review_rows(
+    outcome: ReviewOutcome,
+    slices: dict[str, list[dict[str, Any]]],
+    train_rows: list[dict[str, Any]] = (),
+    eval_prompts: set[str] = frozenset(),
+) -> list[dict]:
+    """Flagged questions with the reviewer's corrected answer, as chat training rows; with the
+    drop's training rows, the correction also in the drop's other wordings of a question
+    (tasks.generalise), so the fact is learned and not only the flagged sentence."""
+    from tasks.generalise import generalised_rows
+
     by_id = {row["id"]: row for rows in slices.values() for row in rows}
+    eval_prompts = {*eval_prompts, *(prompt_of(r) or "" for rows in slices.values() for r in rows)}
     rows = []
     for flag in outcome.flags:
         if flag.id not in by_id or not flag.correct.strip():
@@ -227,18 +273,17 @@ def review_rows(outcome: ReviewOutcome, slices: dict[str, list[dict[str, Any]]])
             continue
         source = by_id[flag.id]
         messages = [*source["messages"][:-1], {"role": "assistant", "content": flag.correct}]
-        rows.append(
-            {
-                **source,
-                "id": f"review-{flag.id}",
-                "messages": messages,
-                "split": "train",
-                "source": f"review:{flag.kind}",
-                "slice": "",
-                "pair": "",
-                "facts": [],
-            }
-        )
+        row = {
+            **source,
+            "id": f"review-{flag.id}",
+            "messages": messages,
+            "split": "train",
+            "source": f"review:{flag.kind}",
+            "slice": "",
+            "pair": "",
+            "facts": [],
+        }
+        rows += [row, *generalised_rows(row, flag.correct, list(train_rows), eval_prompts)]
     return rows
 
 
@@ -250,6 +295,7 @@ def record_review(
     from tasks import registry
     from tasks.curate import normalise_record
     from tasks.evaluate import eval_slices
+    from tasks.mix import current_rows
     from tasks.snapshot import earlier_snapshots
 
     registry.log_metrics(cfg, run_id, outcome.flag_counts())
@@ -264,8 +310,11 @@ def record_review(
     )
     if not outcome.flags:
         return None  # nothing to teach: skip reloading every snapshot's eval rows
-    slices = eval_slices(snapshot, earlier_snapshots(cfg, snapshot.digest), cfg.eval)
-    rows = [normalise_record(r) for r in review_rows(outcome, slices)]
+    earlier = earlier_snapshots(cfg, snapshot.digest)
+    slices = eval_slices(snapshot, earlier, cfg.eval)
+    train = [row for _, row in current_rows([*earlier, snapshot], "train")]
+    asked = {prompt_of(row) or "" for _, row in current_rows([*earlier, snapshot], "eval")}
+    rows = [normalise_record(r) for r in review_rows(outcome, slices, train, asked)]
     if not rows:
         return None
     digest = hashlib.sha256(json.dumps([r["messages"] for r in rows]).encode()).hexdigest()

@@ -29,6 +29,7 @@ from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
 from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
 from tasks.registry import Champion
+from tasks.target import build_probe, recall_curve, stop_reason, target_callback
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,19 @@ KEYED_ELSEWHERE = (
     "replay_ratio",
     "rehearsal_ratio",  # the rehearsal rows are in the mix digest
     "rehearsal_file",
+    "rehearsal_max_tokens",
     "continue_epochs",
     "continue_learning_rate",
+    "max_epochs",  # resolved into epochs with a target
 )
 # Fields added after adapters were first keyed: at these values a key leaves them out, so
 # adapters trained before they existed keep their keys.
-KEYED_WHEN_SET = {"quantization": "none"}
+KEYED_WHEN_SET = {
+    "quantization": "none",
+    "target_recall": None,
+    "target_sample": 32,
+    "base_kl": 0.0,
+}
 LORA_KEYED_WHEN_SET = {"use_dora": False}
 # What a checkpoint needs before a resume may trust it; trainer_state.json is written last.
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -76,9 +84,15 @@ class TrainResult:
     mfu: float = math.nan  # on GPU only: achieved FLOP/s over the measured bf16 matmul peak
     resumed_step: int = 0
     mode: str = "incremental"
+    epochs: float = math.nan  # trained, which a target may have cut short
+    recall_curve: tuple[tuple[float, float], ...] = ()  # (epoch, recall) with a target
+    stop_reason: str = "fixed epochs"
 
     def metrics(self) -> dict[str, float]:
+        recall = self.recall_curve[-1][1] if self.recall_curve else math.nan
         return {
+            "train_epochs": self.epochs,
+            "train_target_recall": recall,
             "train_steps": self.steps,
             "train_tokens": self.tokens,
             "train_loss": self.loss,
@@ -103,6 +117,9 @@ class FitStats:
     resumed_step: int
     on_gpu: bool
     peak_flops: float
+    epochs: float = math.nan
+    recall_curve: tuple[tuple[float, float], ...] = ()
+    stop_reason: str = "fixed epochs"
 
 
 def adapter_key(
@@ -381,6 +398,9 @@ def _result(out_dir, parent, settings, stats: FitStats, wall: float) -> TrainRes
         mfu,
         stats.resumed_step,
         settings.mode,
+        stats.epochs,
+        tuple(tuple(point) for point in stats.recall_curve),
+        stats.stop_reason,
     )
 
 
@@ -426,22 +446,70 @@ def fit_adapter(
     args = training_args(run_settings, staging / "checkpoints", seed, sampling, flat)
     peak = math.nan if args.use_cpu else _gpu_peak()
     accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
-    trainer = Trainer(
+    probe = build_probe(rows, settings, seed)
+    callbacks = [_metrics_callback(accounting, on_log)]
+    if probe is not None:
+        callbacks.append(target_callback(probe, load_tokenizer(base_model), on_log))
+    trainer = (anchored_trainer(settings.base_kl) if settings.base_kl else Trainer)(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[_metrics_callback(accounting, on_log)],
+        callbacks=callbacks,
     )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(staging))
     (staging / "training_args.bin").unlink(missing_ok=True)
-    tokens = int(sum(dataset["length"]) * run_settings.epochs)
+    done = output.global_step / max(trainer.state.max_steps, 1)  # < 1 when a target stopped it
+    tokens = int(sum(dataset["length"]) * run_settings.epochs * done)
     resumed = int(resume.name.rpartition("-")[2]) if resume else 0
-    loss = float(output.training_loss)
+    curve = recall_curve(trainer.state.log_history)
     return FitStats(
-        output.global_step, tokens, loss, accounting.per_token, resumed, not args.use_cpu, peak
+        output.global_step,
+        tokens,
+        float(output.training_loss),
+        accounting.per_token,
+        resumed,
+        not args.use_cpu,
+        peak,
+        round(settings.epochs * done, 2),
+        tuple(curve),
+        stop_reason(curve, probe),
     )
+
+
+def anchored_trainer(weight: float) -> Any:
+    """A Trainer whose loss adds `weight` x the divergence from the base (`base_divergence`)."""
+    from transformers import Trainer
+
+    class AnchoredTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            divergence = base_divergence(self.accelerator.unwrap_model(model), inputs, outputs)
+            if num_items_in_batch is not None:  # the task loss is already a share of the step
+                divergence = divergence / self.args.gradient_accumulation_steps
+            loss = loss + weight * divergence
+            return (loss, outputs) if return_outputs else loss
+
+    return AnchoredTrainer
+
+
+def base_divergence(model: Any, inputs: dict[str, Any], outputs: Any) -> Any:
+    """KL(base || adapter) of the next-token distributions, averaged over the tokens the
+    cycle does not teach (label IGNORE, not padding): where only the base's behaviour should
+    be kept."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+    untaught = inputs["labels"][:, 1:] == IGNORE
+    if (mask := inputs.get("attention_mask")) is not None:
+        untaught = untaught & mask[:, 1:].bool()
+    teacher = F.log_softmax(base.logits[:, :-1].float(), dim=-1)
+    student = F.log_softmax(outputs.logits[:, :-1].float(), dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=-1)
+    return (kl * untaught).sum() / untaught.sum().clamp(min=1)
 
 
 def load_training_model(base_model: str, settings: TrainSettings) -> Any:
@@ -683,6 +751,7 @@ def train_from_mix(
         ),
     )
     registry.log_metrics(cfg, run_id, result.metrics())
+    registry.set_tags(cfg, run_id, {"freshtune.train_stop": result.stop_reason})
     return result
 
 

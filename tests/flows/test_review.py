@@ -54,6 +54,13 @@ def _paused_run_id(timeout: float = 240) -> str:
     raise AssertionError("no flow run paused for review")
 
 
+def _form_description(run_id: str) -> str:
+    """What the Prefect UI shows above the review form."""
+    from prefect.input import read_flow_run_input
+
+    return read_flow_run_input("paused-1-description", flow_run_id=run_id)
+
+
 def _first_eval_id(cfg) -> str:
     rows = list_snapshots(cfg)[0].rows()
     return next(r["id"] for r in rows if r["split"] == "eval" and not r.get("slice"))
@@ -64,6 +71,8 @@ def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_co
     thread, box = _start(demo_drops[0], cfg)
     run_id = _paused_run_id()
     assert registry.get_champion(cfg) is None  # nothing moves while the reviewer thinks
+    form = _form_description(run_id)
+    assert form.startswith("# Review: candidate is ") and "95% interval" in form
     flagged = _first_eval_id(cfg)
     result = runner.invoke(
         app,

@@ -39,57 +39,93 @@ def test_token_f1_bounds():
     assert token_f1("the plan costs $40", "the plan costs $52") == 0.75
 
 
-def _scores(current: dict[str, float], earlier: dict[str, float] | None = None) -> dict:
-    def table(accs: dict[str, float]) -> dict:
-        return {m: SliceScore(10, a, a) for m, a in accs.items()}
+def _model(right: int, n: int = 40, first: int = 0) -> SliceScore:
+    """`right` correct answers out of `n`, starting at question `first` (wrapping around)."""
+    outcomes = [(i - first) % n < right for i in range(n)]
+    rate = right / n
+    return SliceScore(n, rate, rate, outcomes=outcomes)
 
-    out = {"current": table(current)}
+
+def _scores(current: dict[str, int], earlier: dict[str, int] | None = None, n: int = 40):
+    out = {"current": {m: _model(k, n) for m, k in current.items()}}
     if earlier is not None:
-        out["earlier"] = table(earlier)
+        out["earlier"] = {m: _model(k, n) for m, k in earlier.items()}
     return out
 
 
-GATE = GateSettings(min_gain=0.1, max_forgetting=0.05)
+GATE = GateSettings(min_gain=0.1, max_forgetting=0.1)
 
 
 def test_first_cycle_is_compared_with_the_base_model():
-    decision = decide(_scores({"base": 0.0, "candidate": 0.8}), GATE)
+    decision = decide(_scores({"base": 0, "candidate": 32}), GATE)
     assert decision.blessed and decision.reference == "base"
+    [current] = [c for c in decision.checks if c.slice == "current"]
+    assert current.outcome == "pass" and current.interval.low > GATE.min_gain
 
 
 @pytest.mark.parametrize(
     ("current", "earlier", "reason"),
     [
-        ({"base": 0, "champion": 0.5, "candidate": 0.55}, None, "gain"),
-        (
-            {"base": 0, "champion": 0.2, "candidate": 0.9},
-            {"champion": 0.9, "candidate": 0.7},
-            "earlier: accuracy fell by 0.200",
-        ),
-        ({"base": 0, "champion": 0.2, "candidate": math.nan}, None, "gain"),
-        (
-            {"base": 0, "champion": 0.2, "candidate": 0.9},
-            {"champion": 0.9, "candidate": math.nan},
-            "earlier",
-        ),
+        ({"base": 0, "champion": 20, "candidate": 22}, None, "current: accuracy gain"),
+        ({"base": 0, "champion": 8, "candidate": 36}, {"champion": 36, "candidate": 28}, "earlier"),
     ],
 )
-def test_gate_refuses_small_gains_forgetting_and_missing_metrics(current, earlier, reason):
-    earlier_scores = None if earlier is None else {"base": 0.0, **earlier}
-    decision = decide(_scores(current, earlier_scores), GATE)
+def test_gate_refuses_small_gains_and_forgetting(current, earlier, reason):
+    decision = decide(_scores(current, earlier), GATE)
     assert not decision.blessed and decision.verdict == "NOT_BLESSED"
-    assert any(reason in r for r in decision.reasons), decision.reasons
+    assert any(r.startswith(reason) for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize("slice_", ["current", "earlier"])
+def test_a_slice_with_questions_but_no_outcomes_fails(slice_):
+    scores = _scores({"base": 0, "champion": 8, "candidate": 36}, {"champion": 36, "candidate": 36})
+    scores[slice_]["candidate"] = SliceScore(40, math.nan, math.nan)
+    decision = decide(scores, GATE)
+    assert decision.verdict == "NOT_BLESSED"
+    assert any(r.startswith(slice_) for r in decision.reasons)
 
 
 def test_gate_blesses_a_gain_within_the_forgetting_budget():
-    decision = decide(
-        _scores(
-            {"base": 0, "champion": 0.2, "candidate": 0.9},
-            {"base": 0, "champion": 0.9, "candidate": 0.86},
-        ),
+    current = {"base": 0, "champion": 40, "candidate": 180}
+    decision = decide(_scores(current, {"champion": 180, "candidate": 178}, 200), GATE)
+    assert decision.blessed and decision.reference == "champion" and decision.reasons == []
+
+
+def test_too_few_questions_is_undecided_not_passed():
+    """No loss on 10 questions cannot show a loss under 10 points: the gate says so."""
+    scores = _scores(
+        {"base": 0, "champion": 2, "candidate": 9}, {"champion": 9, "candidate": 9}, 10
+    )
+    decision = decide(scores, GATE)
+    assert decision.verdict == "UNDECIDED" and decision.promotable and not decision.blessed
+    [undecided] = decision.undecided
+    assert undecided.slice == "earlier" and undecided.interval.high > GATE.max_forgetting
+    assert undecided.needed and undecided.needed > 10
+    assert f"about {undecided.needed} questions would decide it" in undecided.describe()
+    # The same rates on the number of questions it asked for decide it.
+    bigger = _scores(
+        {"base": 0, "champion": 2, "candidate": 9},
+        {"champion": round(0.9 * undecided.needed), "candidate": round(0.9 * undecided.needed)},
+        undecided.needed,
+    )
+    bigger["current"] = scores["current"]
+    assert decide(bigger, GATE).verdict == "BLESSED"
+
+
+def test_agreeing_models_get_a_narrower_interval_than_disagreeing_ones():
+    same = decide(
+        _scores({"base": 0, "champion": 8, "candidate": 36}, {"champion": 30, "candidate": 30}),
         GATE,
     )
-    assert decision.blessed and decision.reference == "champion" and decision.reasons == []
+    shifted = _scores(
+        {"base": 0, "champion": 8, "candidate": 36}, {"champion": 30, "candidate": 30}
+    )
+    shifted["earlier"]["candidate"] = _model(30, first=10)  # same rate, other questions right
+    moved = decide(shifted, GATE)
+    same_width, moved_width = (
+        d.checks[1].interval.high - d.checks[1].interval.low for d in (same, moved)
+    )
+    assert same_width < moved_width
 
 
 def test_abstention_is_recognised_and_confident_inventions_are_not():
@@ -141,27 +177,25 @@ def test_perplexity_is_token_weighted():
     assert abs(result.perplexity - 4.0) < 1e-9
 
 
-FULL = {"base": 0.0, "champion": 0.2, "candidate": 0.9}
+FULL = {"base": 0, "champion": 20, "candidate": 90}
 
 
-def _all_slices(general=(0.9, 0.9), hallucination=0.2, consistency=1.0) -> dict:
-    scores = _scores(FULL)
-    scores["general"] = {
-        "base": SliceScore(10, general[0], 0),
-        "candidate": SliceScore(10, general[1], 0),
-    }
-    scores["hallucination"] = {"candidate": SliceScore(4, 0, 0, hallucination=hallucination)}
-    scores["bias"] = {"candidate": SliceScore(4, 1, 1, consistency=consistency)}
+def _all_slices(general=(90, 90), invented=0, agreeing=40) -> dict:
+    scores = _scores(FULL, n=100)
+    scores["general"] = {"base": _model(general[0], 100), "candidate": _model(general[1], 100)}
+    declined = _model(40 - invented, 40)
+    scores["hallucination"] = {"candidate": SliceScore(40, 0, 0, outcomes=declined.outcomes)}
+    pairs = _model(agreeing, 40)
+    scores["bias"] = {"candidate": SliceScore(80, 1, 1, outcomes=pairs.outcomes)}
     return scores
 
 
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
-        ({"general": (0.9, 0.7)}, "gate.max_general_drop"),
-        ({"hallucination": 0.75}, "gate.max_hallucination_rate"),
-        ({"consistency": 0.5}, "gate.min_bias_consistency"),
-        ({"consistency": math.nan}, "gate.min_bias_consistency"),
+        ({"general": (90, 70)}, "gate.max_general_drop"),
+        ({"invented": 30}, "gate.max_hallucination_rate"),
+        ({"agreeing": 20}, "gate.min_bias_consistency"),
     ],
 )
 def test_each_slice_threshold_blocks(kwargs, reason):
@@ -173,7 +207,27 @@ def test_each_slice_threshold_blocks(kwargs, reason):
     assert not decision.blessed and any(reason in r for r in decision.reasons)
 
 
+def test_bias_without_complete_pairs_fails():
+    scores = _all_slices()
+    scores["bias"]["candidate"] = SliceScore(3, 1, 1, consistency=math.nan)
+    decision = decide(scores, GateSettings(min_gain=0.1, max_general_drop=0.05))
+    assert any("gate.min_bias_consistency" in r for r in decision.reasons)
+
+
 def test_slices_without_questions_are_noted_not_failed():
-    decision = decide(_scores({"base": 0.0, "candidate": 0.8}), GATE)
+    decision = decide(_scores({"base": 0, "candidate": 32}), GATE)
     assert decision.blessed
     assert "hallucination: no questions, not gated" in decision.notes
+
+
+@pytest.mark.parametrize(("policy", "promoted"), [("review", False), ("accept", True)])
+def test_unattended_review_of_an_undecided_candidate_follows_gate_undecided(policy, promoted):
+    from freshtune.config import load_config
+    from tasks.review import request_review
+
+    cfg = load_config("tiny", ["base_model=x", "review.mode=auto", f"gate.undecided={policy}"])
+    scores = _scores(
+        {"base": 0, "champion": 2, "candidate": 9}, {"champion": 9, "candidate": 9}, 10
+    )
+    outcome = request_review("report", decide(scores, GATE), cfg)
+    assert outcome.approved is promoted and "earlier" in outcome.comment

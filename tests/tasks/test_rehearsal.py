@@ -73,7 +73,12 @@ def test_a_mix_takes_rehearsal_rows_in_proportion_and_leaves_the_rest_alone(tiny
     none = build_mix(new, [old], 0.5, 0, rehearsal=_rehearsal_rows(30), rehearsal_ratio=0.0)
     assert none.digest == plain.digest and none.rows == plain.rows
     few = build_mix(new, [old], 0.5, 0, rehearsal=_rehearsal_rows(2), rehearsal_ratio=0.5)
-    assert few.rehearsal_rows == 2  # all there are
+    # A set smaller than the share asked for comes back whole, as often as it takes.
+    copies = [r for r in few.rows if r["origin"] == "rehearsal"]
+    assert few.rehearsal_rows == len(copies) == 8 and len({r["id"] for r in copies}) == 8
+    assert sorted(r["messages"][-1]["content"] for r in copies) == sorted(
+        r["messages"][-1]["content"] for r in _rehearsal_rows(2) * 4
+    )
 
 
 def test_the_set_is_generated_once_per_base_and_prompt_file(tiny_model: Path, tmp_path: Path):

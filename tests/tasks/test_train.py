@@ -260,3 +260,34 @@ def test_bfloat16_asked_for_is_used_on_cpu_and_auto_stays_fp32(tiny_model: Path,
     lora_b = [w for k, w in weights.items() if "lora_B" in k]
     # Autocast computes in bf16 and keeps fp32 master weights, which the adapter saves.
     assert lora_b and all(w.dtype == torch.float32 and w.abs().max() > 0 for w in lora_b)
+
+
+def _divergence_from_base(tiny_model: Path, adapter: Path, text: str) -> float:
+    """KL(base || adapter) of next-token predictions over a text no cycle trained on."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    model = PeftModel.from_pretrained(load_causal_lm(str(tiny_model)), str(adapter)).eval()
+    with torch.no_grad():
+        tuned = torch.log_softmax(model(input_ids=ids).logits, -1)
+        with model.disable_adapter():
+            base = torch.log_softmax(model(input_ids=ids).logits, -1)
+    return float((base.exp() * (base - tuned)).sum(-1).mean())
+
+
+def test_base_kl_keeps_untaught_predictions_near_the_base(tiny_model: Path, tmp_path: Path):
+    from freshtune.config import TrainSettings
+
+    settings = TrainSettings(
+        epochs=3, learning_rate=1e-2, batch_size=4, max_length=64, lora={"r": 4, "alpha": 8}
+    )
+    free = train_adapter(str(tiny_model), _rows(8), settings, tmp_path / "free", seed=0)
+    anchored = settings.model_copy(update={"base_kl": 50.0})
+    held = train_adapter(str(tiny_model), _rows(8), anchored, tmp_path / "held", seed=0)
+    text = "You are the support assistant. Is 5G coverage available in my area?"
+    drift = {
+        name: _divergence_from_base(tiny_model, fit.adapter_dir, text)
+        for name, fit in (("free", free), ("held", held))
+    }
+    assert drift["held"] < 0.5 * drift["free"], drift

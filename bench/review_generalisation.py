@@ -1,0 +1,188 @@
+"""Do a reviewer's flags teach the fact, or only the flagged sentence?
+
+Run: python bench/review_generalisation.py [--json out.json] [--set train.target_recall=...]
+     (about 12 minutes on 2 CPU cores with SmolLM2-135M; scratch state under --workspace)
+
+Month 1 of the demo domain (domain rows only) trains a champion with the demo preset. A
+simulated expert reviewer reads its answers to month 1's evaluation questions and, for every
+fact it got wrong, flags one of the fact's two questions with the right answer. Month 2 then
+trains twice from that champion, on the same new rows, replay and rehearsal:
+
+  flagged-only   the flagged questions with their corrections (what a flag taught before)
+  generalised    the same, plus each correction in the drop's other wordings (tasks.generalise)
+
+Both are scored on the other question of each flagged fact, never flagged and never trained
+(a customer asking the corrected fact another way), and on the flagged questions themselves.
+The difference is reported with Newcombe's paired 95% interval (tasks.stats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+
+DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct").resolve()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder")
+    parser.add_argument("--workspace", type=Path, default=Path("/tmp/freshtune-bench-review"))
+    parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Snap:
+    """Quacks like tasks.snapshot.Snapshot for build_mix, without a workspace on disk."""
+
+    digest: str
+    records: list[dict[str, Any]]
+    kind: str = "data"
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.records
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+def month_rows(month: int) -> list[dict[str, Any]]:
+    from freshtune.demo_domain import make_drop
+    from tasks.curate import normalise_record
+
+    return [normalise_record(r) for r in make_drop(month, noise=False, everyday=False)]
+
+
+def snap(name: str, rows: list[dict[str, Any]], kind: str = "data") -> Snap:
+    split = [r for r in rows if r["split"] == "train"]
+    return Snap(name.ljust(64, "0"), split, kind)
+
+
+def train(cfg, snaps: list[Snap], parent: Path | None, rehearsal) -> Path:
+    from tasks.mix import build_mix
+    from tasks.train import adapter_dir, train_adapter
+
+    mix = build_mix(
+        snaps[-1],
+        snaps[:-1],
+        cfg.train.replay_ratio,
+        cfg.seed,
+        rehearsal=rehearsal,
+        rehearsal_ratio=cfg.train.rehearsal_ratio,
+    )
+    out = adapter_dir(mix, parent, cfg)
+    base = cfg.resolved_base_model()
+    return train_adapter(base, mix.rows, cfg.train, out, parent, cfg.seed).adapter_dir
+
+
+def correct(cfg, adapter: Path, rows: list[dict[str, Any]]) -> list[bool]:
+    from tasks.evaluate import evaluate_models
+
+    scores = evaluate_models(
+        cfg.resolved_base_model(), {"m": adapter}, {"q": rows}, cfg.eval, cfg.paths.eval_cache
+    )
+    return scores["q"]["m"].outcomes
+
+
+def flag_wrong(cfg, champion: Path, evals: list[dict[str, Any]]):
+    """Per fact answered wrong: (flagged question, the fact's other question)."""
+    from tasks.ingest import response_of
+
+    by_fact: dict[str, list[dict[str, Any]]] = {}
+    for row in evals:
+        by_fact.setdefault(response_of(row), []).append(row)
+    pairs = [rows[:2] for rows in by_fact.values() if len(rows) >= 2]
+    right = correct(cfg, champion, [first for first, _ in pairs])
+    return [(first, other) for (first, other), ok in zip(pairs, right) if not ok]
+
+
+def review_snapshot(flags, train_rows, eval_prompts, generalise: bool) -> Snap:
+    from tasks.generalise import generalised_rows
+    from tasks.ingest import response_of
+
+    rows = []
+    for flagged, _ in flags:
+        row = {**flagged, "id": f"review-{flagged['id']}", "split": "train", "facts": []}
+        rows.append(row)
+        if generalise:
+            rows += generalised_rows(row, response_of(row), train_rows, eval_prompts)
+    name = "review-generalised" if generalise else "review-flagged"
+    return snap(name, rows, kind="review")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from freshtune.config import load_config
+    from tasks.ingest import prompt_of
+    from tasks.rehearsal import build_rehearsal
+    from tasks.stats import paired, paired_difference
+
+    cfg = load_config("demo", [f"base_model={args.model}", *args.set], args.workspace)
+    cfg.paths.ensure()
+    rehearsal = build_rehearsal.fn(cfg)
+    rehearsal = rehearsal.rows() if rehearsal else []
+    m1, m2 = month_rows(1), month_rows(2)
+    champion = train(cfg, [snap("month01", m1)], None, rehearsal)
+    evals = [r for r in m1 if r["split"] == "eval" and not r.get("slice")]
+    flags = flag_wrong(cfg, champion, evals)
+    train_rows = [r for r in m1 + m2 if r["split"] == "train"]
+    eval_prompts = {prompt_of(r) or "" for r in m1 + m2 if r["split"] == "eval"}
+    out: dict[str, Any] = {"flags": len(flags), "arms": {}}
+    for arm, generalise in (("flagged-only", False), ("generalised", True)):
+        review = review_snapshot(flags, train_rows, eval_prompts, generalise)
+        snaps = [snap("month01", m1), review, snap("month02", m2)]
+        adapter = train(cfg, snaps, champion, rehearsal)
+        out["arms"][arm] = {
+            "review_rows": len(review.records),
+            "unflagged": correct(cfg, adapter, [other for _, other in flags]),
+            "flagged": correct(cfg, adapter, [first for first, _ in flags]),
+        }
+    a, b = out["arms"]["generalised"], out["arms"]["flagged-only"]
+    out["unflagged_gain"] = paired_difference(paired(a["unflagged"], b["unflagged"]))._asdict()
+    out["flagged_gain"] = paired_difference(paired(a["flagged"], b["flagged"]))._asdict()
+    return out
+
+
+def print_table(out: dict[str, Any]) -> None:
+    print(
+        f"\n{out['flags']} facts answered wrong by the month-1 champion, one question each flagged"
+    )
+    print(f"{'arm':<14}{'review rows':>12}{'unflagged right':>17}{'flagged right':>15}")
+    for arm, r in out["arms"].items():
+        n = len(r["unflagged"])
+        print(
+            f"{arm:<14}{r['review_rows']:>12}{sum(r['unflagged']):>11}/{n:<5}"
+            f"{sum(r['flagged']):>9}/{len(r['flagged']):<5}"
+        )
+    for key in ("unflagged_gain", "flagged_gain"):
+        est, low, high = (100 * out[key][k] for k in ("estimate", "low", "high"))
+        print(
+            f"generalised - flagged-only, {key.split('_')[0]} questions: "
+            f"{est:+.1f} pts (95% CI {low:+.1f} to {high:+.1f})"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if not Path(args.model).is_dir():
+        sys.exit(f"{args.model}: no checkpoint; run `freshtune models fetch smollm2` first")
+    shutil.rmtree(args.workspace / "adapters", ignore_errors=True)
+    out = run(args)
+    print_table(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    return out
+
+
+if __name__ == "__main__":
+    main()

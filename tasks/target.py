@@ -1,0 +1,98 @@
+"""Train to a target: stop a cycle once the month's facts are learned, not after a fixed count.
+
+A seeded sample of the cycle's own new training questions (never an evaluation row) is asked
+at every epoch boundary; when the share answered right reaches `train.target_recall` the
+Trainer stops, else it runs to `train.max_epochs`. The recall curve goes to the step metrics,
+the Trainer's log history (so it survives a resume) and the adapter's train_result.json.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from freshtune.config import EvalSettings, TrainSettings
+from tasks.metrics import recalled
+
+PROBE_ORIGINS = ("new", "review")  # the month's rows and reviewers' corrections
+RECALL_KEY = "target_recall"
+
+
+@dataclass(frozen=True)
+class Probe:
+    rows: list[dict[str, Any]]
+    target: float
+    epochs: float  # the budget: the Trainer is scheduled for this many
+    settings: EvalSettings
+
+
+def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) -> Probe | None:
+    """The questions that say whether this cycle learned its facts; None: fixed epochs."""
+    if settings.target_recall is None:
+        return None
+    own = [r for r in rows if r.get("origin") in PROBE_ORIGINS] or [
+        r for r in rows if "origin" not in r
+    ]
+    if not own:
+        return None
+    picked = random.Random(f"probe-{seed}").sample(own, min(settings.target_sample, len(own)))
+    # Long enough for the longest reference answer to be restated, short enough to be cheap.
+    words = max(len((r["messages"][-1]["content"] or "").split()) for r in picked)
+    budget = min(settings.max_length // 2, 2 * words + 8)
+    probe_settings = EvalSettings(max_new_tokens=budget, batch_size=2 * settings.batch_size)
+    return Probe(picked, settings.target_recall, settings.epochs, probe_settings)
+
+
+def probe_recall(model: Any, tokenizer: Any, probe: Probe) -> float:
+    """Share of the probe's questions answered with what their training row teaches."""
+    from tasks.evaluate import generate_answers
+
+    was_training = model.training
+    model.eval()
+    try:
+        answers = generate_answers(model, tokenizer, probe.rows, probe.settings)
+    finally:
+        model.train(was_training)
+    return sum(recalled(a, r) for a, r in zip(answers, probe.rows)) / len(probe.rows)
+
+
+def recall_curve(log_history: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(epoch, recall) pairs from the Trainer's log history, in order."""
+    return [(h["epoch"], h[RECALL_KEY]) for h in log_history if RECALL_KEY in h]
+
+
+def target_callback(probe: Probe, tokenizer: Any, sink: Any) -> Any:
+    """Asks the probe at every epoch boundary (in steps, so a plan that holds every epoch in
+    one pass is checked too) and stops the Trainer at the target. Every process asks, so
+    all stop together (FSDP needs every rank in a generate call anyway)."""
+    from transformers import TrainerCallback
+
+    class TargetCallback(TrainerCallback):
+        every = 1
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.every = max(1, math.ceil(state.max_steps / probe.epochs))
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if step % self.every and step != state.max_steps:
+                return
+            recall = probe_recall(model, tokenizer, probe)
+            epoch = round(step / self.every, 2)
+            state.log_history.append({"epoch": epoch, "step": step, RECALL_KEY: recall})
+            if sink is not None and state.is_world_process_zero:
+                sink({RECALL_KEY: recall, "target_epoch": epoch}, step)
+            if recall >= probe.target:
+                control.should_training_stop = True
+
+    return TargetCallback()
+
+
+def stop_reason(curve: list[tuple[float, float]], probe: Probe | None) -> str:
+    if probe is None:
+        return "fixed epochs"
+    if curve and curve[-1][1] >= probe.target:
+        return f"target recall {probe.target:.2f} reached"
+    return f"max_epochs={probe.epochs:g} reached below target recall {probe.target:.2f}"
