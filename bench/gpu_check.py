@@ -123,8 +123,9 @@ def cmd_seasons(ctx: Context) -> list[str]:
         "--preset", "gpu", "--months", months, "--model", str(ctx.model),
         "--workspace", str(ctx.path("seasons-ws")), "--no-mlflow",
         "--report", str(ctx.path("seasons.md")), "--json", str(ctx.path("seasons.json")),
-        *(["--review-n", "2", "--set", "train.epochs=1", "--set", "eval.max_questions=4",
-           "--set", "train.liger_kernel=false"] if ctx.rehearse else []),
+        *(["--review-n", "2", "--set", "train.epochs=1", "--set", "train.max_epochs=1",
+           "--set", "eval.max_questions=4", "--set", "train.liger_kernel=false"]
+          if ctx.rehearse else []),
     )  # fmt: skip
 
 

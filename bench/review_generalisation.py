@@ -36,6 +36,7 @@ DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct").resolve()
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder")
+    parser.add_argument("--config", default="demo", help="preset the cycles train with")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/freshtune-bench-review"))
     parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.rehearsal import build_rehearsal
     from tasks.stats import paired, paired_difference
 
-    cfg = load_config("demo", [f"base_model={args.model}", *args.set], args.workspace)
+    cfg = load_config(args.config, [f"base_model={args.model}", *args.set], args.workspace)
     cfg.paths.ensure()
     rehearsal = build_rehearsal.fn(cfg)
     rehearsal = rehearsal.rows() if rehearsal else []

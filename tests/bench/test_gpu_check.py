@@ -44,7 +44,7 @@ def test_the_rehearsal_runs_every_part_and_summarises_it(tiny_model: Path, tmp_p
     assert throughput["freshtune_tok_s"] > 0 and 0 < throughput["freshtune_share_of_peak"] < 1
     assert throughput["theoretical_peak_gflops"] > 0
     qlora = summary["qlora-cycle"]["figures"]
-    assert qlora["verdict"] in {"BLESSED", "NOT_BLESSED"} and qlora["version"] == "1"
+    assert qlora["verdict"] in {"BLESSED", "UNDECIDED", "NOT_BLESSED"} and qlora["version"] == "1"
     assert (out / "qlora-merged" / "model.safetensors").is_file()
     assert summary["seasons"]["figures"]["month"] == 1
 

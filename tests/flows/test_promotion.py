@@ -45,6 +45,7 @@ def test_two_racing_promotions_move_the_alias_once(tiny_config, demo_drops):
 
 
 def test_a_stale_candidate_is_reevaluated_before_it_moves_the_alias(tiny_config, demo_drops):
+    from tasks.gate import GateDecision
     from tasks.promote import promote_candidate
     from tasks.snapshot import list_snapshots
 
@@ -53,10 +54,13 @@ def test_a_stale_candidate_is_reevaluated_before_it_moves_the_alias(tiny_config,
     second = refresh(str(demo_drops[1]), tiny_config("gate.min_gain=2"))  # registered only
     assert registry.get_champion(cfg).version == first["version"]
     snapshot = list_snapshots(cfg)[-1]
+    before = GateDecision(True, [], "base")  # as the gate decided against no champion
     decision = promote_candidate.fn(
-        second["version"], second["adapter_dir"], snapshot, None, cfg, second["run_id"]
+        second["version"], second["adapter_dir"], snapshot, None, before, cfg, second["run_id"]
     )
-    assert decision.blessed and registry.get_champion(cfg).version == second["version"]
+    assert decision is not before  # decided again, against the champion it now replaces
+    assert decision.blessed and decision.reference == "champion"
+    assert registry.get_champion(cfg).version == second["version"]
     metrics = MlflowClient(registry.tracking_uri(cfg)).get_run(second["run_id"]).data.metrics
     assert any(key.startswith("reeval.current.candidate") for key in metrics)
 

@@ -13,6 +13,7 @@ from flows.refresh import refresh
 from freshtune.cli import app
 from freshtune.config import ConfigError
 from tasks import registry
+from tasks.ingest import prompt_of
 from tasks.snapshot import list_snapshots
 
 runner = CliRunner()
@@ -102,8 +103,13 @@ def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_co
     }
     assert registry.get_champion(cfg).version == record["version"]
     [review] = [s for s in list_snapshots(cfg) if s.meta().get("kind") == "review"]
-    [row] = review.rows()
-    assert row["split"] == "train" and row["messages"][-1]["content"].endswith("$99 per month.")
+    row, *wordings = review.rows()
+    assert row["id"] == f"review-{flagged}" and row["split"] == "train"
+    assert row["messages"][-1]["content"].endswith("$99 per month.")
+    # The correction again in the drop's other wordings of the question, none an eval question.
+    eval_prompts = {prompt_of(r) for r in list_snapshots(cfg)[0].rows() if r["split"] == "eval"}
+    assert wordings and all(r["messages"][-1] == row["messages"][-1] for r in wordings)
+    assert not {prompt_of(r) for r in wordings} & eval_prompts
     metrics = MlflowClient(registry.tracking_uri(cfg)).get_run(record["run_id"]).data.metrics
     assert metrics["review_flags_hallucination"] == 1 and metrics["review_flags_tone"] == 0
 
