@@ -4,9 +4,10 @@ Run: python bench/review_generalisation.py [--json out.json] [--set train.target
      (about 12 minutes on 2 CPU cores with SmolLM2-135M; scratch state under --workspace)
 
 Month 1 of the demo domain (domain rows only) trains a champion with the demo preset. A
-simulated expert reviewer reads its answers to month 1's evaluation questions and, for every
-fact it got wrong, flags one of the fact's two questions with the right answer. Month 2 then
-trains twice from that champion, on the same new rows, replay and rehearsal:
+simulated expert reviewer, who already knows next month's facts, reads its answers to month
+2's evaluation questions (changed prices, new products) and, for every fact it got wrong,
+flags one of the fact's two questions with the right answer. A review-only cycle then trains
+twice from that champion (the corrections as its new rows, month 1 replayed, rehearsal):
 
   flagged-only   the flagged questions with their corrections (what a flag taught before)
   generalised    the same, plus each correction in the drop's other wordings (tasks.generalise)
@@ -134,14 +135,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rehearsal = rehearsal.rows() if rehearsal else []
     m1, m2 = month_rows(1), month_rows(2)
     champion = train(cfg, [snap("month01", m1)], None, rehearsal)
-    evals = [r for r in m1 if r["split"] == "eval" and not r.get("slice")]
+    evals = [r for r in m2 if r["split"] == "eval" and not r.get("slice")]
     flags = flag_wrong(cfg, champion, evals)
     train_rows = [r for r in m1 + m2 if r["split"] == "train"]
     eval_prompts = {prompt_of(r) or "" for r in m1 + m2 if r["split"] == "eval"}
     out: dict[str, Any] = {"flags": len(flags), "arms": {}}
     for arm, generalise in (("flagged-only", False), ("generalised", True)):
         review = review_snapshot(flags, train_rows, eval_prompts, generalise)
-        snaps = [snap("month01", m1), review, snap("month02", m2)]
+        snaps = [snap("month01", m1), review]
         adapter = train(cfg, snaps, champion, rehearsal)
         out["arms"][arm] = {
             "review_rows": len(review.records),
@@ -156,7 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(out: dict[str, Any]) -> None:
     print(
-        f"\n{out['flags']} facts answered wrong by the month-1 champion, one question each flagged"
+        f"\n{out['flags']} of month 2's facts answered wrong by the month-1 champion, "
+        "one question each flagged"
     )
     print(f"{'arm':<14}{'review rows':>12}{'unflagged right':>17}{'flagged right':>15}")
     for arm, r in out["arms"].items():

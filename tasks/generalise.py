@@ -45,6 +45,8 @@ def wordings(correction: str, train_rows: list[dict[str, Any]]) -> list[str]:
     for row in train_rows:
         if (answer := response_of(row)) and (question := prompt_of(row)):
             groups[answer].add(question)
+    if correction in groups:  # the drop already teaches this answer: its own wordings
+        return sorted(groups[correction])
     best: tuple[float, list[str]] = (0.0, [])
     for answer, questions in groups.items():
         if len(questions) < 2:

@@ -36,3 +36,14 @@ def test_on_the_demo_drop_no_wording_is_an_eval_question():
     assert all(prompt_of(r) not in eval_prompts for r in rows)
     assert all(r["messages"][-1]["content"] == correction for r in rows)
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_a_correction_the_drop_already_teaches_gets_that_facts_own_wordings():
+    rows = [
+        chat_row(f"h-{i}", q, "The Horizon plan costs $52 per month.")
+        for i, q in enumerate(
+            ("How much does the Horizon plan cost?", "Price of the Horizon plan?")
+        )
+    ]
+    got = wordings("The Horizon plan costs $52 per month.", rows)
+    assert got == ["How much does the Horizon plan cost?", "Price of the Horizon plan?"]
