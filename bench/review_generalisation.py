@@ -23,13 +23,13 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+from bench.seasons import Snap  # an in-memory snapshot, as build_mix reads one
 
 DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct").resolve()
 
@@ -42,21 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="config override, as the CLI")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     return parser.parse_args(argv)
-
-
-@dataclass(frozen=True)
-class Snap:
-    """Quacks like tasks.snapshot.Snapshot for build_mix, without a workspace on disk."""
-
-    digest: str
-    records: list[dict[str, Any]]
-    kind: str = "data"
-
-    def rows(self) -> list[dict[str, Any]]:
-        return self.records
-
-    def meta(self) -> dict[str, Any]:
-        return {"kind": self.kind}
 
 
 def month_rows(month: int) -> list[dict[str, Any]]:
