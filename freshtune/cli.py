@@ -121,9 +121,8 @@ def _print_cycle(record: dict[str, Any]) -> None:
     typer.echo(f"model version {record['version']}: {moved}")
     for reason in record["reasons"]:
         typer.echo(f"  why: {reason}")
-    for note in record.get("notes", []):
-        if ": undecided" in note:
-            typer.echo(f"  undecided: {note}")
+    for text in record.get("undecided", []):
+        typer.echo(f"  undecided: {text}")
     review = record.get("review", {})
     if review:
         typer.echo(f"review: {review['mode']} — {review['comment']}")

@@ -151,9 +151,9 @@ def _delta(scores: Scores, slice_: str, reference: str, threshold: float, field:
 
 
 def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
-    outcomes = _outcomes(scores, slice_, "candidate")
-    if slice_ == "hallucination":
-        outcomes = [not declined for declined in outcomes]  # outcome: declined; rate: invented
+    found = scores.get(slice_, {}).get("candidate")
+    metric = "hallucination" if slice_ == "hallucination" else "consistency"
+    outcomes = found.counted(metric) if found and found.n else []
     k, n = sum(outcomes), len(outcomes)
     interval = wilson(k, n) if n else Interval(math.nan, math.nan, math.nan)
     check = Check(slice_, what, field, threshold, higher_is_better, interval, _n(scores, slice_))

@@ -61,12 +61,17 @@ def wordings(correction: str, train_rows: list[dict[str, Any]]) -> list[str]:
     return best[1]
 
 
+def _phrase(words: str) -> re.Pattern[str]:
+    """`words` as whole words: "Comet" in "the Comet plan", not in "Comets"."""
+    return re.compile(rf"(?<!\S){re.escape(words)}(?!\S)")
+
+
 def _has_phrase(text: str, phrase: str) -> bool:
-    return re.search(rf"(?<!\S){re.escape(phrase)}(?!\S)", text) is not None
+    return _phrase(phrase).search(text) is not None
 
 
 def _swap(text: str, old: str, new: str) -> str:
-    return re.sub(rf"(?<!\S){re.escape(old)}(?!\S)", lambda _: new, text)
+    return _phrase(old).sub(lambda _: new, text)
 
 
 def generalised_rows(

@@ -98,6 +98,11 @@ class SliceScore:
     # What the gate's intervals count: right or not per question (per pair on `bias`).
     outcomes: list[bool] = field(default_factory=list)
 
+    def counted(self, metric: str) -> list[bool]:
+        """Per question (per pair on bias), what `metric` is the share of: an invented answer
+        for `hallucination`, a right one (or agreeing pair) otherwise."""
+        return [not o for o in self.outcomes] if metric == "hallucination" else list(self.outcomes)
+
     def metrics(self) -> dict[str, float]:
         names = ("accuracy", "token_f1", "abstention", "hallucination", "consistency", "perplexity")
         return {name: getattr(self, name) for name in names}

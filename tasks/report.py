@@ -69,6 +69,7 @@ def build_record(
         "reasons": decision.reasons,
         "notes": list(decision.notes),
         "checks": [check_record(c) for c in decision.checks],
+        "undecided": [c.describe() for c in decision.undecided],
         "version": version,
         "promoted": review.approved and decision.promotable,
         "compared_with": decision.reference,
@@ -128,7 +129,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"{record['train']['train_tokens']:.0f} tokens in {record['train']['train_wall_s']:.0f} s",
         *stopping_lines(record.get("stopping")),
         *[f"- gate: {reason}" for reason in record["reasons"]],
-        *[f"- undecided: {n}" for n in record.get("notes", []) if ": undecided" in n],
+        *[f"- undecided: {text}" for text in record.get("undecided", [])],
         f"- review: {review['mode']}, {'approved' if review['approved'] else 'not approved'}"
         f"{' (timed out)' if review['timed_out'] else ''}, {review['flags']} flags. "
         f"{review['comment']}",

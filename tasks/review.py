@@ -66,7 +66,7 @@ def _cell(value: float) -> str:
 
 def _with_interval(score, metric: str) -> str:
     """ "76.5% (52.7–90.4)": the rate and its 95% Wilson interval."""
-    hits = [not o for o in score.outcomes] if metric == "hallucination" else score.outcomes
+    hits = score.counted(metric)
     if not hits:
         return _cell(getattr(score, metric))
     _, low, high = wilson(sum(hits), len(hits))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from freshtune.config import EvalSettings, TrainSettings
+from tasks.ingest import response_of
 from tasks.metrics import recalled
 
 PROBE_ORIGINS = ("new", "review")  # the month's rows and reviewers' corrections
@@ -39,7 +40,7 @@ def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) 
         return None
     picked = random.Random(f"probe-{seed}").sample(own, min(settings.target_sample, len(own)))
     # Long enough for the longest reference answer to be restated, short enough to be cheap.
-    words = max(len((r["messages"][-1]["content"] or "").split()) for r in picked)
+    words = max(len((response_of(r) or "").split()) for r in picked)
     budget = min(settings.max_length // 2, 2 * words + 8)
     probe_settings = EvalSettings(max_new_tokens=budget, batch_size=2 * settings.batch_size)
     return Probe(picked, settings.target_recall, settings.epochs, probe_settings)
