@@ -272,7 +272,10 @@ def print_month(entry: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    from bench.checkpoints import require_checkpoint
+
     arguments = parse_args()
+    require_checkpoint(arguments.model)
     result = main(arguments)
     if arguments.json:
         arguments.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

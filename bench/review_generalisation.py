@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+from bench.checkpoints import require_checkpoint
 from bench.seasons import Snap  # an in-memory snapshot, as build_mix reads one
 
 DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct").resolve()
@@ -162,8 +163,7 @@ def print_table(out: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if not Path(args.model).is_dir():
-        sys.exit(f"{args.model}: no checkpoint; run `freshtune models fetch smollm2` first")
+    require_checkpoint(args.model)
     shutil.rmtree(args.workspace / "adapters", ignore_errors=True)
     out = run(args)
     print_table(out)

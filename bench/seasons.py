@@ -719,6 +719,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["claims"] = claims(result["months"], argparse.Namespace(**result["config"]))
         write(result)
         return result
+    from bench.checkpoints import require_checkpoint
+
+    require_checkpoint(args.model)
     result = run(args, on_month=lambda partial: write({**partial, "elapsed_s": 0}))
     images = write(result)
     print(f"\nreport: {args.report}")

@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+from bench.checkpoints import require_checkpoint
 
 DEFAULT_MODEL = Path(".freshtune/models/smollm2-135m-instruct")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -227,12 +228,7 @@ def _sync(device: str) -> None:
 def resolve_model(args: argparse.Namespace) -> str:
     """A checkpoint folder; `random:SPEC` builds one from a config (bench/random_models.py)."""
     if not args.model.startswith("random:"):
-        if not Path(args.model, "config.json").is_file():
-            sys.exit(
-                f"no checkpoint at {args.model}: run `freshtune models fetch smollm2` once "
-                "(or pass --model PATH, or --model random:llama-1b)"
-            )
-        return args.model
+        return require_checkpoint(args.model, "or pass --model PATH, or --model random:llama-1b")
     from bench.random_models import build_random_model
 
     tokenizer = args.tokenizer or str(DEFAULT_MODEL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow
@@ -28,7 +29,20 @@ from tasks.train import train_candidate
 from tasks.validate import validate_drop
 
 
-@flow(name="refresh", on_failure=[fail_cycle_run], on_crashed=[fail_cycle_run])
+def run_name() -> str:
+    """`<drop file> (<year-month>)`: a month's cycle is found by name in the Prefect UI."""
+    from prefect.runtime import flow_run
+
+    drop = str(flow_run.parameters.get("drop", "drop")).rstrip("/")
+    return f"{drop.rsplit('/', 1)[-1]} ({time.strftime('%Y-%m', time.gmtime())})"
+
+
+@flow(
+    name="refresh",
+    flow_run_name=run_name,
+    on_failure=[fail_cycle_run],
+    on_crashed=[fail_cycle_run],
+)
 def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     """Validate and curate a drop, LoRA-retrain from the champion with replay, evaluate
     candidate vs champion vs base, ask a reviewer, then move `champion` if all agree."""

@@ -193,6 +193,35 @@ def status(
         )
 
 
+@app.command()
+def history(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    plot: Annotated[Path | None, typer.Option(help="also draw the trend to this PNG")] = None,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """The months at a glance: every cycle's accuracy on new and earlier facts, general,
+    hallucination, training time, verdict and review."""
+    from tasks.history import as_dicts, history_rows, plot_history, table_lines
+    from tasks.report import load_cycles
+
+    cfg = _config(config, set_, workspace)
+    rows = history_rows(load_cycles(cfg))
+    if plot is not None and rows:
+        plot_history(rows, plot)
+    if as_json:
+        typer.echo(json.dumps(as_dicts(rows), indent=2))
+        return
+    if not rows:
+        typer.echo(f"no cycles yet in {cfg.paths.root}")
+        return
+    for line in table_lines(rows):
+        typer.echo(line)
+    if plot is not None:
+        typer.echo(f"\nplot: {plot}")
+
+
 @app.command("demo-data")
 def demo_data(
     month: Annotated[int, typer.Option(min=1, help="month number, 1-based")],

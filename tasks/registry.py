@@ -75,6 +75,19 @@ def open_run(cfg: FreshtuneConfig, digest: str, tags: dict[str, str]) -> str:
     return run.info.run_id
 
 
+def named_run(cfg: FreshtuneConfig, name: str) -> str:
+    """The one run of the experiment tagged `freshtune.kind=<name>`, made on first use: a place
+    for metrics that span cycles (MLflow charts a run's metrics over their steps)."""
+    mlc = client(cfg)
+    found = mlc.search_runs(
+        [experiment_id(cfg)], f"tags.`freshtune.kind` = '{name}'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    run = mlc.create_run(experiment_id(cfg), run_name=name, tags={"freshtune.kind": name})
+    return run.info.run_id
+
+
 def log_params(cfg: FreshtuneConfig, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 

@@ -78,6 +78,7 @@ def build_record(
             "mode": review.mode,
             "approved": review.approved,
             "comment": review.comment,
+            "reviewer": review.reviewer,
             "flags": len(review.flags),
             "timed_out": review.timed_out,
         },
@@ -194,6 +195,26 @@ def stage_lines(stages: dict[str, float]) -> list[str]:
     ]
 
 
+def publish_history(record: dict[str, Any], cfg: FreshtuneConfig) -> None:
+    """Every cycle so far, this one included, as the Prefect UI's history table; this cycle's
+    row as metrics of MLflow's `history` run at its cycle number, so MLflow draws the trend."""
+    from prefect.artifacts import create_table_artifact
+
+    from tasks import history, registry
+
+    by_digest = {r["digest"]: r for r in [*load_cycles(cfg), record]}
+    rows = history.history_rows(list(by_digest.values()))
+    create_table_artifact(
+        history.as_dicts(rows),
+        key=history.ARTIFACT_KEY,
+        description="every refresh cycle: accuracy by slice, training time, verdict, review",
+    )
+    latest = next(r for r in rows if r.version == str(record["version"]))
+    run_id = registry.named_run(cfg, history.HISTORY_RUN)
+    registry.log_metrics(cfg, run_id, latest.metrics(), step=latest.cycle)
+    registry.close_run(cfg, run_id)  # finished between cycles; metrics still land on it
+
+
 @task(name="publish-cycle", cache_policy=NO_CACHE)
 def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any]:
     """Write the cycle record (last: its presence marks the drop as done) and show it."""
@@ -208,6 +229,7 @@ def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any
     markdown = render_markdown(record)
     create_markdown_artifact(markdown, key="refresh-cycle", description="refresh cycle summary")
     registry.log_text(cfg, record["run_id"], markdown, "cycle.md")
+    publish_history(record, cfg)
     registry.close_run(cfg, record["run_id"])
     path = cycle_path(cfg, record["digest"])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,8 @@ def test_status_before_any_cycle(tmp_path: Path):
     result = runner.invoke(app, ["status", "--json", "-w", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"champion": None, "cycles": []}
+    empty = runner.invoke(app, ["history", "-w", str(tmp_path)])
+    assert empty.exit_code == 0 and "no cycles yet" in empty.output
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -63,6 +65,16 @@ def test_refresh_then_status_show_the_champion(tiny_model, demo_drops, tmp_path,
     assert data["champion"]["tags"]["drop_digest"] == data["cycles"][0]["digest"]
     text = runner.invoke(app, ["status", *args]).output
     assert "champion: version 1" in text and "month-01.jsonl" in text
+
+    plot = tmp_path / "history.png"
+    history = runner.invoke(app, ["history", "--json", "--plot", str(plot), *args])
+    assert history.exit_code == 0, history.output
+    (row,) = json.loads(history.stdout)
+    assert row["version"] == "1" and row["drop"] == "month-01.jsonl" and row["promoted"]
+    assert row["current"] == data["cycles"][0]["scores"]["current"]["candidate"]["accuracy"]
+    assert plot.stat().st_size > 5000
+    table = runner.invoke(app, ["history", *args]).output
+    assert "month-01.jsonl" in table and "BLESSED" in table
 
 
 def test_deploy_and_watch_need_a_server(tmp_path: Path, monkeypatch):

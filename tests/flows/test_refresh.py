@@ -58,6 +58,32 @@ def test_two_drops_promote_then_warm_start_from_the_champion(tiny_config, demo_d
     n = {name: by_model["champion"]["n"] for name, by_model in second["scores"].items()}
     assert n["current"] <= len(added) <= sum(n.values()) - n["earlier"] - n["general"]
     assert {"validate-drop", "train-candidate", "evaluate-models"} <= set(second["stages"])
+    _assert_history(cfg, [first, second])
+    _assert_run_named_after(cfg, second["run_id"], "month-02.jsonl")
+
+
+def _assert_run_named_after(cfg, mlflow_run_id: str, drop: str) -> None:
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    tags = MlflowClient(registry.tracking_uri(cfg)).get_run(mlflow_run_id).data.tags
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(tags["freshtune.flow_run_id"])
+    assert run.name == f"{drop} ({time.strftime('%Y-%m', time.gmtime())})"
+
+
+def _assert_history(cfg, records) -> None:
+    """The months at a glance: MLflow's history run stepped by cycle, the Prefect table."""
+    from prefect.artifacts import Artifact
+
+    mlc = MlflowClient(registry.tracking_uri(cfg))
+    trend = mlc.get_metric_history(registry.named_run(cfg, "history"), "history.current")
+    want = [r["scores"]["current"]["candidate"]["accuracy"] for r in records]
+    assert [(m.step, m.value) for m in trend] == list(enumerate(want, 1))
+    table = Artifact.get("freshtune-history")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [str(r["version"]) for r in rows] == [r["version"] for r in records]
 
 
 def _cached_answers(cfg, adapter: Path | None) -> set[str]:
