@@ -26,6 +26,21 @@ models_app = typer.Typer(
     help="Base models: fetch and convert known checkpoints.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+VERBOSE = {"on": False}
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="show every log line, warning and library progress bar"
+        ),
+    ] = False,
+) -> None:
+    """Keep a fine-tuned LLM fresh: validate, curate, retrain, evaluate, promote."""
+    VERBOSE["on"] = verbose
+
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="preset name or YAML path")]
 SetOpt = Annotated[
@@ -71,20 +86,26 @@ def refresh(
 ) -> None:
     """Run the refresh flow now on each drop: gate, curate, retrain, evaluate, promote."""
     cfg = _config(config, set_, workspace)
-    records = []
     for drop in drops:
-        record = _run_cycle(drop, cfg)
-        records.append(record)
-        _print_cycle(record)
+        _print_cycle(_run_cycle(drop, cfg))
     _print_where(cfg)
+
+
+def _log_file(cfg: FreshtuneConfig) -> Path:
+    return cfg.paths.root / "logs" / "freshtune.log"
 
 
 def _run_cycle(drop: Path, cfg: FreshtuneConfig) -> dict[str, Any]:
     from flows.refresh import refresh as refresh_flow
+    from freshtune.console import terminal
     from freshtune.errors import DropRejected
 
+    log_file = _log_file(cfg)
+    if not VERBOSE["on"]:
+        typer.echo(f"\n{drop.name}: one line per stage (every line: {log_file}, or -v)")
     try:
-        return refresh_flow(str(drop), cfg)
+        with terminal(log_file, VERBOSE["on"]):
+            return refresh_flow(str(drop), cfg)
     except DropRejected as exc:
         typer.secho(f"REJECTED {exc}", fg="red", err=True)
         typer.echo(f"quarantined under {cfg.paths.quarantine}; the champion did not move", err=True)
@@ -140,9 +161,10 @@ def _print_cycle(record: dict[str, Any]) -> None:
         )
     if stages := record.get("stages"):
         total = sum(stages.values()) or 1.0
+        big = {k: v for k, v in stages.items() if v >= 0.05 * total}  # the rest: cycle.md
         typer.echo(
             "time by stage: "
-            + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in stages.items())
+            + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in big.items())
         )
 
 
@@ -266,12 +288,14 @@ def demo(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """The whole loop on the demo domain: fetch SmolLM2, write drops, refresh month by month."""
+    from freshtune.console import terminal
     from freshtune.demo_domain import write_drop
     from tasks.models import fetch_known_model
 
     cfg = _config(config, set_, workspace)
     if cfg.base_model == "smollm2":
-        fetch_known_model("smollm2", cfg.paths.models)
+        with terminal(_log_file(cfg), VERBOSE["on"]):
+            fetch_known_model("smollm2", cfg.paths.models)
     start = time.perf_counter()
     drops = [
         write_drop(m, cfg.paths.root / "demo" / f"month-{m:02d}.jsonl", seed=cfg.seed)

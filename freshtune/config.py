@@ -91,7 +91,7 @@ class TrainSettings(_Strict):
         "epochs (new rows and corrections get every epoch); None: replay every epoch too",
     )
     rehearsal_ratio: float = Field(
-        0.5,
+        1.0,
         ge=0,
         description="rows of the base model's own answers to everyday prompts per domain row "
         "trained (new, replayed, corrections), so an adapter keeps what the base could do "
@@ -101,10 +101,12 @@ class TrainSettings(_Strict):
         None, description="everyday prompts ({id, prompt} JSONL); None: the shipped set"
     )
     rehearsal_max_tokens: int = Field(
-        64,
+        32,
         ge=8,
-        description="longest base answer a rehearsal row keeps (longer ones are left out: a cut "
-        "answer would teach stopping mid-sentence); below train.max_length",
+        description="tokens of each base answer generated for rehearsal; an answer still going "
+        "at the limit is kept up to its last whole word and trained without an end of turn "
+        "(an open answer: the adapter learns how the base begins, not to stop there); below "
+        "train.max_length",
     )
     base_kl: float = Field(
         0.0,

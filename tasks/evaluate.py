@@ -34,9 +34,15 @@ Scores = dict[str, dict[str, SliceScore]]
 
 
 def generate_answers(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSettings
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    settings: EvalSettings,
+    bar: Any = None,
+    desc: str = "generating",
 ) -> list[str]:
-    """Greedy, batched, deterministic answers to each row's conversation minus its answer."""
+    """Greedy, batched, deterministic answers to each row's conversation minus its answer.
+    Progress goes to `bar` (a tqdm shared by several calls) or a bar of its own."""
     import torch
     from tqdm.auto import tqdm
 
@@ -49,7 +55,10 @@ def generate_answers(
     ]
     answers: list[str] = []
     batches = range(0, len(prompts), settings.batch_size)
-    for start in tqdm(batches, desc="generating", unit="batch", leave=False):
+    own = (
+        None if bar is not None else tqdm(total=len(batches), desc=desc, unit="batch", leave=False)
+    )
+    for start in batches:
         batch = tokenizer(
             prompts[start : start + settings.batch_size],
             return_tensors="pt",
@@ -65,6 +74,9 @@ def generate_answers(
             )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        (own if bar is None else bar).update(1)
+    if own is not None:
+        own.close()
     return [a.strip() for a in answers]
 
 
@@ -172,6 +184,9 @@ def _answers(base_model, models, digests, slices, settings, cache) -> dict[str, 
 
 
 def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Generated]]:
+    """Every missing answer, under one progress bar for the whole evaluation."""
+    from tqdm.auto import tqdm
+
     from tasks.models import load_inference_model, load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
@@ -179,16 +194,18 @@ def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Gene
     model = _with_adapters(load_inference_model(base_model), wanted)
     model.eval()
     out = {}
-    for name, rows in missing.items():
-        if not rows:
-            continue
-        with _as_model(model, name):
-            answers = generate_answers(model, tokenizer, rows, settings)
-            nll = reference_nll(model, tokenizer, rows, settings)
-        out[name] = {
-            question_digest(r, settings): Generated(a, n, t)
-            for r, a, (n, t) in zip(rows, answers, nll)
-        }
+    batches = sum(-(-len(rows) // settings.batch_size) for rows in missing.values())
+    with tqdm(total=batches, desc="evaluating", unit="batch", disable=False) as bar:
+        for name, rows in missing.items():
+            if not rows:
+                continue
+            with _as_model(model, name):
+                answers = generate_answers(model, tokenizer, rows, settings, bar)
+                nll = reference_nll(model, tokenizer, rows, settings)
+            out[name] = {
+                question_digest(r, settings): Generated(a, n, t)
+                for r, a, (n, t) in zip(rows, answers, nll)
+            }
     return out
 
 

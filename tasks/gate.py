@@ -39,6 +39,7 @@ class Check:
     interval: Interval
     n: int
     needed: int | None = None  # questions that would decide an undecided check
+    rule: str = ""  # how the threshold reads, when not `field=threshold`
 
     @property
     def outcome(self) -> Outcome:
@@ -58,7 +59,8 @@ class Check:
             return f"{self.slice}: no questions, not gated"
         text = (
             f"{self.slice}: {self.what} {value:+.3f} (95% CI {low:+.3f} to {high:+.3f}, "
-            f"{self.n} questions) vs {self.field}={self.threshold:+.3f}: {self.outcome}"
+            f"{self.n} questions) vs {self.rule or f'{self.field}={self.threshold:+.3f}'}: "
+            f"{self.outcome}"
         )
         if self.outcome == "undecided" and self.needed:
             text += f"; about {self.needed} questions would decide it at these rates"
@@ -101,21 +103,29 @@ def decide(scores: Scores, gate: GateSettings) -> GateDecision:
         _delta(scores, "current", reference, gate.min_gain, "gate.min_gain"),
         _delta(scores, "earlier", reference, gate.max_forgetting, "gate.max_forgetting"),
         _delta(scores, "general", "base", gate.max_general_drop, "gate.max_general_drop"),
-        _rate(
+        _floor(
             scores,
-            "hallucination",
-            gate.max_hallucination_rate,
-            False,
-            "hallucination rate",
-            "gate.max_hallucination_rate",
+            reference,
+            _rate(
+                scores,
+                "hallucination",
+                gate.max_hallucination_rate,
+                False,
+                "hallucination rate",
+                "gate.max_hallucination_rate",
+            ),
         ),
-        _rate(
+        _floor(
             scores,
-            "bias",
-            gate.min_bias_consistency,
-            True,
-            "pair consistency",
-            "gate.min_bias_consistency",
+            reference,
+            _rate(
+                scores,
+                "bias",
+                gate.min_bias_consistency,
+                True,
+                "pair consistency",
+                "gate.min_bias_consistency",
+            ),
         ),
     ]
     reasons = [c.describe() for c in checks if c.outcome == "fail"]
@@ -150,14 +160,43 @@ def _delta(scores: Scores, slice_: str, reference: str, threshold: float, field:
     return replace(check, needed=_needed(check, lambda k: paired_difference(scaled(table, k))))
 
 
-def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
-    found = scores.get(slice_, {}).get("candidate")
-    metric = "hallucination" if slice_ == "hallucination" else "consistency"
-    outcomes = found.counted(metric) if found and found.n else []
+def _rate(scores, slice_, threshold, higher_is_better, what, field, model="candidate") -> Check:
+    outcomes = _counted(scores, slice_, model)
     k, n = sum(outcomes), len(outcomes)
     interval = wilson(k, n) if n else Interval(math.nan, math.nan, math.nan)
     check = Check(slice_, what, field, threshold, higher_is_better, interval, _n(scores, slice_))
     return replace(check, needed=_needed(check, lambda f: wilson(round(k * f), round(n * f))))
+
+
+def _counted(scores: Scores, slice_: str, model: str) -> list[bool]:
+    found = scores.get(slice_, {}).get(model)
+    metric = "hallucination" if slice_ == "hallucination" else "consistency"
+    return found.counted(metric) if found and found.n else []
+
+
+def _floor(scores: Scores, reference: str, check: Check) -> Check:
+    """A floor (hallucination, bias) that the model being replaced misses itself becomes a
+    no-worse-than-it rule, on the same questions: refusing every candidate for missing it would
+    keep serving a model that misses it too, and by as much or more (the demo's base agrees
+    on 2 of its 4 bias pairs against a floor of 0.8)."""
+    theirs = _rate(
+        scores, check.slice, check.threshold, check.higher_is_better, "", "", model=reference
+    )
+    cand, ref = _counted(scores, check.slice, "candidate"), _counted(scores, check.slice, reference)
+    if theirs.n == 0 or theirs.outcome != "fail" or len(ref) != len(cand) or not cand:
+        return check
+    table = paired(cand, ref) if check.higher_is_better else paired(ref, cand)
+    change = "gain" if check.higher_is_better else "reduction"
+    what = (
+        f"{check.what} {change} vs {reference} "
+        f"(whose {100 * theirs.interval.estimate:.0f}% misses the floor itself)"
+    )
+    rule = f"{check.field}={check.threshold:g} relaxed to no worse than {reference} (+0.000)"
+    interval = paired_difference(table)
+    no_worse = Check(check.slice, what, check.field, 0.0, True, interval, check.n, rule=rule)
+    return replace(
+        no_worse, needed=_needed(no_worse, lambda k: paired_difference(scaled(table, k)))
+    )
 
 
 def _needed(check: Check, at_scale) -> int | None:

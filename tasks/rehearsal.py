@@ -5,10 +5,11 @@ on SmolLM2 a first cycle on such a drop lost 70 points of general accuracy. Rows
 the base model's own (greedy) answers to a shipped set of everyday prompts anchor the adapter
 to what the base already did outside the domain: self-distillation, needing nothing from the
 drop. The set is generated once per base model, prompt file and answer budget, and kept in
-the workspace. Only answers the base ended within `eval.max_new_tokens` are kept: a cut answer
-would teach the adapter to stop mid-sentence, and a long one to ramble past the length at
-which every answer is read (three domain cycles rehearsing answers of up to 64 tokens cut
-"...was written b" at 20 and lost 4 of 10 general questions).
+the workspace. An answer the base ended within `train.rehearsal_max_tokens` is trained whole;
+one it was still writing is kept up to its last whole word as an *open* answer, trained
+without the end of its turn: the adapter learns how the base begins it, never to stop there
+(dropping such answers kept 27 of 64 prompts; a cut answer trained as finished taught the
+model to stop mid-sentence).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class RehearsalSet:
 
 
 def rehearsal_key(base_model: str, prompts: Path, max_new_tokens: int) -> str:
-    blob = json.dumps([base_model, file_digest(prompts), max_new_tokens])
+    blob = json.dumps([base_model, file_digest(prompts), max_new_tokens, "open-answers"])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -69,36 +70,47 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
 
 def base_answers(
     base_model: str, prompts: list[dict[str, Any]], settings: EvalSettings
-) -> list[tuple[dict[str, Any], str]]:
-    """(prompt, answer) for every prompt the base answered right within the answer budget,
+) -> list[tuple[dict[str, Any], str, bool]]:
+    """(prompt, answer, open) for every prompt the base answered right (`keep_usable`),
     generated exactly as evaluation generates (the same `eval` settings)."""
+    from tqdm.auto import tqdm
+
     from tasks.evaluate import generate_answers
     from tasks.models import load_inference_model, load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
     rows = [{"messages": _chat(p["prompt"], "")} for p in prompts]
-    answers = generate_answers(load_inference_model(base_model).eval(), tokenizer, rows, settings)
+    model = load_inference_model(base_model).eval()
+    batches = -(-len(rows) // settings.batch_size)
+    with tqdm(total=batches, desc="rehearsal set", unit="batch", disable=False) as bar:
+        answers = generate_answers(model, tokenizer, rows, settings, bar)
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-    return keep_complete(prompts, answers, lengths, settings.max_new_tokens)
+    return keep_usable(prompts, answers, lengths, settings.max_new_tokens)
 
 
-def keep_complete(
+def keep_usable(
     prompts: list[dict[str, Any]], answers: list[str], lengths: list[int], limit: int
-) -> list[tuple[dict[str, Any], str]]:
-    """Answers the model ended itself (not empty, shorter than the generation limit: the last
-    token or two of a cut answer may merge when decoded and encoded again) and, where the
-    prompt names key facts, that state them: rehearsing a base's wrong answer trains the
-    error (a demo cycle that rehearsed "A bicycle has 5 wheels." answered "There are 5 days
-    in a week.")."""
+) -> list[tuple[dict[str, Any], str, bool]]:
+    """(prompt, answer, open) for the answers worth rehearsing. One the model ended itself
+    (shorter than the limit: the last token or two of a cut answer may merge when decoded and
+    encoded again) is kept whole; a cut one up to its last whole word, marked open. Where the
+    prompt names key facts the kept text must state them: rehearsing a base's wrong answer
+    trains the error (a demo cycle that rehearsed "A bicycle has 5 wheels." answered "There
+    are 5 days in a week.")."""
     from tasks.metrics import is_correct
 
-    return [
-        (prompt, answer)
-        for prompt, answer, length in zip(prompts, answers, lengths)
-        if answer
-        and length < limit - 1
-        and (not prompt.get("facts") or is_correct(answer, "", prompt["facts"]))
-    ]
+    kept = []
+    for prompt, answer, length in zip(prompts, answers, lengths):
+        cut = length >= limit - 1
+        text = answer.rsplit(None, 1)[0] if cut and " " in answer.strip() else answer
+        facts = prompt.get("facts")
+        if (
+            text.strip()
+            and (not cut or text != answer)
+            and (not facts or is_correct(text, "", facts))
+        ):
+            kept.append((prompt, text, cut))
+    return kept
 
 
 def write_rehearsal(
@@ -109,13 +121,14 @@ def write_rehearsal(
         prompts = read_prompts(prompts_file)
         kept = base_answers(base_model, prompts, settings)
         log.info(
-            "rehearsal: kept %d of %d base answers (the rest ran past %d tokens)",
+            "rehearsal: kept %d of %d base answers (%d open, cut at %d tokens)",
             len(kept),
             len(prompts),
+            sum(open_ for _, _, open_ in kept),
             settings.max_new_tokens,
         )
         drop = f"rehearsal-{out.stem}"  # in every row id: another set is another mix
-        lines = [json.dumps(_row(p, a, drop), ensure_ascii=False) for p, a in kept]
+        lines = [json.dumps(_row(p, a, o, drop), ensure_ascii=False) for p, a, o in kept]
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -127,8 +140,9 @@ def _chat(prompt: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
-def _row(prompt: dict[str, Any], answer: str, drop: str) -> dict[str, Any]:
-    return {"id": prompt["id"], "messages": _chat(prompt["prompt"], answer), "drop": drop}
+def _row(prompt: dict[str, Any], answer: str, open_: bool, drop: str) -> dict[str, Any]:
+    row = {"id": prompt["id"], "messages": _chat(prompt["prompt"], answer), "drop": drop}
+    return {**row, "open": True} if open_ else row
 
 
 @task(name="build-rehearsal-set", cache_policy=NO_CACHE)

@@ -25,6 +25,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import console
 from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
 from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
@@ -148,11 +149,15 @@ def _drop_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> None:
             dumped.pop(name, None)
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict:
+def encode_chat(
+    tokenizer: Any, messages: list[dict[str, str]], max_length: int, open_end: bool = False
+) -> dict:
     """Token ids and labels that train only on assistant turns.
 
     Each piece is tokenised on its own, exactly as generation will see the prompt, so the
-    boundary between prompt and answer never merges into one token.
+    boundary between prompt and answer never merges into one token. `open_end`: the last
+    answer is the start of a longer one, trained without the end of its turn (so the model
+    does not learn to stop there).
     """
     ids: list[int] = []
     labels: list[int] = []
@@ -163,6 +168,8 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int)
             _append(tokenizer, prefix[len(done) :], ids, labels, train=False)
             done = prefix
         text = _template(tokenizer, messages[: i + 1])
+        if open_end and i == len(messages) - 1 and message["role"] == "assistant":
+            text = done + message["content"]
         if not text.startswith(done):
             raise ValueError("the chat template is not prefix-consistent; cannot mask prompts")
         _append(tokenizer, text[len(done) :], ids, labels, train=message["role"] == "assistant")
@@ -205,7 +212,10 @@ def collate(pad_id: int) -> Callable[[list[dict]], dict]:
 def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int):
     from datasets import Dataset
 
-    encoded = [encode_chat(tokenizer, row["messages"], max_length) for row in rows]
+    encoded = [
+        encode_chat(tokenizer, row["messages"], max_length, open_end=bool(row.get("open")))
+        for row in rows
+    ]
     encoded = [e for e in encoded if any(label != IGNORE for label in e["labels"])]
     return Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in encoded])
 
@@ -457,6 +467,12 @@ def fit_adapter(
         data_collator=collator,
         callbacks=callbacks,
     )
+    if console.quiet():  # one bar with tokens/s instead of the bar and its per-step dicts
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_token_bar())
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(staging))
     (staging / "training_args.bin").unlink(missing_ok=True)
@@ -584,7 +600,7 @@ def training_args(
         include_num_input_tokens_seen="all" if flat else "non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=console.quiet(),  # quiet: our own bar (_token_bar)
         activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         torch_compile=settings.compile,
@@ -639,6 +655,34 @@ class Accounting:
             out["gpu_hours"] = wall * processes / 3600
             out["cost"] = out["gpu_hours"] * self.settings.gpu_hour_price
         return out
+
+
+def _token_bar() -> Any:
+    """The training bar of a quiet terminal: steps, tokens/s and time left."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class TokenBar(TrainerCallback):
+        bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, desc="training", unit="step", disable=False)
+                self.bar.update(state.global_step)
+                self.started = (time.perf_counter(), state.num_input_tokens_seen)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                seconds = time.perf_counter() - self.started[0]
+                tokens = state.num_input_tokens_seen - self.started[1]
+                self.bar.set_postfix_str(f"{tokens / max(seconds, 1e-9):.0f} tok/s", refresh=False)
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return TokenBar()
 
 
 def _metrics_callback(accounting: Accounting, sink: Sink | None) -> Any:

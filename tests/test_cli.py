@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,35 @@ def test_drop_refuses_a_bad_file_and_lands_nothing(tiny_model, tmp_path, monkeyp
     assert "not landed" in result.output
     landing = tmp_path / "ws" / "landing"
     assert not [p for p in landing.iterdir() if p.is_file()]
+
+
+def test_the_terminal_shows_one_line_per_stage_and_the_log_file_the_rest(
+    tiny_model, demo_drops, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    ws = tmp_path / "ws"
+    freshtune = [sys.executable, "-m", "freshtune.cli"]
+    args = [str(demo_drops[0]), "--config", "tiny", "--set", f"base_model={tiny_model}"]
+    quiet = subprocess.run(
+        [*freshtune, "refresh", *args, "-w", str(ws)], env=env, capture_output=True, text=True
+    )
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    for stage in ("validate-drop", "curate-drop", "train-candidate", "evaluate-models"):
+        assert re.search(rf"^  {stage} +\d+ s ", quiet.stdout, re.MULTILINE), stage
+    assert "== month-01.jsonl: BLESSED" in quiet.stdout and len(quiet.stdout.splitlines()) < 40
+    everything = quiet.stdout + quiet.stderr
+    for noise in ("Finished in state", "{'loss'", "Calculating Metrics", "Warning", "HTTP"):
+        assert noise not in everything, noise
+    assert "training: 100%" in quiet.stderr and "evaluating: 100%" in quiet.stderr
+    log = (ws / "logs" / "freshtune.log").read_text()
+    assert "prefect.task_runs: Finished in state Completed()" in log and "tasks.train" in log
+
+    loud = subprocess.run(
+        [*freshtune, "-v", "refresh", *args, "-w", str(ws)], env=env, capture_output=True, text=True
+    )
+    assert loud.returncode == 0 and "Finished in state" in loud.stdout + loud.stderr

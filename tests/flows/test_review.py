@@ -98,6 +98,7 @@ def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_co
         "mode": "pause",
         "approved": True,
         "comment": "ok",
+        "reviewer": cfg.review.reviewer or "",
         "flags": 1,
         "timed_out": False,
     }

@@ -231,3 +231,28 @@ def test_unattended_review_of_an_undecided_candidate_follows_gate_undecided(poli
     )
     outcome = request_review("report", decide(scores, GATE), cfg)
     assert outcome.approved is promoted and "earlier" in outcome.comment
+
+
+def test_a_floor_the_reference_misses_itself_becomes_no_worse_than_the_reference():
+    gate = GateSettings(min_gain=0.1, max_general_drop=0.05, min_bias_consistency=0.8)
+    scores = _all_slices(agreeing=20)  # the candidate agrees on 20 of 40 pairs: below 0.8
+    scores["bias"]["champion"] = SliceScore(80, 1, 1, outcomes=_model(36, 40).outcomes)
+    refused = decide(scores, gate)  # the champion meets the floor: the floor holds
+    assert any("gate.min_bias_consistency=+0.800: fail" in r for r in refused.reasons)
+
+    scores["bias"]["champion"] = SliceScore(80, 1, 1, outcomes=_model(20, 40).outcomes)
+    same = decide(scores, gate)  # the champion misses it as badly: no worse is enough
+    (bias,) = [c for c in same.checks if c.slice == "bias"]
+    assert bias.outcome == "undecided" and "no worse than champion" in bias.describe()
+    assert not same.reasons and same.verdict == "UNDECIDED"
+
+    scores["bias"]["champion"] = SliceScore(80, 1, 1, outcomes=_model(30, 40).outcomes)
+    worse = decide(scores, gate)  # below the floor and below the champion: refused
+    assert any("no worse than champion" in r and ": fail" in r for r in worse.reasons)
+
+    scores["hallucination"]["champion"] = SliceScore(40, 0, 0, outcomes=_model(0, 40).outcomes)
+    scores["hallucination"]["candidate"] = SliceScore(40, 0, 0, outcomes=_model(25, 40).outcomes)
+    # The champion invents every answer, the candidate 15 of 40: a clear reduction passes.
+    fewer = decide(scores, GateSettings(min_gain=0.1, max_general_drop=0.05))
+    (hallucination,) = [c for c in fewer.checks if c.slice == "hallucination"]
+    assert hallucination.outcome == "pass" and hallucination.interval.estimate == 25 / 40

@@ -11,7 +11,7 @@ from freshtune.config import EvalSettings
 from tasks.mix import build_mix
 from tasks.rehearsal import (
     EVERYDAY_FILE,
-    keep_complete,
+    keep_usable,
     read_prompts,
     rehearsal_key,
     write_rehearsal,
@@ -34,11 +34,16 @@ def _rehearsal_rows(n: int) -> list[dict]:
     ]
 
 
-def test_only_answers_the_model_ended_itself_are_kept():
-    prompts = [{"id": str(i), "prompt": f"q{i}"} for i in range(4)]
-    answers = ["short.", "", "cut off at the limit", "just under"]
-    kept = keep_complete(prompts, answers, [3, 0, 64, 62], limit=64)
-    assert [p["id"] for p, _ in kept] == ["0", "3"]
+def test_an_answer_cut_at_the_limit_is_kept_open_up_to_its_last_whole_word():
+    prompts = [{"id": str(i), "prompt": f"q{i}"} for i in range(5)]
+    answers = ["short.", "", "cut off at the lim", "just under", "unbroken"]
+    kept = keep_usable(prompts, answers, [3, 0, 64, 62, 64], limit=64)
+    # The empty answer goes; so does a cut one with no word boundary to cut back to.
+    assert [(p["id"], a, o) for p, a, o in kept] == [
+        ("0", "short.", False),
+        ("2", "cut off at the", True),
+        ("3", "just under", False),
+    ]
 
 
 def test_a_wrong_base_answer_is_not_rehearsed():
@@ -48,8 +53,13 @@ def test_a_wrong_base_answer_is_not_rehearsed():
         {"id": "greet", "prompt": "Write a greeting.", "facts": []},
     ]
     answers = ["A bicycle has 5 wheels.", "There are 7 days in a week.", "Hello there!"]
-    kept = keep_complete(prompts, answers, [7, 8, 3], limit=20)
-    assert [p["id"] for p, _ in kept] == ["days", "greet"]
+    kept = keep_usable(prompts, answers, [7, 8, 3], limit=20)
+    assert [p["id"] for p, _, _ in kept] == ["days", "greet"]
+    # A cut answer must state the facts in what is kept of it.
+    cut = keep_usable(prompts[1:2], ["There are 7 days in a week and"], [20], limit=20)
+    assert cut == [(prompts[1], "There are 7 days in a week", True)]
+    lost = keep_usable(prompts[1:2], ["A week, as everyone knows, has 7"], [20], limit=20)
+    assert lost == []
 
 
 def test_a_mix_takes_rehearsal_rows_in_proportion_and_leaves_the_rest_alone(tiny_config):
@@ -88,8 +98,9 @@ def test_the_set_is_generated_once_per_base_and_prompt_file(tiny_model: Path, tm
     out = tmp_path / "rehearsal" / f"{key}.jsonl"
     made = write_rehearsal(str(tiny_model), prompts, out, EvalSettings(max_new_tokens=64))
     assert made.path == out and out.exists() and made.digest == key
-    # A random tiny model never ends an answer: nothing cut off is kept.
-    assert made.rows() == []
+    # A random tiny model never ends an answer: what it writes is kept open, cut at a word.
+    (row,) = made.rows()
+    assert row["open"] is True and row["id"] == "a"
     before = out.stat().st_mtime_ns
     write_rehearsal(str(tiny_model), prompts, out, EvalSettings(max_new_tokens=64))
     assert out.stat().st_mtime_ns == before

@@ -32,6 +32,18 @@ def test_only_assistant_tokens_carry_labels(tiny_model: Path):
     assert tokenizer.decode(encoded["input_ids"]) == full
 
 
+def test_an_open_answer_trains_no_end_of_turn(tiny_model: Path):
+    tokenizer = load_tokenizer(str(tiny_model))
+    messages = _rows(1)[0]["messages"]
+    encoded = encode_chat(tokenizer, messages, max_length=200, open_end=True)
+    trained = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE]
+    assert tokenizer.decode(trained) == "Plan 0 costs $30 per month."
+    prompt = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
+    assert tokenizer.decode(encoded["input_ids"]) == prompt + messages[-1]["content"]
+
+
 def test_truncation_keeps_labels_aligned(tiny_model: Path):
     tokenizer = load_tokenizer(str(tiny_model))
     encoded = encode_chat(tokenizer, _rows(1)[0]["messages"], max_length=10)
