@@ -102,7 +102,7 @@ def _run_cycle(drop: Path, cfg: FreshtuneConfig) -> dict[str, Any]:
 
     log_file = _log_file(cfg)
     if not VERBOSE["on"]:
-        typer.echo(f"\n{drop.name}: one line per stage (every line: {log_file}, or -v)")
+        typer.echo(f"\n{drop.name}")
     try:
         with terminal(log_file, VERBOSE["on"]):
             return refresh_flow(str(drop), cfg)
@@ -171,7 +171,7 @@ def _print_cycle(record: dict[str, Any]) -> None:
 def _print_where(cfg: FreshtuneConfig) -> None:
     from tasks.registry import tracking_uri
 
-    typer.echo(f"\nworkspace: {cfg.paths.root}")
+    typer.echo(f"\nworkspace: {cfg.paths.root} (every log line: {_log_file(cfg)}, or -v)")
     typer.echo(f"MLflow:    mlflow ui --backend-store-uri {tracking_uri(cfg)}")
     if not os.environ.get("PREFECT_API_URL"):
         typer.echo(f"Prefect:   PREFECT_HOME={cfg.paths.prefect} prefect server start")

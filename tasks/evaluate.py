@@ -195,7 +195,7 @@ def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Gene
     model.eval()
     out = {}
     batches = sum(-(-len(rows) // settings.batch_size) for rows in missing.values())
-    with tqdm(total=batches, desc="evaluating", unit="batch", disable=False) as bar:
+    with tqdm(total=batches, desc="evaluating", unit="batch", leave=False, disable=False) as bar:
         for name, rows in missing.items():
             if not rows:
                 continue

@@ -82,7 +82,7 @@ def base_answers(
     rows = [{"messages": _chat(p["prompt"], "")} for p in prompts]
     model = load_inference_model(base_model).eval()
     batches = -(-len(rows) // settings.batch_size)
-    with tqdm(total=batches, desc="rehearsal set", unit="batch", disable=False) as bar:
+    with tqdm(total=batches, desc="rehearsal set", unit="batch", leave=False, disable=False) as bar:
         answers = generate_answers(model, tokenizer, rows, settings, bar)
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     return keep_usable(prompts, answers, lengths, settings.max_new_tokens)

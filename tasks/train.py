@@ -667,7 +667,9 @@ def _token_bar() -> Any:
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, desc="training", unit="step", disable=False)
+                self.bar = tqdm(
+                    total=state.max_steps, desc="training", unit="step", leave=False, disable=False
+                )
                 self.bar.update(state.global_step)
                 self.started = (time.perf_counter(), state.num_input_tokens_seen)
 
