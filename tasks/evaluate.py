@@ -19,6 +19,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import console
 from freshtune.config import EvalSettings, FreshtuneConfig
 from tasks.evalcache import AnswerCache, Generated, model_digest, question_digest
 from tasks.metrics import SliceScore, score
@@ -55,8 +56,11 @@ def generate_answers(
     ]
     answers: list[str] = []
     batches = range(0, len(prompts), settings.batch_size)
+    # A quiet terminal shows the bars of whole stages only (the training-target probe's
+    # answers are generated inside training's bar).
+    quiet = console.quiet()
     own = (
-        None if bar is not None else tqdm(total=len(batches), desc=desc, unit="batch", leave=False)
+        None if bar is not None else tqdm(total=len(batches), desc=desc, leave=False, disable=quiet)
     )
     for start in batches:
         batch = tokenizer(

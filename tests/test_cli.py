@@ -121,8 +121,12 @@ def test_the_terminal_shows_one_line_per_stage_and_the_log_file_the_rest(
     ws = tmp_path / "ws"
     freshtune = [sys.executable, "-m", "freshtune.cli"]
     args = [str(demo_drops[0]), "--config", "tiny", "--set", f"base_model={tiny_model}"]
+    target = ["--set", "train.target_recall=0.9"]  # its probe answers inside training's bar
     quiet = subprocess.run(
-        [*freshtune, "refresh", *args, "-w", str(ws)], env=env, capture_output=True, text=True
+        [*freshtune, "refresh", *args, *target, "-w", str(ws)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     for stage in ("validate-drop", "curate-drop", "train-candidate", "evaluate-models"):
@@ -132,6 +136,7 @@ def test_the_terminal_shows_one_line_per_stage_and_the_log_file_the_rest(
     for noise in ("Finished in state", "{'loss'", "Calculating Metrics", "Warning", "HTTP"):
         assert noise not in everything, noise
     assert "training: " in quiet.stderr and "evaluating: " in quiet.stderr  # the bars, cleared
+    assert "generating" not in quiet.stderr  # no bar of its own for the probe
     log = (ws / "logs" / "freshtune.log").read_text()
     assert "prefect.task_runs: Finished in state Completed()" in log and "tasks.train" in log
 
