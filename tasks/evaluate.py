@@ -40,7 +40,6 @@ def generate_answers(
     rows: list[dict[str, Any]],
     settings: EvalSettings,
     bar: Any = None,
-    desc: str = "generating",
 ) -> list[str]:
     """Greedy, batched, deterministic answers to each row's conversation minus its answer.
     Progress goes to `bar` (a tqdm shared by several calls) or a bar of its own."""
@@ -58,9 +57,10 @@ def generate_answers(
     batches = range(0, len(prompts), settings.batch_size)
     # A quiet terminal shows the bars of whole stages only (the training-target probe's
     # answers are generated inside training's bar).
-    quiet = console.quiet()
     own = (
-        None if bar is not None else tqdm(total=len(batches), desc=desc, leave=False, disable=quiet)
+        None
+        if bar is not None
+        else tqdm(total=len(batches), desc="generating", leave=False, disable=console.quiet())
     )
     for start in batches:
         batch = tokenizer(

@@ -160,8 +160,8 @@ def _delta(scores: Scores, slice_: str, reference: str, threshold: float, field:
     return replace(check, needed=_needed(check, lambda k: paired_difference(scaled(table, k))))
 
 
-def _rate(scores, slice_, threshold, higher_is_better, what, field, model="candidate") -> Check:
-    outcomes = _counted(scores, slice_, model)
+def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
+    outcomes = _counted(scores, slice_, "candidate")
     k, n = sum(outcomes), len(outcomes)
     interval = wilson(k, n) if n else Interval(math.nan, math.nan, math.nan)
     check = Check(slice_, what, field, threshold, higher_is_better, interval, _n(scores, slice_))
@@ -179,17 +179,14 @@ def _floor(scores: Scores, reference: str, check: Check) -> Check:
     no-worse-than-it rule, on the same questions: refusing every candidate for missing it would
     keep serving a model that misses it too, and by as much or more (the demo's base agrees
     on 2 of its 4 bias pairs against a floor of 0.8)."""
-    theirs = _rate(
-        scores, check.slice, check.threshold, check.higher_is_better, "", "", model=reference
-    )
     cand, ref = _counted(scores, check.slice, "candidate"), _counted(scores, check.slice, reference)
-    if theirs.n == 0 or theirs.outcome != "fail" or len(ref) != len(cand) or not cand:
+    theirs = sum(ref) / len(ref) if ref else math.nan
+    if not cand or len(ref) != len(cand) or check._ok(theirs):
         return check
     table = paired(cand, ref) if check.higher_is_better else paired(ref, cand)
     change = "gain" if check.higher_is_better else "reduction"
     what = (
-        f"{check.what} {change} vs {reference} "
-        f"(whose {100 * theirs.interval.estimate:.0f}% misses the floor itself)"
+        f"{check.what} {change} vs {reference} (whose {100 * theirs:.0f}% misses the floor itself)"
     )
     rule = f"{check.field}={check.threshold:g} relaxed to no worse than {reference} (+0.000)"
     interval = paired_difference(table)
