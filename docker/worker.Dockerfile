@@ -9,7 +9,7 @@ ARG WORK_POOL=gpu
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    FRESHTUNE_HOME=/data/freshtune \
+    FRESHTUNE_HOME=/cache/freshtune \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     DO_NOT_TRACK=true \
     MLFLOW_DISABLE_TELEMETRY=true \
@@ -32,9 +32,12 @@ COPY deployments ./deployments
 COPY expectations ./expectations
 # [gpu]: bitsandbytes (train.quantization=nf4) and liger-kernel (train.liger_kernel).
 RUN pip install -e ".[gpu]" && useradd --create-home --uid 1000 freshtune \
-    && mkdir -p /data/freshtune && chown freshtune /data/freshtune
+    && mkdir -p /cache/freshtune && chown freshtune /cache/freshtune
 USER freshtune
-VOLUME ["/data/freshtune"]
+# FRESHTUNE_HOME is this worker's cache of the artifact store (workers share no folder); the
+# base model is converted into it at build time, so a fresh container starts warm.
+RUN freshtune models fetch smollm2
+VOLUME ["/cache/freshtune"]
 
 HEALTHCHECK --interval=60s --timeout=10s CMD python -c "import flows.refresh" || exit 1
 CMD ["sh", "-c", "prefect worker start --pool \"$WORK_POOL\" --type process"]

@@ -18,6 +18,7 @@ from tasks.registry import find_champion
 @flow(name="decay-monitor")
 def decay_monitor(config: FreshtuneConfig) -> dict[str, Any]:
     """The champion's accuracy on the newest eval data, and the event when it decayed."""
+    config = config.on_this_worker()
     champion = find_champion(config)
     if champion is None:
         return {"decayed": False, "reason": "no champion yet"}

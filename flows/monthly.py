@@ -26,6 +26,7 @@ def pending_drops(config: FreshtuneConfig) -> list[str]:
 @flow(name="monthly-refresh")
 def monthly_refresh(config: FreshtuneConfig) -> list[dict[str, Any]]:
     """One refresh per pending drop, in landing order."""
+    config = config.on_this_worker()
     outcomes = [
         outcome(drop, refresh(drop, config, return_state=True)) for drop in pending_drops(config)
     ]

@@ -46,6 +46,7 @@ def run_name() -> str:
 def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     """Validate and curate a drop, LoRA-retrain from the champion with replay, evaluate
     candidate vs champion vs base, ask a reviewer, then move `champion` if all agree."""
+    config = config.on_this_worker()
     preflight(config)
     staged = stage_drop(drop, config)
     # One drop, one cycle: a double trigger's second run stands down or finds the cycle done.

@@ -13,4 +13,4 @@ def rollback(
     config: FreshtuneConfig, to_version: str | None = None, reason: str = "", who: str | None = None
 ) -> dict[str, str]:
     """Move `champion` back to `to_version`, by default to the version `previous` points at."""
-    return rollback_champion(config, to_version, reason, who)
+    return rollback_champion(config.on_this_worker(), to_version, reason, who)

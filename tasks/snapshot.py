@@ -61,9 +61,14 @@ def load_snapshot(path: Path) -> Snapshot:
 
 
 def list_snapshots(cfg: FreshtuneConfig) -> list[Snapshot]:
-    """Committed snapshots in landing order (partial ones have no meta.json yet)."""
-    root = cfg.paths.snapshots
-    found = [load_snapshot(p) for p in root.glob("*") if (p / "meta.json").exists()]
+    """Committed snapshots in landing order: every one in the artifact store, fetched into
+    this workspace's cache when this worker has not seen it yet."""
+    from tasks import store
+
+    found = [
+        load_snapshot(store.get(cfg, store.SNAPSHOTS, key, cfg.paths.snapshots / key))
+        for key in store.keys(cfg, store.SNAPSHOTS)
+    ]
     return sorted(found, key=lambda s: s.sequence)
 
 
@@ -79,7 +84,7 @@ def commit_snapshot(
 
     target = snapshot_dir(cfg, digest)
     if (target / "meta.json").exists():
-        return load_snapshot(target)
+        return _publish(target, cfg)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     features = _features()
@@ -98,7 +103,16 @@ def commit_snapshot(
     }
     (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     staging.rename(target)
-    return load_snapshot(target)
+    return _publish(target, cfg)
+
+
+def _publish(folder: Path, cfg: FreshtuneConfig) -> Snapshot:
+    """The snapshot in the artifact store (idempotent): from there every worker sees it."""
+    from tasks import store
+
+    snapshot = load_snapshot(folder)
+    store.put(cfg, store.SNAPSHOTS, folder.name, folder, {"sequence": snapshot.sequence})
+    return snapshot
 
 
 def earlier_snapshots(cfg: FreshtuneConfig, digest: str) -> list[Snapshot]:

@@ -328,6 +328,61 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
 
 
+@dataclass(frozen=True)
+class CheckpointMirror:
+    """The checkpoints of one adapter in the artifact store: each uploaded as the Trainer
+    writes it, so a run killed on one worker resumes on another with an empty workspace."""
+
+    cfg: FreshtuneConfig
+    adapter: str  # the adapter's key
+
+    def _keys(self) -> list[str]:
+        from tasks import store
+
+        found = store.keys(self.cfg, store.CHECKPOINTS)
+        return sorted(k for k in found if k.rpartition("-")[0] == self.adapter)
+
+    def upload(self, checkpoint: Path) -> None:
+        """Put the newest checkpoint, then drop the older ones: the last complete one stays."""
+        from tasks import store
+
+        key = f"{self.adapter}-{int(checkpoint.name.rpartition('-')[2]):09d}"
+        store.put(self.cfg, store.CHECKPOINTS, key, checkpoint)
+        for older in self._keys():
+            if older < key:
+                store.delete(self.cfg, store.CHECKPOINTS, older)
+
+    def restore(self, checkpoints: Path, local: Path | None) -> Path | None:
+        """The checkpoint to resume from: the stored one when it is further than `local`."""
+        from tasks import store
+
+        keys = self._keys()
+        step = int(keys[-1].rpartition("-")[2]) if keys else 0
+        if step <= (int(local.name.rpartition("-")[2]) if local else 0):
+            return local
+        target = checkpoints / f"checkpoint-{step}"
+        store.get(self.cfg, store.CHECKPOINTS, keys[-1], target)
+        log.info("resuming from checkpoint %d fetched from the artifact store", step)
+        return target
+
+    def clear(self) -> None:
+        from tasks import store
+
+        for key in self._keys():
+            store.delete(self.cfg, store.CHECKPOINTS, key)
+
+
+def _mirror_callback(mirror: CheckpointMirror) -> Any:
+    from transformers import TrainerCallback
+
+    class Mirror(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                mirror.upload(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return Mirror()
+
+
 def prepare_staging(staging: Path) -> Path | None:
     """Keep only complete checkpoints from a crashed run; return the last one to resume from."""
     checkpoints = staging / "checkpoints"
@@ -361,19 +416,25 @@ def train_adapter(
     seed: int = 0,
     on_log: Sink | None = None,
     extra_files: dict[str, str] | None = None,
+    mirror: CheckpointMirror | None = None,
 ) -> TrainResult:
-    """Train (or find already trained) the adapter at `out_dir`; commit by rename."""
+    """Train (or find already trained) the adapter at `out_dir`; commit by rename. With a
+    `mirror`, checkpoints also go to (and resume from) the artifact store."""
     if (out_dir / "train_result.json").exists():
         log.info("adapter %s already trained; reusing it", out_dir)
         return _load_result(out_dir)
     settings = settings.for_cycle(parent is not None, bool(replayed(rows)))
     staging = out_dir.with_name(out_dir.name + ".partial")
     resume = prepare_staging(staging)
+    if mirror is not None and settings.save_steps:
+        resume = mirror.restore(staging / "checkpoints", resume)
     start = time.perf_counter()
     if settings.processes > 1:
         stats = launch_torchrun(base_model, rows, settings, parent, seed, staging, resume, on_log)
     else:
-        stats = fit_adapter(base_model, rows, settings, parent, seed, staging, resume, on_log)
+        stats = fit_adapter(
+            base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
+        )
     result = _result(out_dir, parent, settings, stats, time.perf_counter() - start)
     shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     for name, text in (extra_files or {}).items():
@@ -440,6 +501,7 @@ def fit_adapter(
     staging: Path,
     resume: Path | None = None,
     on_log: Sink | None = None,
+    mirror: CheckpointMirror | None = None,
 ) -> FitStats:
     """Run the Trainer (this process's share under torchrun); the main process saves the
     adapter into `staging`."""
@@ -458,6 +520,8 @@ def fit_adapter(
     accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
     probe = build_probe(rows, settings, seed)
     callbacks = [_metrics_callback(accounting, on_log)]
+    if mirror is not None and settings.save_steps:
+        callbacks.append(_mirror_callback(mirror))
     if probe is not None:
         callbacks.append(target_callback(probe, load_tokenizer(base_model), on_log))
     trainer = (anchored_trainer(settings.base_kl) if settings.base_kl else Trainer)(
@@ -768,34 +832,49 @@ def _load_result(folder: Path) -> TrainResult:
 
 
 def adapter_dir(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig) -> Path:
-    """Where the adapter of this mix, parent and config lands, wherever it is trained."""
+    """Where the adapter of this mix, parent and config lands, wherever it is trained. Keyed by
+    the configured base model, not its resolved path: every worker's workspace differs."""
     replays = bool(replayed(mix.rows))
-    key = adapter_key(cfg.resolved_base_model(), cfg.train, mix.digest, parent, cfg.seed, replays)
+    key = adapter_key(cfg.base_model, cfg.train, mix.digest, parent, cfg.seed, replays)
     return cfg.paths.adapters / key
 
 
-def mix_file(cfg: FreshtuneConfig, mix: TrainingMix) -> Path:
-    return cfg.paths.root / "mixes" / f"{mix.digest}.json"
+def mix_file(cfg: FreshtuneConfig, digest: str) -> Path:
+    return cfg.paths.root / "mixes" / f"{digest}.json"
+
+
+def stored_adapter(cfg: FreshtuneConfig, key: str) -> Path:
+    """Adapter `key` in this workspace, fetched from the artifact store if this worker lacks it."""
+    from tasks import store
+
+    return store.get(cfg, store.ADAPTERS, key, cfg.paths.adapters / key)
 
 
 def train_from_mix(
     mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig, run_id: str
 ) -> TrainResult:
-    """Train the mix where this process runs, logging step metrics to the cycle's MLflow run."""
-    from tasks import registry
+    """Train the mix where this process runs, logging step metrics to the cycle's MLflow run;
+    the committed adapter goes to the artifact store, where any worker finds it by key."""
+    from tasks import registry, store
 
+    out = adapter_dir(mix, parent, cfg)
+    if out.name in store.keys(cfg, store.ADAPTERS):  # trained on another worker already
+        return _load_result(stored_adapter(cfg, out.name))
     result = train_adapter(
         cfg.resolved_base_model(),
         mix.rows,
         cfg.train,
-        adapter_dir(mix, parent, cfg),
+        out,
         parent=parent,
         seed=cfg.seed,
         extra_files={"mix.json": json.dumps(mix.manifest(), indent=1)},
         on_log=lambda metrics, step: registry.log_metrics(
             cfg, run_id, {f"step_{k}": v for k, v in metrics.items()}, step
         ),
+        mirror=CheckpointMirror(cfg, out.name),
     )
+    store.put(cfg, store.ADAPTERS, result.adapter_dir.name, result.adapter_dir)
+    CheckpointMirror(cfg, out.name).clear()  # the committed adapter supersedes them
     registry.log_metrics(cfg, run_id, result.metrics())
     registry.set_tags(cfg, run_id, {"freshtune.train_stop": result.stop_reason})
     return result
@@ -821,11 +900,11 @@ def log_training_mix(cfg: FreshtuneConfig, run_id: str, mix: TrainingMix, path: 
     registry.log_text(cfg, run_id, json.dumps(manifest, indent=1), "mix.json")
 
 
-def dispatch(mix_path: Path, parent: Path | None, cfg: FreshtuneConfig, run_id: str) -> None:
+def dispatch(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig, run_id: str) -> None:
     """Run the `train-on-gpu` deployment of `train.work_pool` and wait for it to finish.
 
-    The adapter lands at `adapter_dir(...)` in the shared workspace, so no result has to come
-    back through Prefect; the idempotency key stops a retried task from training twice.
+    Only ids travel: the worker fetches the mix and the parent adapter from the artifact store
+    and puts the adapter there; the idempotency key stops a retried task from training twice.
     """
     from prefect.deployments import run_deployment
 
@@ -833,13 +912,14 @@ def dispatch(mix_path: Path, parent: Path | None, cfg: FreshtuneConfig, run_id: 
     flow_run = run_deployment(
         name,
         parameters={
-            "mix_file": str(mix_path),
-            "parent_dir": str(parent) if parent else None,
-            "config": cfg.model_dump(mode="json"),
+            "mix_digest": mix.digest,
+            "parent_key": parent.name if parent else None,
+            # Absolute: a worker without FRESHTUNE_HOME resolves it against its own cwd.
+            "config": cfg.model_copy(update={"workspace": cfg.paths.root}).model_dump(mode="json"),
             "run_id": run_id,
         },
         timeout=None,
-        idempotency_key=f"{run_id}-{mix_path.stem}",
+        idempotency_key=f"{run_id}-{mix.digest}",
     )
     if flow_run.state is None or not flow_run.state.is_completed():
         raise RuntimeError(f"training deployment {name} ended {flow_run.state}: no candidate")
@@ -851,21 +931,29 @@ def train_candidate(
 ) -> TrainResult:
     """LoRA-train per `train.mode`: from the champion adapter (incremental, the default) or the
     base; in this process, or on the `train.work_pool` GPU workers when one is configured."""
+    from tasks import store
+
     incremental = cfg.train.mode == "incremental" and champion is not None
     parent = champion.adapter_dir if incremental else None
-    # Workers elsewhere resolve paths against their own cwd: hand them an absolute workspace.
-    cfg = cfg.model_copy(update={"workspace": cfg.paths.root})
-    path = save_mix(mix, mix_file(cfg, mix))
+    path = save_mix(mix, mix_file(cfg, mix.digest))
+    store.put(cfg, store.MIXES, mix.digest, path)
     log_training_mix(cfg, run_id, mix, path)
     if cfg.train.work_pool is None:
         return train_from_mix(mix, parent, cfg, run_id)
-    dispatch(path, parent, cfg, run_id)
-    return _load_result(adapter_dir(mix, parent, cfg))
+    dispatch(mix, parent, cfg, run_id)
+    return _load_result(stored_adapter(cfg, adapter_dir(mix, parent, cfg).name))
 
 
 @task(name="train-adapter", cache_policy=NO_CACHE)
-def train_mix_file(mix_path: str, parent_dir: str | None, cfg: FreshtuneConfig, run_id: str) -> str:
-    """The worker side of `train-on-gpu`: load the saved mix, train, return the adapter."""
-    mix = load_mix(Path(mix_path))
-    parent = Path(parent_dir) if parent_dir else None
-    return str(train_from_mix(mix, parent, cfg, run_id).adapter_dir)
+def train_stored_mix(
+    mix_digest: str, parent_key: str | None, cfg: FreshtuneConfig, run_id: str
+) -> str:
+    """The worker side of `train-on-gpu`: fetch the mix and the parent adapter from the
+    artifact store, train, put the adapter there; returns its key."""
+    from tasks import store
+    from tasks.models import ensure_base_model
+
+    ensure_base_model(cfg)
+    mix = load_mix(store.get(cfg, store.MIXES, mix_digest, mix_file(cfg, mix_digest)))
+    parent = stored_adapter(cfg, parent_key) if parent_key else None
+    return train_from_mix(mix, parent, cfg, run_id).adapter_dir.name

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import EXPECTATIONS_DIR, FreshtuneConfig
 from freshtune.errors import DropRejected
+from tasks import store
 from tasks.columns import gc_paused
 from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.pii import may_hold_pii, scrub_text
@@ -243,6 +244,7 @@ def quarantine(
     """Move nothing, lose nothing: copy the original bytes beside the report and the reason."""
     target = cfg.paths.quarantine / digest[:16]
     if target.exists():
+        store.put(cfg, store.QUARANTINE, target.name, target)
         return target
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -256,6 +258,7 @@ def quarantine(
     (staging / "REJECTED.md").write_text(_rejection_note(file, digest, reason, report), "utf-8")
     staging.rename(target)
     shutil.rmtree(results, ignore_errors=True)
+    store.put(cfg, store.QUARANTINE, target.name, target)  # every worker now knows it
     log.warning("quarantined %s at %s: %s", file, target, reason)
     return target
 

@@ -137,3 +137,18 @@ def test_files_the_compose_mounts_exist():
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (COMPOSE.parent / source).exists(), volume
+
+
+def test_workers_share_no_volume_and_cache_in_their_own_image_volume():
+    services = _compose()["services"]
+    workers = [s for name, s in services.items() if s.get("image") == "freshtune-worker:0.1.0"]
+    mounted = [v.split(":")[0] for s in workers for v in s.get("volumes", [])]
+    named = [v for v in mounted if not v.startswith((".", "/"))]
+    assert len(named) == len(set(named)), named  # no named volume mounted twice
+    for name in ("deploy", "worker-cpu", "worker-gpu"):
+        assert not services[name].get("volumes"), name  # the image's anonymous volume only
+    home = services["worker-cpu"]["environment"]["FRESHTUNE_HOME"]
+    [dockerfile] = DOCKERFILES
+    volumes = [args for op, args in instructions(dockerfile) if op == "VOLUME"]
+    assert volumes == [f'["{home}"]']
+    assert f"FRESHTUNE_HOME={home}" in dockerfile.read_text()

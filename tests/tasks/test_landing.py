@@ -2,6 +2,7 @@
 
 import json
 
+from tasks import store
 from tasks.landing import land, list_landed, local_copy, pending
 
 
@@ -29,9 +30,13 @@ def test_pending_skips_done_and_quarantined_drops_and_keeps_landing_order(tiny_c
     cfg = tiny_config()
     landed = [land(d, cfg) for d in demo_drops]
     assert pending(cfg) == [x.url for x in landed]
-    cfg.paths.cycles.mkdir(parents=True, exist_ok=True)
-    (cfg.paths.cycles / f"{landed[0].digest[:16]}.json").write_text(json.dumps({}))
+    record = cfg.paths.cycles / f"{landed[0].digest[:16]}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({}))
+    assert pending(cfg) == [x.url for x in landed]  # a cache file alone is no finished cycle
+    store.put(cfg, store.CYCLES, record.stem, record)
     rejected = cfg.paths.quarantine / landed[2].digest[:16]
     rejected.mkdir(parents=True)
     (rejected / "REJECTED.md").write_text("bad")
+    store.put(cfg, store.QUARANTINE, rejected.name, rejected)
     assert pending(cfg) == [landed[1].url]
