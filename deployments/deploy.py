@@ -118,6 +118,62 @@ def _to(flow: Any, name: str, parameters: dict[str, Any], **kwargs: Any) -> Any:
     )
 
 
+UNRESPONSIVE = "freshtune: crash unresponsive runs"
+
+
+def unresponsive_runs(cfg: FreshtuneConfig) -> Any:
+    """The automation that marks a freshtune flow run Crashed once its heartbeats stop (a
+    lost node or an evicted pod leaves it Running forever otherwise); a crashed training run
+    is then started again by the refresh that waits for it (tasks/train.py `dispatch`)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    ended = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    silent = cfg.deploy.unresponsive_after_s
+    return Automation(
+        name=UNRESPONSIVE,
+        description=f"no heartbeat for {silent} s: the run's worker is lost",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *ended},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.freshtune"}
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=cfg.deploy.unresponsive_after_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {silent} s: worker lost",
+            )
+        ],
+    )
+
+
+def ensure_automations(cfg: FreshtuneConfig) -> list[str]:
+    """Create or update freshtune's own automations (by name); returns their names."""
+    from prefect.automations import Automation
+
+    wanted = unresponsive_runs(cfg)
+    try:
+        found = Automation.read(name=wanted.name)
+    except ValueError:  # not there yet
+        wanted.create()
+    else:
+        wanted.id = found.id
+        wanted.update()
+    return [wanted.name]
+
+
 def apply_all(cfg: FreshtuneConfig, kind: PoolKind = "process") -> dict[str, Any]:
     """Pools, then deployments with their schedules and automations; safe to run again."""
     created = ensure_pools(cfg, kind)
@@ -125,4 +181,5 @@ def apply_all(cfg: FreshtuneConfig, kind: PoolKind = "process") -> dict[str, Any
     for deployment, pool in deployments(cfg):
         deployment_id = deployment.apply(work_pool_name=pool)
         applied[f"{deployment.flow_name}/{deployment.name}"] = str(deployment_id)
-    return {"pools_created": created, "deployments": applied}
+    automations = ensure_automations(cfg)
+    return {"pools_created": created, "deployments": applied, "automations": automations}

@@ -475,6 +475,8 @@ def deploy(
         typer.echo(f"created work pool {name} ({pool_type})")
     for name in applied["deployments"]:
         typer.echo(f"deployment {name}")
+    for name in applied["automations"]:
+        typer.echo(f"automation {name}")
     typer.echo(
         f"start workers: prefect worker start --pool {cfg.deploy.cpu_pool}  "
         f"(and --pool {cfg.deploy.gpu_pool} on GPU machines)"

@@ -161,6 +161,12 @@ class TrainSettings(_Strict):
     work_pool: str | None = Field(
         None, description="Prefect work pool of the train-on-gpu deployment; None: in-process"
     )
+    dispatch_attempts: int = Field(
+        3,
+        ge=1,
+        description="train-on-gpu runs one cycle may start: a run that crashed (its worker lost) "
+        "is started again and resumes from the last checkpoint in the artifact store",
+    )
     lora: LoraSettings = LoraSettings()
 
     @model_validator(mode="after")
@@ -287,6 +293,12 @@ class DeploySettings(_Strict):
     )
     cpu_pool: str = Field("cpu", description="work pool of the refresh, monitor and rollback flows")
     gpu_pool: str = Field("gpu", description="work pool of the train-on-gpu deployment")
+    unresponsive_after_s: int = Field(
+        600,
+        ge=45,
+        description="a freshtune flow run silent this long (no Prefect heartbeat, sent every "
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY s, 180 by default) is marked Crashed: its node is lost",
+    )
     lock_url: str | None = Field(
         None,
         description="redis://host:port/db for locks across workers; None: $FRESHTUNE_LOCK_URL, "

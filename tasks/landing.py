@@ -62,8 +62,16 @@ def land(file: Path, cfg: FreshtuneConfig) -> Landed:
         partial = f"{root.rstrip('/')}/.{digest[:12]}-{file.name}.partial"
         fs.put_file(str(file), partial)
         fs.mv(partial, target)
-    url = target if _is_local(fs) else fs.unstrip_protocol(target)
-    return Landed(url, digest, file.stat().st_size, time.time())
+    return Landed(_url(cfg, fs, target), digest, file.stat().st_size, time.time())
+
+
+def _url(cfg: FreshtuneConfig, fs: Any, path: str) -> str:
+    """How any worker opens a landed file: a local path, or the landing URL and its name
+    (not fsspec's own unstrip, which drops the host and port of ftp:// or sftp:// URLs).
+    Credentials never go in it: fsspec reads them from the worker's environment."""
+    if _is_local(fs):
+        return path
+    return f"{landing_url(cfg).rstrip('/')}/{Path(path).name}"
 
 
 def list_landed(cfg: FreshtuneConfig) -> list[dict[str, Any]]:
@@ -77,7 +85,7 @@ def list_landed(cfg: FreshtuneConfig) -> list[dict[str, Any]]:
         if e["type"] == "file" and not Path(e["name"]).name.startswith(".")
     ]
     for entry in entries:
-        entry["url"] = entry["name"] if _is_local(fs) else fs.unstrip_protocol(entry["name"])
+        entry["url"] = _url(cfg, fs, entry["name"])
         entry["modified"] = _modified(entry)
     return sorted(entries, key=lambda e: (e["modified"], e["name"]))
 

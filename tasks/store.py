@@ -40,8 +40,15 @@ class StoreError(RuntimeError):
 def _location(cfg: FreshtuneConfig) -> str:
     from tasks import registry
 
-    experiment = registry.client(cfg).get_experiment(registry.experiment_id(cfg))
-    return f"{experiment.artifact_location.rstrip('/')}/{ROOT}"
+    uri = registry.tracking_uri(cfg)
+    key = (uri, cfg.tracking.experiment)
+    if key not in _LOCATIONS:  # an experiment's artifact location never changes
+        experiment = registry.client(cfg).get_experiment(registry.experiment_id(cfg))
+        _LOCATIONS[key] = f"{experiment.artifact_location.rstrip('/')}/{ROOT}"
+    return _LOCATIONS[key]
+
+
+_LOCATIONS: dict[tuple[str, str], str] = {}
 
 
 def _repo(cfg: FreshtuneConfig) -> Any:

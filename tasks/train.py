@@ -42,6 +42,7 @@ RUNTIME_ONLY = (
     "logging_steps",
     "gpu_hour_price",
     "work_pool",
+    "dispatch_attempts",
     "compile",
     "liger_kernel",  # the same function, fused
     "attn_implementation",  # the same function, another kernel
@@ -904,25 +905,33 @@ def dispatch(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig, run_id
     """Run the `train-on-gpu` deployment of `train.work_pool` and wait for it to finish.
 
     Only ids travel: the worker fetches the mix and the parent adapter from the artifact store
-    and puts the adapter there; the idempotency key stops a retried task from training twice.
+    and puts the adapter there. A run that crashed (its worker or node lost, marked Crashed by
+    the unresponsive-run automation `freshtune deploy` creates) is started again, up to
+    `train.dispatch_attempts` runs, on whichever worker of the pool is alive; it resumes from
+    the last checkpoint in the store. A run that failed (an error in training) is not retried.
+    The idempotency key stops a retried task from starting a second run for one attempt.
     """
     from prefect.deployments import run_deployment
 
     name = f"{TRAIN_FLOW}/{cfg.train.work_pool}"
-    flow_run = run_deployment(
-        name,
-        parameters={
-            "mix_digest": mix.digest,
-            "parent_key": parent.name if parent else None,
-            # Absolute: a worker without FRESHTUNE_HOME resolves it against its own cwd.
-            "config": cfg.model_copy(update={"workspace": cfg.paths.root}).model_dump(mode="json"),
-            "run_id": run_id,
-        },
-        timeout=None,
-        idempotency_key=f"{run_id}-{mix.digest}",
-    )
-    if flow_run.state is None or not flow_run.state.is_completed():
-        raise RuntimeError(f"training deployment {name} ended {flow_run.state}: no candidate")
+    # Absolute: a worker without FRESHTUNE_HOME resolves it against its own cwd.
+    config = cfg.model_copy(update={"workspace": cfg.paths.root}).model_dump(mode="json")
+    parameters = {
+        "mix_digest": mix.digest,
+        "parent_key": parent.name if parent else None,
+        "config": config,
+        "run_id": run_id,
+    }
+    for attempt in range(1, cfg.train.dispatch_attempts + 1):
+        key = f"{run_id}-{mix.digest}" + (f"-{attempt}" if attempt > 1 else "")
+        flow_run = run_deployment(name, parameters=parameters, timeout=None, idempotency_key=key)
+        state = flow_run.state
+        if state is not None and state.is_completed():
+            return
+        if state is None or not state.is_crashed():
+            break
+        log.warning("training run %s crashed (%s); starting it again", flow_run.name, state.message)
+    raise RuntimeError(f"training deployment {name} ended {state}: no candidate")
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)

@@ -42,6 +42,16 @@ def test_workspace_precedence_flag_over_env(tmp_path: Path, monkeypatch: pytest.
     assert load_config("demo", workspace=tmp_path / "flag").workspace == tmp_path / "flag"
 
 
+def test_on_a_worker_its_own_home_replaces_the_starters_workspace(tmp_path, monkeypatch):
+    started = load_config("demo", [], tmp_path / "operator")  # the workspace in the parameters
+    monkeypatch.delenv("FRESHTUNE_HOME", raising=False)
+    assert started.on_this_worker().workspace == tmp_path / "operator"  # one machine
+    monkeypatch.setenv("FRESHTUNE_HOME", str(tmp_path / "gpu-worker"))
+    on_worker = started.on_this_worker()
+    assert on_worker.paths.adapters == tmp_path / "gpu-worker" / "adapters"
+    assert on_worker.model_dump(exclude={"workspace"}) == started.model_dump(exclude={"workspace"})
+
+
 def test_known_base_model_resolves_inside_the_workspace(tmp_path: Path):
     cfg = load_config("demo", [], tmp_path)
     assert (

@@ -23,9 +23,9 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -45,13 +45,19 @@ def postgres_database(prefix: str) -> Iterator[str]:
         conn.close()
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen, log: Path, timeout: float = 180, auth: str | None = None
+) -> None:
+    import base64
+
+    headers = {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: server exited {proc.returncode}\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -98,35 +104,58 @@ def quiet_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path, database: str) -> Iterator[str]:
-    """`prefect server start` on PostgreSQL; yields the API URL."""
-    port = free_port()
+def prefect_server(
+    home: Path, database: str, host: str = "127.0.0.1", auth: str | None = None
+) -> Iterator[str]:
+    """`prefect server start` on PostgreSQL (with `auth` as its "user:password" auth string
+    when given); yields the API URL."""
+    port = free_port(host)
     env = quiet_env(
         PREFECT_HOME=str(home),
         PREFECT_API_DATABASE_CONNECTION_URL=(
             f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
         ),
-        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_UI_API_URL=f"http://{host}:{port}/api",
+        **({"PREFECT_SERVER_API_AUTH_STRING": auth} if auth else {}),
     )
-    args = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    args = [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(port)]
     log = home / "prefect-server.log"
     home.mkdir(parents=True, exist_ok=True)
     with process(args, env, log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/api/health", proc, log)
-        yield f"http://127.0.0.1:{port}/api"
+        wait_http(f"http://{host}:{port}/api/health", proc, log, auth=auth)
+        yield f"http://{host}:{port}/api"
 
 
 @contextmanager
-def mlflow_server(root: Path, database: str) -> Iterator[str]:
-    """`mlflow server` on PostgreSQL with served artifacts; yields its URL."""
-    port = free_port()
+def mlflow_server(
+    root: Path, database: str, host: str = "127.0.0.1", admin: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """`mlflow server` on PostgreSQL with served artifacts (and MLflow's basic-auth app with
+    `admin` as its admin user when given); yields its URL."""
+    port = free_port(host)
     root.mkdir(parents=True, exist_ok=True)
+    env = quiet_env()
+    auth_args = []
+    if admin is not None:
+        ini = root / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = {admin[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(ini),
+            MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
+            MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex,
+        )
+        auth_args = ["--app-name=basic-auth"]
     args = [
         str(BIN / "mlflow"),
         "server",
-        "--host=127.0.0.1",
+        *auth_args,
+        f"--host={host}",
         f"--port={port}",
         "--workers=1",
         f"--backend-store-uri=postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
@@ -134,9 +163,26 @@ def mlflow_server(root: Path, database: str) -> Iterator[str]:
         "--serve-artifacts",
     ]
     log = root / "mlflow-server.log"
-    with process(args, quiet_env(), log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-        yield f"http://127.0.0.1:{port}"
+    with process(args, env, log) as proc:
+        wait_http(f"http://{host}:{port}/health", proc, log)
+        yield f"http://{host}:{port}"
+
+
+@contextmanager
+def redis_server(root: Path, host: str, password: str) -> Iterator[str]:
+    """A Redis of this test's own with a password, keeping nothing on disk; yields its URL."""
+    port = free_port(host)
+    root.mkdir(parents=True, exist_ok=True)
+    args = ["redis-server", "--bind", host, "--port", str(port), "--requirepass", password]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(root)]
+    with process(args, quiet_env(), root / "redis.log") as proc:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex((host, port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"redis://:{password}@{host}:{port}/0"
 
 
 @contextmanager
@@ -144,3 +190,22 @@ def prefect_worker(pool: str, env: dict[str, str], log: Path) -> Iterator[subpro
     args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
     with process(args, {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}, log) as proc:
         yield proc
+
+
+@contextmanager
+def ftp_server(root: Path, host: str, user: str, password: str) -> Iterator[str]:
+    """An FTP server (pyftpdlib) standing in for object storage: files reach a worker only over
+    the network. Yields its URL, without the credentials (fsspec reads them from the env:
+    FSSPEC_FTP_USERNAME, FSSPEC_FTP_PASSWORD)."""
+    port = free_port(host)
+    (root / "files").mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pyftpdlib", "-i", host, "-p", str(port), "-w"]
+    args += ["-d", str(root / "files"), "-u", user, "-P", password]
+    with process(args, quiet_env(), root / "ftp.log") as proc:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex((host, port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"ftp://{host}:{port}"
