@@ -37,6 +37,13 @@ def test_deploy_creates_pools_deployments_schedules_and_triggers(stack: Stack):
     assert on_drop.trigger.expect == {"freshtune.drop.landed"}
     assert on_drop.actions[0].parameters == {"drop": "{{ event.payload.path }}"}
     assert automations["freshtune model decayed"].trigger.expect == {"freshtune.model.decayed"}
+    # A run whose heartbeats stop (its node lost) is marked Crashed, then started again.
+    lost = automations["freshtune: crash unresponsive runs"]
+    assert lost.trigger.posture == "Proactive" and lost.trigger.after == {
+        "prefect.flow-run.heartbeat"
+    }
+    assert lost.trigger.within.total_seconds() == stack.cfg.deploy.unresponsive_after_s
+    assert lost.actions[0].state.value == "CRASHED"
     # The config travels as a parameter, so the UI shows (and lets ops edit) it.
     params = deployments["on-data-drop"].parameters["config"]
     assert params["base_model"] == stack.cfg.base_model
@@ -49,7 +56,11 @@ def test_deploying_twice_changes_nothing(stack: Stack):
     with stack.settings(), get_client(sync_client=True) as client:
         names = sorted(a.name for a in client.read_automations())
     assert "created work pool" not in before
-    assert names == ["freshtune drop landed", "freshtune model decayed"]
+    assert names == [
+        "freshtune drop landed",
+        "freshtune model decayed",
+        "freshtune: crash unresponsive runs",
+    ]
 
 
 def test_kubernetes_and_docker_pool_templates_are_accepted_by_the_server(stack: Stack):
