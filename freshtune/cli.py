@@ -185,12 +185,14 @@ def status(
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Show the champion (version, metrics, lineage) and the recent cycles."""
-    from tasks.registry import get_champion
+    from tasks.registry import TrackingUnavailable, get_champion
     from tasks.report import load_cycles
+    from tasks.store import StoreError
 
     cfg = _config(config, set_, workspace)
-    champion = get_champion(cfg)
-    cycles = load_cycles(cfg)[-10:]
+    with _exit_on(TrackingUnavailable, StoreError, code=1):
+        champion = get_champion(cfg)
+        cycles = load_cycles(cfg)[-10:]
     if as_json:
         out = {
             "champion": champion

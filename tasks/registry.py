@@ -129,14 +129,43 @@ def close_run(cfg: FreshtuneConfig, run_id: str, status: str = "FINISHED") -> No
     client(cfg).set_terminated(run_id, status=status)
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server did not answer: never read as "no champion"."""
+
+
 def get_champion(cfg: FreshtuneConfig) -> Champion | None:
+    """The version under alias `champion`; None only when MLflow says it does not exist (no
+    registered model yet, or no alias). An outage is an error naming the server: read as "no
+    champion", it would train from the base and compare against the base."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client(cfg).get_model_version_by_alias(cfg.tracking.model_name, CHAMPION)
-    except MlflowException:
-        return None  # no registered model yet, or no champion alias
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise TrackingUnavailable(
+            f"MLflow tracking server {_redacted(tracking_uri(cfg))} did not answer for the "
+            f"champion of {cfg.tracking.model_name}: {_redacted(str(exc).splitlines()[0])[:300]} "
+            "(check that it runs and MLFLOW_TRACKING_URI and its credentials)"
+        ) from None
     return Champion(str(mv.version), mv.run_id, mv.source, dict(mv.tags))
+
+
+def _not_found(exc: Any) -> bool:
+    message = str(exc).lower()
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        exc.error_code == "INVALID_PARAMETER_VALUE"
+        and "alias" in message
+        and "not found" in message
+    )
+
+
+def _redacted(text: str) -> str:
+    """`text` with the user:password part of every URL in it removed."""
+    import re
+
+    return re.sub(r"://[^/@\s]+@", "://", text)
 
 
 def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> str:

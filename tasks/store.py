@@ -14,7 +14,6 @@ can be deleted at any time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from freshtune.config import FreshtuneConfig
+from freshtune.files import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,10 @@ def _repo(cfg: FreshtuneConfig) -> Any:
     return get_artifact_repository(_location(cfg), tracking_uri=registry.tracking_uri(cfg))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_files(folder: Path) -> dict[str, str]:
     """Every file under `folder` (relative, POSIX) with its sha256."""
     return {
-        p.relative_to(folder).as_posix(): sha256_file(p)
+        p.relative_to(folder).as_posix(): file_digest(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
@@ -103,7 +95,7 @@ def put(
     if found is not None:
         return found
     folder, single = (source, None) if source.is_dir() else (source.parent, source.name)
-    files = folder_files(folder) if single is None else {single: sha256_file(source)}
+    files = folder_files(folder) if single is None else {single: file_digest(source)}
     repo = _repo(cfg)
     if single is None:
         repo.log_artifacts(str(folder), f"{kind}/{key}")

@@ -78,6 +78,18 @@ def test_refresh_then_status_show_the_champion(tiny_model, demo_drops, tmp_path,
     assert "month-01.jsonl" in table and "BLESSED" in table
 
 
+def test_status_with_the_tracking_server_down_names_it_and_exits_1(tmp_path: Path, monkeypatch):
+    from tests.helpers.servers import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = runner.invoke(app, ["status", "-w", str(tmp_path)])
+    assert result.exit_code == 1 and "champion: none" not in result.output
+    assert f"MLflow tracking server http://127.0.0.1:{port} did not answer" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_deploy_and_watch_need_a_server(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     for command in (["deploy"], ["watch", "--once"]):

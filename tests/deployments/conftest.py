@@ -48,16 +48,8 @@ class Stack:
 
     def runs_of(self, deployment: str) -> list[Any]:
         """Flow runs of `flow/deployment`, oldest first."""
-        from prefect import get_client
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-        with self.settings(), get_client(sync_client=True) as client:
-            found = client.read_deployment_by_name(deployment)
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
-            )
-        # The scheduler books the cron runs ahead of time; those are not this test's runs.
-        return sorted((r for r in runs if not r.auto_scheduled), key=lambda r: r.created)
+        with self.settings():
+            return servers.deployment_runs(deployment)
 
     def wait_runs(self, deployment: str, count: int, timeout: float = 420) -> list[Any]:
         """Wait until `deployment` has `count` runs, all finished; a failed one is an error."""

@@ -65,20 +65,9 @@ class Cluster:
         with servers.process(args, env, self.root / f"{name}.log") as proc:
             yield proc
 
-    def client(self) -> Any:
-        from prefect import get_client
-
-        return get_client(sync_client=True)
-
     def runs_of(self, deployment: str) -> list[Any]:
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-        with self.settings(), self.client() as client:
-            found = client.read_deployment_by_name(deployment)
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
-            )
-        return sorted((r for r in runs if not r.auto_scheduled), key=lambda r: r.created)
+        with self.settings():
+            return servers.deployment_runs(deployment)
 
     def wait_runs(self, deployment: str, count: int, timeout: float = 600) -> list[Any]:
         deadline = time.monotonic() + timeout

@@ -168,6 +168,16 @@ def mlflow_server(
         yield f"http://{host}:{port}"
 
 
+def wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{host}:{port}: nothing listening (exit code {proc.poll()})")
+
+
 @contextmanager
 def redis_server(root: Path, host: str, password: str) -> Iterator[str]:
     """A Redis of this test's own with a password, keeping nothing on disk; yields its URL."""
@@ -176,13 +186,22 @@ def redis_server(root: Path, host: str, password: str) -> Iterator[str]:
     args = ["redis-server", "--bind", host, "--port", str(port), "--requirepass", password]
     args += ["--save", "", "--appendonly", "no", "--dir", str(root)]
     with process(args, quiet_env(), root / "redis.log") as proc:
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex((host, port)) == 0:
-                    break
-            time.sleep(0.2)
+        wait_tcp(host, port, proc)
         yield f"redis://:{password}@{host}:{port}/0"
+
+
+def deployment_runs(deployment: str) -> list:
+    """Flow runs of `flow/deployment` on the server of the active settings, oldest first."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
+        )
+    # The scheduler books the cron runs ahead of time; those are not a test's runs.
+    return sorted((r for r in runs if not r.auto_scheduled), key=lambda r: r.created)
 
 
 @contextmanager
@@ -202,10 +221,5 @@ def ftp_server(root: Path, host: str, user: str, password: str) -> Iterator[str]
     args = [sys.executable, "-m", "pyftpdlib", "-i", host, "-p", str(port), "-w"]
     args += ["-d", str(root / "files"), "-u", user, "-P", password]
     with process(args, quiet_env(), root / "ftp.log") as proc:
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex((host, port)) == 0:
-                    break
-            time.sleep(0.2)
+        wait_tcp(host, port, proc)
         yield f"ftp://{host}:{port}"

@@ -40,6 +40,20 @@ def test_stale_comparison_does_not_move_the_alias(tiny_config, tmp_path: Path):
     assert registry.get_champion(cfg).version == v1
 
 
+def test_an_unreachable_tracking_server_is_an_error_naming_it_never_no_champion(
+    tiny_config, monkeypatch
+):
+    from tests.helpers.servers import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ops:s3cret@127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(registry.TrackingUnavailable) as raised:
+        registry.get_champion(tiny_config())
+    message = str(raised.value)
+    assert f"http://127.0.0.1:{port}" in message and "s3cret" not in message
+
+
 def test_champion_adapter_is_fetched_from_mlflow_when_not_local(tiny_config, tmp_path: Path):
     cfg = tiny_config()
     registry.promote(cfg, _version(cfg, tmp_path, "a"), expected=None)
