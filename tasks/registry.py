@@ -241,8 +241,8 @@ def local_adapter(cfg: FreshtuneConfig, champion: Champion) -> Path:
     target = cfg.paths.adapters / champion.adapter_key
     if (target / "adapter_model.safetensors").exists():
         return target
-    if champion.adapter_key in store.keys(cfg, store.ADAPTERS):
-        return store.get(cfg, store.ADAPTERS, champion.adapter_key, target)
+    if (stored := store.find(cfg, store.ADAPTERS, champion.adapter_key, target)) is not None:
+        return stored
     staging = target.with_name(target.name + ".download")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

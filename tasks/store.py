@@ -112,11 +112,19 @@ def put(
 
 def get(cfg: FreshtuneConfig, kind: str, key: str, dest: Path) -> Path:
     """Object `kind/key` at `dest` in this workspace: the cached copy, or fetched and verified."""
+    found = find(cfg, kind, key, dest)
+    if found is None:
+        raise StoreError(f"{kind}/{key} is not in the artifact store at {_location(cfg)}")
+    return found
+
+
+def find(cfg: FreshtuneConfig, kind: str, key: str, dest: Path) -> Path | None:
+    """Like `get`, but None when the store has no such object."""
     if dest.exists():
         return dest
     record = manifest(cfg, kind, key)
     if record is None:
-        raise StoreError(f"{kind}/{key} is not in the artifact store at {_location(cfg)}")
+        return None
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetch-", dir=dest.parent))
     try:

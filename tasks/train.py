@@ -859,8 +859,9 @@ def train_from_mix(
     from tasks import registry, store
 
     out = adapter_dir(mix, parent, cfg)
-    if out.name in store.keys(cfg, store.ADAPTERS):  # trained on another worker already
-        return _load_result(stored_adapter(cfg, out.name))
+    if not out.exists() and (done := store.find(cfg, store.ADAPTERS, out.name, out)):
+        return _load_result(done)  # trained on another worker already
+    mirror = CheckpointMirror(cfg, out.name)
     result = train_adapter(
         cfg.resolved_base_model(),
         mix.rows,
@@ -872,10 +873,10 @@ def train_from_mix(
         on_log=lambda metrics, step: registry.log_metrics(
             cfg, run_id, {f"step_{k}": v for k, v in metrics.items()}, step
         ),
-        mirror=CheckpointMirror(cfg, out.name),
+        mirror=mirror,
     )
     store.put(cfg, store.ADAPTERS, result.adapter_dir.name, result.adapter_dir)
-    CheckpointMirror(cfg, out.name).clear()  # the committed adapter supersedes them
+    mirror.clear()  # the committed adapter supersedes them
     registry.log_metrics(cfg, run_id, result.metrics())
     registry.set_tags(cfg, run_id, {"freshtune.train_stop": result.stop_reason})
     return result
