@@ -62,7 +62,7 @@ def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     """The steps of one cycle, inside the refresh flow run (a helper, not a subflow)."""
     validate_drop(staged, config)
     snapshot = curate_drop(staged, config)
-    champion = find_champion(config)
+    champion = find_champion(config, staged.digest)
     run_id = open_cycle_run(snapshot, champion, config)
     rehearsal = build_rehearsal(config)
     mix = build_training_mix(snapshot, rehearsal, config)

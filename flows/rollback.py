@@ -5,12 +5,17 @@ from __future__ import annotations
 from prefect import flow
 
 from freshtune.config import FreshtuneConfig
-from tasks.registry import rollback_champion
+from tasks.promote import rollback_champion
 
 
 @flow(name="rollback")
 def rollback(
-    config: FreshtuneConfig, to_version: str | None = None, reason: str = "", who: str | None = None
+    config: FreshtuneConfig,
+    to_version: str | None = None,
+    reason: str = "",
+    who: str | None = None,
+    force: bool = False,
 ) -> dict[str, str]:
-    """Move `champion` back to `to_version`, by default to the version `previous` points at."""
-    return rollback_champion(config.on_this_worker(), to_version, reason, who)
+    """Move `champion` back to `to_version`, by default to the version `previous` points at.
+    A version that never served and never passed the gate needs `force`."""
+    return rollback_champion(config.on_this_worker(), to_version, reason, who, force)

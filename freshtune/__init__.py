@@ -17,6 +17,10 @@ _DEFAULTS = {
     # The pure functions log outside flow runs too (tests, scripts); that is not an error.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",
+    # MLflow's client retries a dead server 7 times with doubling waits (minutes per call);
+    # preflight checks the servers first, so a call mid-cycle fails within about 15 s.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 for _key, _value in _DEFAULTS.items():
     os.environ.setdefault(_key, _value)

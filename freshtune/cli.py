@@ -86,9 +86,19 @@ def refresh(
 ) -> None:
     """Run the refresh flow now on each drop: gate, curate, retrain, evaluate, promote."""
     cfg = _config(config, set_, workspace)
+    _servers_answer(cfg)
     for drop in drops:
         _print_cycle(_run_cycle(drop, cfg))
     _print_where(cfg)
+
+
+def _servers_answer(cfg: FreshtuneConfig) -> None:
+    """Seconds, not minutes of client retries: every configured server answers, or the
+    command stops naming the one that did not (credentials never shown)."""
+    from tasks.servers import ServerUnavailable, check_servers
+
+    with _exit_on(ServerUnavailable, code=1):
+        check_servers(cfg)
 
 
 def _log_file(cfg: FreshtuneConfig) -> Path:
@@ -356,6 +366,9 @@ def rollback_cmd(
         str | None, typer.Option("--to", help="version (default: alias previous)")
     ] = None,
     reason: Annotated[str, typer.Option(help="why, recorded with the versions")] = "",
+    force: Annotated[
+        bool, typer.Option(help="serve a version that never served and was not blessed")
+    ] = False,
     config: ConfigOpt = "demo",
     set_: SetOpt = None,
     workspace: WorkspaceOpt = None,
@@ -365,7 +378,7 @@ def rollback_cmd(
 
     cfg = _config(config, set_, workspace)
     with _exit_on(Exception, code=1, what="rollback failed"):
-        record = rollback(cfg, to, reason)
+        record = rollback(cfg, to, reason, force=force)
     typer.echo(
         f"champion: version {record['from']} -> {record['to']} ({record['who']}: {record['why']})"
     )
@@ -506,6 +519,7 @@ def drop(
             _print_gate(outcome)
             typer.echo("not landed: fix the file and drop it again", err=True)
             raise typer.Exit(1)
+    _servers_answer(cfg)
     landed = land(file, cfg)
     typer.echo(f"landed {landed.url} (digest {landed.digest[:12]})")
     if not os.environ.get("PREFECT_API_URL"):
@@ -533,6 +547,7 @@ def watch(
 
     _require_server("watch")
     cfg = _config(config, set_, workspace)
+    _servers_answer(cfg)
     typer.echo(f"watching {landing_url(cfg)} every {interval:g} s")
     while True:
         for landed in announce_new(cfg):

@@ -215,6 +215,9 @@ class DataSettings(_Strict):
     )
     max_file_mb: float = Field(1024, gt=0, description="largest drop (or unpacked archive), MB")
     max_line_kb: float = Field(256, gt=0, description="longest JSONL/CSV line, KB")
+    max_unpack_ratio: float = Field(
+        200, gt=1, description="largest unpacked/packed size ratio of an archive (zip bombs)"
+    )
     # Curation (tasks/curate.py), in the order the rules run.
     near_dup_threshold: float = Field(
         0.9, gt=0, le=1, description="MinHash Jaccard (word bigrams) from which rows are near-dups"
@@ -305,7 +308,12 @@ class DeploySettings(_Strict):
         "else file locks in the workspace (one host)",
     )
     lock_ttl_s: int = Field(
-        6 * 3600, ge=60, description="a claimed drop is freed after this long if its run died"
+        120,
+        ge=3,
+        description=(
+            "a drop claim's lease (Redis): renewed every third of it while its holder lives, "
+            "freed this long after the holder dies"
+        ),
     )
 
     @model_validator(mode="after")

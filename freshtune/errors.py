@@ -13,6 +13,11 @@ class DropRejected(Exception):
         where = f"{self.file}:{line}" if line is not None else self.file
         super().__init__(f"{where}: drop rejected by rule {rule!r}: {detail}")
 
+    def also(self, note: str) -> None:
+        """Add what else went wrong while rejecting (the message is what users read)."""
+        self.detail = f"{self.detail}; {note}"
+        self.args = (f"{self.args[0]}; {note}",)
+
 
 class AdapterMismatch(Exception):
     """An adapter's weights do not fit the base model (missing or unexpected keys)."""

@@ -12,8 +12,10 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from freshtune.errors import DropRejected
 
@@ -34,7 +36,7 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVES)
 
 
-def unpack(path: Path, staging: Path, max_bytes: int) -> Path:
+def unpack(path: Path, staging: Path, max_bytes: int, max_ratio: float = 200.0) -> Path:
     """Check every member, then write the archive's one data file into `staging`."""
     members = _members(path)
     for member in members:
@@ -43,6 +45,10 @@ def unpack(path: Path, staging: Path, max_bytes: int) -> Path:
     if total > max_bytes:
         detail = f"unpacks to {total / 2**20:.1f} MB; data.max_file_mb={max_bytes / 2**20:g}"
         raise DropRejected(path, "size", detail)
+    # Text compresses 5-20x; a bomb compresses thousands of times.
+    if (ratio := total / max(path.stat().st_size, 1)) > max_ratio:
+        detail = f"unpacks {ratio:.0f}x its packed size; data.max_unpack_ratio={max_ratio:g}"
+        raise DropRejected(path, "compression", detail)
     data = [m for m in members if m.kind == "file" and m.name.lower().endswith(DATA_SUFFIXES)]
     if len(data) != 1:
         names = [m.name for m in data]
@@ -104,19 +110,44 @@ def _write(path: Path, member: Member, staging: Path) -> Path:
     target = staging / PurePosixPath(member.name.replace("\\", "/")).name
     if target.resolve().parent != staging.resolve():
         raise DropRejected(path, "archive", f"member {member.name!r} would land outside staging")
-    _copy_member(path, member.name, target)
+    _copy_member(path, member, target)
     log.info("unpacked %s from %s into %s", member.name, path.name, staging)
     return target
 
 
-def _copy_member(path: Path, name: str, target: Path) -> None:
+def _copy_member(path: Path, member: Member, target: Path) -> None:
+    try:
+        _copy_data(path, member, target)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        target.unlink(missing_ok=True)
+        detail = f"member {member.name!r} cannot be unpacked: {exc}"
+        raise DropRejected(path, "archive", detail) from None
+    except DropRejected:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _copy_data(path: Path, member: Member, target: Path) -> None:
     if path.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as archive, archive.open(name) as src, target.open("wb") as out:
-            shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(path) as archive, archive.open(member.name) as src:
+            _copy_at_most(path, src, target, member.size)
         return
     with tarfile.open(path) as archive:
-        src = archive.extractfile(name)
+        src = archive.extractfile(member.name)
         if src is None:  # checked above; extractfile returns None only for non-files
-            raise DropRejected(path, "archive", f"member {name!r} is not a regular file")
-        with src, target.open("wb") as out:
-            shutil.copyfileobj(src, out)
+            detail = f"member {member.name!r} is not a regular file"
+            raise DropRejected(path, "archive", detail)
+        with src:
+            _copy_at_most(path, src, target, member.size)
+
+
+def _copy_at_most(path: Path, src: IO[bytes], target: Path, declared: int) -> None:
+    """Copy no more than the member declared: a header that lies cannot fill the disk."""
+    written = 0
+    with target.open("wb") as out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > declared:
+                detail = f"member unpacks past its declared {declared} bytes"
+                raise DropRejected(path, "compression", detail)
+            out.write(chunk)

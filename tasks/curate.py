@@ -20,6 +20,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
 from tasks.columns import blocks, flags, gc_paused, matches
@@ -426,9 +427,10 @@ def check_curated(report: CurationReport, file: Path, cfg: FreshtuneConfig) -> N
 
 
 @task(name="curate-drop", cache_policy=NO_CACHE)
+@faults.after("curate")
 def curate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> Snapshot:
     """Curate against every earlier snapshot and commit this drop's snapshot."""
-    from tasks.validate import gate_dir, quarantine
+    from tasks.quarantine import gate_dir, quarantine
 
     earlier = earlier_data(earlier_snapshots(cfg, staged.digest))
     rows, report = curate(staged.records, settings=cfg.data, earlier=earlier)

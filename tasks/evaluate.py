@@ -19,8 +19,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from freshtune import console
+from freshtune import faults
 from freshtune.config import EvalSettings, FreshtuneConfig
+from tasks.chat import generate_answers, reference_nll
 from tasks.evalcache import AnswerCache, Generated, model_digest, question_digest
 from tasks.metrics import SliceScore, score
 from tasks.mix import current_rows
@@ -32,85 +33,6 @@ log = logging.getLogger(__name__)
 SLICES = ("current", "earlier", "general", "hallucination", "bias")
 GENERAL_FILE = Path(__file__).resolve().parent.parent / "freshtune" / "data" / "general.jsonl"
 Scores = dict[str, dict[str, SliceScore]]
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    rows: list[dict[str, Any]],
-    settings: EvalSettings,
-    bar: Any = None,
-) -> list[str]:
-    """Greedy, batched, deterministic answers to each row's conversation minus its answer.
-    Progress goes to `bar` (a tqdm shared by several calls) or a bar of its own."""
-    import torch
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    prompts = [
-        tokenizer.apply_chat_template(
-            r["messages"][:-1], tokenize=False, add_generation_prompt=True
-        )
-        for r in rows
-    ]
-    answers: list[str] = []
-    batches = range(0, len(prompts), settings.batch_size)
-    # A quiet terminal shows the bars of whole stages only (the training-target probe's
-    # answers are generated inside training's bar).
-    own = (
-        None
-        if bar is not None
-        else tqdm(total=len(batches), desc="generating", leave=False, disable=console.quiet())
-    )
-    for start in batches:
-        batch = tokenizer(
-            prompts[start : start + settings.batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        ).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(
-                **batch,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        (own if bar is None else bar).update(1)
-    if own is not None:
-        own.close()
-    return [a.strip() for a in answers]
-
-
-def reference_nll(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSettings
-) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, tokens) of each reference answer: for perplexity."""
-    import torch
-
-    from tasks.train import IGNORE, collate, encode_chat
-
-    encoded = [encode_chat(tokenizer, r["messages"], 512) for r in rows]
-    pad = collate(tokenizer.pad_token_id)
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(encoded), settings.batch_size):
-        batch = pad(encoded[start : start + settings.batch_size])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            logits = (
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                .logits[:, :-1]
-                .float()
-            )
-        labels = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
-        )
-        counts = (labels != IGNORE).sum(dim=1)
-        out += [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)]
-    return out
 
 
 def load_eval_file(path: Path, slice_name: str) -> list[dict[str, Any]]:
@@ -288,6 +210,7 @@ def score_candidate(
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
+@faults.after("evaluate")
 def evaluate_candidate(
     snapshot: Snapshot,
     candidate: Path,

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
 from freshtune.files import file_digest
 from tasks.archive import is_archive, unpack
 from tasks.columns import gc_paused
+from tasks.quarantine import check_not_quarantined, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,15 @@ _BOMS = {
 }
 
 
+# A row is an object of lists of objects: 4 levels. Deeper rows are refused before anything
+# recursive (orjson's writer stops at 254, Python's json at ~1000) meets them.
+MAX_DEPTH = 16
+# C0 control characters other than tab, newline and carriage return: raw (CSV) or as a JSON
+# escape. A cheap scan of the whole text finds the few lines worth a closer look.
+_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]|\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])")
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
 @dataclass(frozen=True)
 class ReadLimits:
     """How strictly a drop is read; built from `data.*` settings."""
@@ -63,10 +75,16 @@ class ReadLimits:
     encoding: str = "utf-8"
     max_file_bytes: int = 1 << 30
     max_line_bytes: int = 256 << 10
+    max_unpack_ratio: float = 200.0
 
     @classmethod
     def of(cls, data: DataSettings) -> ReadLimits:
-        return cls(data.encoding, int(data.max_file_mb * 2**20), int(data.max_line_kb * 2**10))
+        return cls(
+            data.encoding,
+            int(data.max_file_mb * 2**20),
+            int(data.max_line_kb * 2**10),
+            data.max_unpack_ratio,
+        )
 
 
 @gc_paused()
@@ -84,6 +102,9 @@ def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, An
         text = decode(path, data, limits.encoding)
         _check_line_lengths(path, data, limits.max_line_bytes)
         raw = _read_csv(path, text, limits) if suffix == ".csv" else _read_jsonl(path, text)
+        raw = _checked(path, raw, _flagged_lines(text))
+    if suffix == ".parquet":
+        raw = _checked(path, raw, None)
     if not raw:
         what = "a CSV header but no rows" if suffix == ".csv" else "no rows"
         raise DropRejected(path, "empty", f"the file has {what}")
@@ -133,6 +154,61 @@ def decode(path: Path, data: bytes, encoding: str = "utf-8") -> str:
         raise DropRejected(path, "encoding", detail, line) from None
 
 
+def _flagged_lines(text: str) -> set[int]:
+    """Lines that may hold a control character (a superset: the check that follows is exact)."""
+    return {text.count("\n", 0, m.start()) + 1 for m in _CONTROL.finditer(text)}
+
+
+def _checked(
+    path: Path, rows: list[tuple[int, Any]], flagged: set[int] | None
+) -> list[tuple[int, Any]]:
+    """Reject a row holding a control character, a lone surrogate or nesting past MAX_DEPTH.
+
+    `flagged`: the only lines that can hold a bad character (None: look at every row).
+    """
+    for line, obj in rows:
+        if (flagged is None or line in flagged) and (where := _bad_string(obj)) is not None:
+            detail = f"{where} holds a control character or an unpaired surrogate"
+            raise DropRejected(path, "characters", detail, line)
+    return rows
+
+
+def _bad_string(obj: Any, where: str = "row") -> str | None:
+    """Where in `obj` a string holds a character no text field may hold, or None."""
+    if isinstance(obj, str):
+        return where if _BAD_CHAR.search(obj) else None
+    items = (
+        obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    )
+    for key, value in items:
+        if isinstance(key, str) and _BAD_CHAR.search(key):
+            return f"{where} key"
+        if (found := _bad_string(value, f"{where}[{key!r}]")) is not None:
+            return found
+    return None
+
+
+def _too_deep(obj: Any) -> bool:
+    """Whether `obj` nests past MAX_DEPTH (iterative: the row may be as deep as json allows)."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, (dict, list)):
+            if depth + 1 > MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_depth(path: Path, line: str, line_no: int, obj: Any) -> Any:
+    # Counting brackets is cheap and bounds the depth from above; only then walk the row.
+    if line.count("[") + line.count("{") > MAX_DEPTH and _too_deep(obj):
+        detail = f"row nests deeper than {MAX_DEPTH} levels of objects and lists"
+        raise DropRejected(path, "nesting", detail, line_no)
+    return obj
+
+
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     import orjson
 
@@ -142,22 +218,32 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         if not line.strip():
             continue
         try:  # orjson: 0.7 s for 1M lines against json's 1.75; json has the known messages
-            rows.append((line_no, orjson.loads(line)))
+            obj = _check_depth(path, line, line_no, orjson.loads(line))
         except orjson.JSONDecodeError:
-            rows.append((line_no, _json_line(path, line, line_no, line_no == len(lines))))
+            obj = _check_depth(path, line, line_no, _json_line(path, line, line_no, lines))
+            # orjson refuses an unpaired surrogate escape (\ud800); json parses it into a
+            # string no encoder can write back: refused here, not in a later stage.
+            _checked(path, [(line_no, obj)], None)
+        rows.append((line_no, obj))
     return rows
 
 
-def _json_line(path: Path, line: str, line_no: int, last: bool) -> Any:
+def _json_line(path: Path, line: str, line_no: int, lines: list[str]) -> Any:
     """json's reading of a line orjson refused: NaN is allowed, anything else rejects the drop."""
     try:
-        return json.loads(line)
+        obj = json.loads(line)
+    except RecursionError:
+        detail = f"row nests deeper than {MAX_DEPTH} levels of objects and lists"
+        raise DropRejected(path, "nesting", detail, line_no) from None
     except json.JSONDecodeError as exc:
         detail = f"column {exc.colno}: {exc.msg}"
-        if last:  # a cut-off upload: the last line stops mid-record, with no newline after it
+        if line_no == len(
+            lines
+        ):  # a cut-off upload: the last line stops mid-record, with no newline after it
             detail = f"last line is cut off (no final newline; {detail})"
             raise DropRejected(path, "truncated", detail, line_no) from None
         raise DropRejected(path, "json", detail, line_no) from None
+    return obj
 
 
 def _read_csv(path: Path, text: str, limits: ReadLimits) -> list[tuple[int, Any]]:
@@ -358,7 +444,7 @@ def _read_any(path: Path, staging: Path, limits: ReadLimits) -> list[dict[str, A
     """A data file as is; an archive's one data file via a staging copy, removed after."""
     if not is_archive(path):
         return read_drop(path, limits)
-    member = unpack(path, staging, limits.max_file_bytes)
+    member = unpack(path, staging, limits.max_file_bytes, limits.max_unpack_ratio)
     try:
         return read_drop(member, limits)
     except DropRejected as exc:  # name the archive, not the staging copy
@@ -367,22 +453,8 @@ def _read_any(path: Path, staging: Path, limits: ReadLimits) -> list[dict[str, A
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_not_quarantined(path: Path, digest: str, cfg: FreshtuneConfig) -> None:
-    """The same bytes rejected before are rejected again at once, pointing at the first time."""
-    from tasks import store
-
-    earlier = cfg.paths.quarantine / digest[:16]
-    if digest[:16] in store.keys(cfg, store.QUARANTINE):
-        store.get(cfg, store.QUARANTINE, digest[:16], earlier)
-        detail = (
-            f"these exact bytes (digest {digest[:16]}) were rejected before; see "
-            f"{earlier / 'REJECTED.md'} (fix the file; to retry these bytes, delete "
-            f"{store.QUARANTINE}/{digest[:16]}.json from the artifact store)"
-        )
-        raise DropRejected(path, "quarantined", detail)
-
-
 @task(name="stage-drop", cache_policy=NO_CACHE)
+@faults.after("stage")
 def stage_drop(path: str, cfg: FreshtuneConfig) -> StagedDrop:
     """Parse the drop; a file that cannot be read is quarantined with the reason."""
     from tasks.landing import local_copy
@@ -395,7 +467,5 @@ def stage_drop(path: str, cfg: FreshtuneConfig) -> StagedDrop:
     try:
         return stage(file, digest, cfg)
     except DropRejected as exc:
-        from tasks.validate import quarantine
-
         quarantine(file, digest, exc, cfg)
         raise

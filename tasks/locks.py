@@ -3,18 +3,24 @@
 Event triggers have fired twice for one event (PITFALLS): the refresh flow claims the drop's
 digest before doing any work; a second run for the same digest sees the claim and stands down.
 With `deploy.lock_url` (redis://) the claim holds across machines; without it a file lock in
-the workspace holds on one host. A claim dies with its holder (file lock) or after
-`deploy.lock_ttl_s` (Redis), so a crashed run never blocks a drop for good.
+the workspace holds on one host. A claim dies with its holder: the file lock at once, the
+Redis claim (a lease of `deploy.lock_ttl_s` that a thread of the holder renews every third of
+it, through a wait in review or a queued GPU run alike) within one lease. A crashed run never
+blocks a drop for long, and a long cycle never loses its claim to a duplicate event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from freshtune.config import FreshtuneConfig
 
@@ -41,6 +47,20 @@ def claim(key: str, cfg: FreshtuneConfig) -> Iterator[str | None]:
     inner = _redis_claim(key, url, cfg.deploy.lock_ttl_s) if url else _file_claim(key, cfg)
     with inner as other:
         yield other
+
+
+@contextmanager
+def held(key: str, cfg: FreshtuneConfig, timeout_s: float = 600) -> Iterator[None]:
+    """Wait for `key`, hold it for the block: a short critical section across workers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with claim(key, cfg) as other:
+            if other is None:
+                yield
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} is still held by {other} after {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 @contextmanager
@@ -71,23 +91,38 @@ def _redis_claim(key: str, url: str, ttl_s: int) -> Iterator[str | None]:
     import redis
 
     conn = redis.Redis.from_url(url)
-    name = f"freshtune:claim:{key}"
-    me = holder_name()
-    # SET NX EX is atomic: exactly one of several racing workers gets the claim.
-    if not conn.set(name, me, nx=True, ex=ttl_s):
-        yield (conn.get(name) or b"another worker").decode()
+    # redis-py's Lock: SET NX PX to take it (exactly one of several racing workers does), a
+    # token check to renew or release only our own. The token is who holds it, for others.
+    lease = conn.lock(f"freshtune:claim:{key}", timeout=ttl_s, thread_local=False)
+    if not lease.acquire(blocking=False, token=holder_name()):
+        yield (conn.get(lease.name) or b"another worker").decode()
         return
+    stop = threading.Event()
+    renewer = threading.Thread(
+        target=_renew, args=(lease, ttl_s / 3, stop), name=f"lease {key}", daemon=True
+    )
+    renewer.start()
     try:
         yield None
     finally:
-        # Release only our own claim (it may have expired and been taken by someone else).
-        conn.eval(_RELEASE_IF_MINE, 1, name, me)
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(redis.exceptions.LockError):  # lost it: nothing to release
+            lease.release()
 
 
-_RELEASE_IF_MINE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
+def _renew(lease: Any, every_s: float, stop: threading.Event) -> None:
+    """Reset the lease to its full length until told to stop; say so loudly if it was lost."""
+    import redis
+
+    while not stop.wait(every_s):
+        try:
+            lease.reacquire()
+        except redis.exceptions.LockNotOwnedError:
+            log.error("lost the claim %s: another run may process this drop", lease.name)
+            return
+        except redis.exceptions.ConnectionError as exc:  # try again next time round
+            log.warning("could not renew the claim %s: %s", lease.name, exc)
 
 
 def in_progress_record(file: str, digest: str, holder: str) -> dict[str, object]:

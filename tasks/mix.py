@@ -22,6 +22,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks.ingest import response_of
 from tasks.rehearsal import RehearsalSet
@@ -292,6 +293,7 @@ def load_mix(path: Path) -> TrainingMix:
 
 
 @task(name="build-training-mix", cache_policy=NO_CACHE)
+@faults.after("mix")
 def build_training_mix(
     snapshot: Snapshot, rehearsal: RehearsalSet | None, cfg: FreshtuneConfig
 ) -> TrainingMix:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks import registry
 from tasks.gate import GateDecision, decide
@@ -48,6 +50,18 @@ def promote_serialised(cfg: FreshtuneConfig, version: str, expected: Champion | 
         registry.promote(cfg, version, expected)
 
 
+def rollback_serialised(
+    cfg: FreshtuneConfig, to_version: str | None, who: str, why: str, force: bool
+) -> dict[str, str]:
+    """A rollback takes the promotions' slot: it never interleaves with a promotion's
+    compare-and-move, so the two cannot leave `champion` and `previous` crossed."""
+    from prefect.concurrency.sync import concurrency
+
+    ensure_promotion_limit()
+    with concurrency(PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=600):
+        return registry.rollback(cfg, to_version, who, why, force)
+
+
 def _refuse_if_flow_ended() -> None:
     """A timed-out flow run is marked Failed while its code may still run: never move the alias
     after that."""
@@ -63,6 +77,7 @@ def _refuse_if_flow_ended() -> None:
 
 
 @task(name="promote-candidate", cache_policy=NO_CACHE)
+@faults.after("promote")
 def promote_candidate(
     version: str,
     candidate: Path,
@@ -103,3 +118,17 @@ def _reevaluate(snapshot, candidate, champion, cfg, run_id) -> GateDecision:
     decision = decide(scores, cfg.gate)
     registry.set_tags(cfg, run_id, {"freshtune.gate_after_reevaluation": decision.verdict})
     return decision
+
+
+@task(name="rollback-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def rollback_champion(
+    cfg: FreshtuneConfig, to_version: str | None, reason: str, who: str | None, force: bool
+) -> dict[str, str]:
+    import getpass
+
+    record = rollback_serialised(
+        cfg, to_version, who or getpass.getuser(), reason or "no reason given", force
+    )
+    with (cfg.paths.root / "rollbacks.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")  # a local copy; MLflow holds the audit
+    return record

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -18,8 +17,16 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks.snapshot import Snapshot
+from tasks.tracking import (
+    TrackingUnavailable,
+    client,
+    experiment_id,
+    redacted,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +48,6 @@ class Champion:
     @property
     def adapter_key(self) -> str:
         return self.tags["adapter_key"]
-
-
-def tracking_uri(cfg: FreshtuneConfig) -> str:
-    """`MLFLOW_TRACKING_URI` wins; otherwise SQLite inside the workspace."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cfg.paths.mlflow / 'mlflow.db'}"
-
-
-def client(cfg: FreshtuneConfig):
-    from mlflow import MlflowClient
-
-    cfg.paths.mlflow.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
-
-
-def experiment_id(cfg: FreshtuneConfig) -> str:
-    """The experiment, created with its artifacts in the workspace when tracking is local."""
-    mlc = client(cfg)
-    found = mlc.get_experiment_by_name(cfg.tracking.experiment)
-    if found is not None:
-        return found.experiment_id
-    local = not os.environ.get("MLFLOW_TRACKING_URI")
-    location = (cfg.paths.mlflow / "artifacts").as_uri() if local else None
-    return mlc.create_experiment(cfg.tracking.experiment, artifact_location=location)
 
 
 def open_run(cfg: FreshtuneConfig, digest: str, tags: dict[str, str]) -> str:
@@ -129,10 +113,6 @@ def close_run(cfg: FreshtuneConfig, run_id: str, status: str = "FINISHED") -> No
     client(cfg).set_terminated(run_id, status=status)
 
 
-class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server did not answer: never read as "no champion"."""
-
-
 def get_champion(cfg: FreshtuneConfig) -> Champion | None:
     """The version under alias `champion`; None only when MLflow says it does not exist (no
     registered model yet, or no alias). An outage is an error naming the server: read as "no
@@ -145,8 +125,8 @@ def get_champion(cfg: FreshtuneConfig) -> Champion | None:
         if _not_found(exc):
             return None
         raise TrackingUnavailable(
-            f"MLflow tracking server {_redacted(tracking_uri(cfg))} did not answer for the "
-            f"champion of {cfg.tracking.model_name}: {_redacted(str(exc).splitlines()[0])[:300]} "
+            f"MLflow tracking server {redacted(tracking_uri(cfg))} did not answer for the "
+            f"champion of {cfg.tracking.model_name}: {redacted(str(exc).splitlines()[0])[:300]} "
             "(check that it runs and MLFLOW_TRACKING_URI and its credentials)"
         ) from None
     return Champion(str(mv.version), mv.run_id, mv.source, dict(mv.tags))
@@ -159,13 +139,6 @@ def _not_found(exc: Any) -> bool:
         and "alias" in message
         and "not found" in message
     )
-
-
-def _redacted(text: str) -> str:
-    """`text` with the user:password part of every URL in it removed."""
-    import re
-
-    return re.sub(r"://[^/@\s]+@", "://", text)
 
 
 def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> str:
@@ -182,6 +155,9 @@ def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) ->
                 "LoRA adapters kept fresh by freshtune; alias `champion` is the one serving."
             ),
         )
+    if (known := _registered(cfg, tags)) is not None:
+        log.info("adapter %s of this drop is version %s already", tags["adapter_key"], known)
+        return known
     source = f"{mlc.get_run(run_id).info.artifact_uri}/adapter"
     version = mlc.create_model_version(
         cfg.tracking.model_name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
@@ -189,9 +165,24 @@ def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) ->
     return str(version.version)
 
 
+def _registered(cfg: FreshtuneConfig, tags: dict[str, Any]) -> str | None:
+    """The version already registered for this drop and adapter: a retried or rerun
+    registration returns it instead of adding a second version of the same weights."""
+    if "drop_digest" not in tags:
+        return None
+    found = client(cfg).search_model_versions(
+        f"name = '{cfg.tracking.model_name}' and tags.adapter_key = '{tags['adapter_key']}' "
+        f"and tags.drop_digest = '{tags['drop_digest']}'"
+    )
+    return str(min(int(mv.version) for mv in found)) if found else None
+
+
 def promote(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> None:
     """Move `champion` to `version` and `previous` to the old one, if nobody moved it since."""
     current = get_champion(cfg)
+    if current is not None and current.version == version:
+        log.info("version %s is champion already (an earlier attempt moved it)", version)
+        return
     if (current and current.version) != (expected and expected.version):
         raise ChampionMoved(
             f"champion is now version {current and current.version}, not "
@@ -201,34 +192,58 @@ def promote(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> No
     if current is not None:
         mlc.set_registered_model_alias(cfg.tracking.model_name, PREVIOUS, current.version)
     mlc.set_registered_model_alias(cfg.tracking.model_name, CHAMPION, version)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    mlc.set_model_version_tag(cfg.tracking.model_name, version, "promoted_at", stamp)
     log.info("promoted version %s to %s", version, CHAMPION)
 
 
-def rollback(cfg: FreshtuneConfig, to_version: str | None, who: str, why: str) -> dict[str, str]:
+def rollback(
+    cfg: FreshtuneConfig, to_version: str | None, who: str, why: str, force: bool = False
+) -> dict[str, str]:
     """Move `champion` back (to `previous` by default); `previous` then holds the version rolled
-    back from, so a second rollback undoes the first. Who and why go on both versions."""
+    back from, so a second rollback undoes the first. The audit record is written before any
+    alias moves and marked done after, so a rollback cut short is visible as such."""
     current = get_champion(cfg)
     if current is None:
         raise ValueError("there is no champion to roll back")
     mlc = client(cfg)
     name = cfg.tracking.model_name
-    if to_version is None:
-        try:
-            to_version = str(mlc.get_model_version_by_alias(name, PREVIOUS).version)
-        except Exception:
-            raise ValueError("no `previous` alias to roll back to; pass --to VERSION") from None
-    mlc.get_model_version(name, to_version)  # fails clearly for an unknown version
+    to_version = to_version or _previous(cfg)
+    _check_servable(mlc.get_model_version(name, to_version), force)  # unknown: a clear error
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record = {"from": current.version, "to": to_version, "who": who, "why": why, "at": stamp}
+    audit = f"rollback.{stamp.replace(':', '')}.{current.version}-{to_version}"
+    mlc.set_registered_model_tag(name, audit, json.dumps({**record, "state": "started"}))
     mlc.set_registered_model_alias(name, CHAMPION, to_version)
     mlc.set_registered_model_alias(name, PREVIOUS, current.version)
     for version, key in ((to_version, "rolled_back_to_at"), (current.version, "rolled_back_at")):
         mlc.set_model_version_tag(name, version, key, json.dumps(record))
+    mlc.set_registered_model_tag(name, audit, json.dumps({**record, "state": "done"}))
     mlc.set_registered_model_tag(name, "last_rollback", json.dumps(record))
     log.warning(
         "rolled back champion from %s to %s (%s: %s)", current.version, to_version, who, why
     )
     return record
+
+
+def _previous(cfg: FreshtuneConfig) -> str:
+    try:
+        return str(
+            client(cfg).get_model_version_by_alias(cfg.tracking.model_name, PREVIOUS).version
+        )
+    except Exception:
+        raise ValueError("no `previous` alias to roll back to; pass --to VERSION") from None
+
+
+def _check_servable(mv: Any, force: bool) -> None:
+    """Only a version that served before or passed the gate may serve again, unless forced."""
+    tags = mv.tags or {}
+    if force or "promoted_at" in tags or tags.get("gate") == "BLESSED":
+        return
+    raise ValueError(
+        f"version {mv.version} was never champion and its gate verdict is "
+        f"{tags.get('gate') or 'unknown'}; pass --force to serve it anyway"
+    )
 
 
 def local_adapter(cfg: FreshtuneConfig, champion: Champion) -> Path:
@@ -257,13 +272,28 @@ def local_adapter(cfg: FreshtuneConfig, champion: Champion) -> Path:
 
 
 @task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def find_champion(cfg: FreshtuneConfig) -> Champion | None:
-    """The serving adapter (alias `champion`), fetched into the workspace if needed."""
+def find_champion(cfg: FreshtuneConfig, digest: str | None = None) -> Champion | None:
+    """The serving adapter (alias `champion`), fetched into the workspace if needed.
+
+    With the drop's `digest`: the champion this drop's candidate is measured against. When an
+    earlier attempt at this drop promoted its candidate and died before recording the cycle,
+    that is the version its candidate replaced, so the rerun trains, scores and decides
+    exactly as the first attempt did and the alias does not move again."""
     champion = get_champion(cfg)
+    if champion is not None and digest is not None and champion.tags.get("drop_digest") == digest:
+        log.warning("version %s of this drop serves already; finishing its cycle", champion.version)
+        champion = _version(cfg, champion.tags.get("parent_version") or None)
     if champion is None:
         log.info("no champion yet: the candidate trains from the base model")
         return None
     return replace(champion, adapter_dir=local_adapter(cfg, champion))
+
+
+def _version(cfg: FreshtuneConfig, version: str | None) -> Champion | None:
+    if version is None:
+        return None
+    mv = client(cfg).get_model_version(cfg.tracking.model_name, version)
+    return Champion(str(mv.version), mv.run_id, mv.source, dict(mv.tags))
 
 
 @task(name="open-cycle-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -271,6 +301,7 @@ def open_cycle_run(snapshot: Snapshot, champion: Champion | None, cfg: Freshtune
     """The MLflow run of this cycle: config, data digest and the curation counts."""
     from prefect.runtime import flow_run
 
+    abandon_runs(cfg, snapshot.digest)
     run_id = open_run(
         cfg,
         snapshot.digest,
@@ -283,6 +314,24 @@ def open_cycle_run(snapshot: Snapshot, champion: Champion | None, cfg: Freshtune
     log_text(cfg, run_id, cfg.model_dump_json(indent=2), "config.json")
     log_metrics(cfg, run_id, snapshot.meta().get("curation", {}))
     return run_id
+
+
+def abandon_runs(cfg: FreshtuneConfig, digest: str) -> None:
+    """Mark FAILED the cycle runs of this drop still RUNNING: their process died without its
+    failure hook (killed, node lost). The drop's claim means no other cycle of it is alive."""
+    mlc = client(cfg)
+    runs = mlc.search_runs(
+        [experiment_id(cfg)],
+        filter_string=(
+            f"tags.`freshtune.drop_digest` = '{digest}' and attributes.status = 'RUNNING'"
+        ),
+    )
+    for run in runs:
+        log.warning(
+            "cycle run %s of this drop was left running; marking it FAILED", run.info.run_id
+        )
+        mlc.set_tag(run.info.run_id, "freshtune.abandoned", "true")
+        mlc.set_terminated(run.info.run_id, status="FAILED")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -309,6 +358,7 @@ def lineage_tags(
 
 
 @task(name="register-candidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@faults.after("register")
 def register_candidate(
     adapter_dir: Path, lineage: dict[str, Any], cfg: FreshtuneConfig, run_id: str
 ) -> str:
@@ -336,16 +386,3 @@ def fail_cycle_run(flow: Any, flow_run: Any, state: Any) -> None:
                 mlc.set_terminated(run.info.run_id, status="FAILED")
     except Exception as exc:  # the hook must not mask the flow's own error
         log.warning("could not mark the MLflow run of flow run %s failed: %s", flow_run.id, exc)
-
-
-@task(name="rollback-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def rollback_champion(
-    cfg: FreshtuneConfig, to_version: str | None, reason: str, who: str | None
-) -> dict[str, str]:
-    import getpass
-
-    record = rollback(cfg, to_version, who or getpass.getuser(), reason or "no reason given")
-    path = cfg.paths.root / "rollbacks.jsonl"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-    return record

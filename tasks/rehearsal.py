@@ -75,7 +75,7 @@ def base_answers(
     generated exactly as evaluation generates (the same `eval` settings)."""
     from tqdm.auto import tqdm
 
-    from tasks.evaluate import generate_answers
+    from tasks.chat import generate_answers
     from tasks.models import load_inference_model, load_tokenizer
 
     tokenizer = load_tokenizer(base_model)

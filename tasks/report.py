@@ -12,6 +12,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks import store
 from tasks.evaluate import Scores
@@ -226,6 +227,7 @@ def publish_history(record: dict[str, Any], cfg: FreshtuneConfig) -> None:
 
 
 @task(name="publish-cycle", cache_policy=NO_CACHE)
+@faults.after("record")
 def publish_cycle(record: dict[str, Any], cfg: FreshtuneConfig) -> dict[str, Any]:
     """Write the cycle record (last: its presence in the artifact store marks the drop as
     done, for every worker) and show it."""

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
+from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks.gate import GateDecision, Scores, check_record, checks_table
 from tasks.ingest import prompt_of
@@ -188,6 +189,7 @@ def publish_review_report(
     return markdown
 
 
+@faults.after("review")
 def request_review(report: str, decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
     """The human decision. Called from the flow body: Prefect pauses flow runs, not tasks."""
     if not decision.promotable:
@@ -329,10 +331,14 @@ def record_review(
 
 @task(name="preflight", cache_policy=NO_CACHE)
 def preflight(cfg: FreshtuneConfig) -> None:
-    """Fail before any work on settings that cannot succeed later."""
+    """Fail before any work on settings or servers that cannot succeed later."""
     from prefect.settings import PREFECT_API_URL
 
     from freshtune.config import ConfigError
+    from tasks.servers import check_servers
+
+    checked = check_servers(cfg)
+    log.info("servers answering: %s", ", ".join(checked) or "none configured (embedded)")
 
     if cfg.review.mode == "pause" and not PREFECT_API_URL.value():
         raise ConfigError(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from freshtune.config import FreshtuneConfig
+from tasks.locks import held
 
 
 @dataclass(frozen=True)
@@ -93,17 +94,20 @@ def commit_snapshot(
         {k: row.get(k, "" if k in ("slice", "pair") else None) for k in features} for row in rows
     ]
     Dataset.from_list(stored, features=features).save_to_disk(str(staging / "data"))
-    sequence = max((s.sequence for s in list_snapshots(cfg)), default=0) + 1
-    meta = {
-        "digest": digest,
-        "file": file.name,
-        "sequence": sequence,
-        "committed_at": time.time(),
-        **(extra or {}),
-    }
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    staging.rename(target)
-    return _publish(target, cfg)
+    # Numbering and publishing are one step for all workers: two drops committed at once
+    # would otherwise both take max + 1, and which fact is newer would be arbitrary.
+    with held("snapshot-sequence", cfg):
+        sequence = max((s.sequence for s in list_snapshots(cfg)), default=0) + 1
+        meta = {
+            "digest": digest,
+            "file": file.name,
+            "sequence": sequence,
+            "committed_at": time.time(),
+            **(extra or {}),
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        staging.rename(target)
+        return _publish(target, cfg)
 
 
 def _publish(folder: Path, cfg: FreshtuneConfig) -> Snapshot:

@@ -24,6 +24,7 @@ from typing import Any
 
 from freshtune.config import FreshtuneConfig
 from freshtune.files import file_digest
+from tasks import tracking
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,10 @@ class StoreError(RuntimeError):
 
 
 def _location(cfg: FreshtuneConfig) -> str:
-    from tasks import registry
-
-    uri = registry.tracking_uri(cfg)
+    uri = tracking.tracking_uri(cfg)
     key = (uri, cfg.tracking.experiment)
     if key not in _LOCATIONS:  # an experiment's artifact location never changes
-        experiment = registry.client(cfg).get_experiment(registry.experiment_id(cfg))
+        experiment = tracking.client(cfg).get_experiment(tracking.experiment_id(cfg))
         _LOCATIONS[key] = f"{experiment.artifact_location.rstrip('/')}/{ROOT}"
     return _LOCATIONS[key]
 
@@ -54,9 +53,7 @@ _LOCATIONS: dict[tuple[str, str], str] = {}
 def _repo(cfg: FreshtuneConfig) -> Any:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from tasks import registry
-
-    return get_artifact_repository(_location(cfg), tracking_uri=registry.tracking_uri(cfg))
+    return get_artifact_repository(_location(cfg), tracking_uri=tracking.tracking_uri(cfg))
 
 
 def folder_files(folder: Path) -> dict[str, str]:

@@ -48,7 +48,7 @@ def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) 
 
 def probe_recall(model: Any, tokenizer: Any, probe: Probe) -> float:
     """Share of the probe's questions answered with what their training row teaches."""
-    from tasks.evaluate import generate_answers
+    from tasks.chat import generate_answers
 
     was_training = model.training
     model.eval()

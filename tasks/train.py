@@ -8,6 +8,7 @@ checkpoints survive a killed process and the next run resumes from the last one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -25,16 +26,16 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from freshtune import console
+from freshtune import console, faults
 from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
+from tasks.chat import IGNORE, collate, encode_chat
 from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
 from tasks.registry import Champion
 from tasks.target import build_probe, recall_curve, stop_reason, target_callback
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
 RUNTIME_ONLY = (
@@ -148,66 +149,6 @@ def _drop_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> None:
     for name, default in defaults.items():
         if dumped.get(name) == default:
             dumped.pop(name, None)
-
-
-def encode_chat(
-    tokenizer: Any, messages: list[dict[str, str]], max_length: int, open_end: bool = False
-) -> dict:
-    """Token ids and labels that train only on assistant turns.
-
-    Each piece is tokenised on its own, exactly as generation will see the prompt, so the
-    boundary between prompt and answer never merges into one token. `open_end`: the last
-    answer is the start of a longer one, trained without the end of its turn (so the model
-    does not learn to stop there).
-    """
-    ids: list[int] = []
-    labels: list[int] = []
-    done = ""
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            prefix = _template(tokenizer, messages[:i], generation_prompt=True)
-            _append(tokenizer, prefix[len(done) :], ids, labels, train=False)
-            done = prefix
-        text = _template(tokenizer, messages[: i + 1])
-        if open_end and i == len(messages) - 1 and message["role"] == "assistant":
-            text = done + message["content"]
-        if not text.startswith(done):
-            raise ValueError("the chat template is not prefix-consistent; cannot mask prompts")
-        _append(tokenizer, text[len(done) :], ids, labels, train=message["role"] == "assistant")
-        done = text
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
-
-
-def _template(tokenizer: Any, messages: list[dict[str, str]], generation_prompt=False) -> str:
-    if not messages:
-        return ""
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
-
-
-def _append(tokenizer: Any, text: str, ids: list[int], labels: list[int], train: bool) -> None:
-    piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-    ids += piece
-    labels += piece if train else [IGNORE] * len(piece)
-
-
-def collate(pad_id: int) -> Callable[[list[dict]], dict]:
-    """Right-pad a batch to its longest row; padding is masked out of the loss."""
-    import torch
-
-    def _collate(batch: list[dict]) -> dict:
-        width = max(len(row["input_ids"]) for row in batch)
-        pad = [width - len(row["input_ids"]) for row in batch]
-        return {
-            "input_ids": torch.tensor([r["input_ids"] + [pad_id] * p for r, p in zip(batch, pad)]),
-            "labels": torch.tensor([r["labels"] + [IGNORE] * p for r, p in zip(batch, pad)]),
-            "attention_mask": torch.tensor(
-                [[1] * len(r["input_ids"]) + [0] * p for r, p in zip(batch, pad)]
-            ),
-        }
-
-    return _collate
 
 
 def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int):
@@ -430,12 +371,26 @@ def train_adapter(
     if mirror is not None and settings.save_steps:
         resume = mirror.restore(staging / "checkpoints", resume)
     start = time.perf_counter()
-    if settings.processes > 1:
-        stats = launch_torchrun(base_model, rows, settings, parent, seed, staging, resume, on_log)
-    else:
-        stats = fit_adapter(
-            base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
-        )
+    try:
+        if settings.processes > 1:
+            stats = launch_torchrun(
+                base_model, rows, settings, parent, seed, staging, resume, on_log
+            )
+        else:
+            stats = fit_adapter(
+                base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
+            )
+    except TrainingDiverged:
+        # Its checkpoints may hold the poisoned weights: a rerun must not resume from them.
+        shutil.rmtree(staging, ignore_errors=True)
+        if mirror is not None:
+            mirror.clear()
+        raise
+    except Exception as exc:
+        # safetensors and torch report a full disk in their own error types.
+        if "No space left on device" not in str(exc) or isinstance(exc, OSError):
+            raise
+        raise OSError(errno.ENOSPC, f"No space left on device writing {staging}: {exc}") from None
     result = _result(out_dir, parent, settings, stats, time.perf_counter() - start)
     shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     for name, text in (extra_files or {}).items():
@@ -520,9 +475,10 @@ def fit_adapter(
     peak = math.nan if args.use_cpu else _gpu_peak()
     accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
     probe = build_probe(rows, settings, seed)
-    callbacks = [_metrics_callback(accounting, on_log)]
+    callbacks = [_metrics_callback(accounting, on_log), _divergence_guard()]
     if mirror is not None and settings.save_steps:
         callbacks.append(_mirror_callback(mirror))
+    callbacks += _injected_faults()
     if probe is not None:
         callbacks.append(target_callback(probe, load_tokenizer(base_model), on_log))
     trainer = (anchored_trainer(settings.base_kl) if settings.base_kl else Trainer)(
@@ -539,6 +495,7 @@ def fit_adapter(
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_token_bar())
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    check_finite(model, float(output.training_loss), output.global_step)
     trainer.save_model(str(staging))
     (staging / "training_args.bin").unlink(missing_ok=True)
     done = output.global_step / max(trainer.state.max_steps, 1)  # < 1 when a target stopped it
@@ -752,6 +709,67 @@ def _token_bar() -> Any:
     return TokenBar()
 
 
+class TrainingDiverged(RuntimeError):
+    """Loss or weights stopped being finite: training stopped, nothing committed or registered."""
+
+
+_DIVERGED_FIX = "lower train.learning_rate or check the drop for extreme rows"
+
+
+def check_finite(model: Any, loss: float, step: int) -> None:
+    """The last line before an adapter is saved: a non-finite loss or weight stops here."""
+    import torch
+
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: mean loss {loss} at step {step}; {_DIVERGED_FIX}"
+        )
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise TrainingDiverged(
+                f"training diverged: non-finite values in {name} at step {step}; {_DIVERGED_FIX}"
+            )
+
+
+def _divergence_guard() -> Any:
+    """Stops training at the first logged non-finite loss or gradient norm."""
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for name in ("loss", "grad_norm"):
+                value = (logs or {}).get(name)
+                if isinstance(value, int | float) and not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"training diverged: {name} {value} at step {state.global_step}; "
+                        f"{_DIVERGED_FIX}"
+                    )
+
+    return DivergenceGuard()
+
+
+def _injected_faults() -> list[Any]:
+    """Under FRESHTUNE_FAULT only: a kill after the first checkpoint, a NaN weight at step 2."""
+    from transformers import TrainerCallback
+
+    kill, nan = faults.armed("checkpoint"), faults.armed("train") == "nan"
+    if kill is None and not nan:
+        return []
+
+    class Faults(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            faults.reach("checkpoint")
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if nan and state.global_step == 2 and model is not None:
+                import torch
+
+                with torch.no_grad():
+                    next(p for p in model.parameters() if p.requires_grad).fill_(math.nan)
+
+    return [Faults()]
+
+
 def _metrics_callback(accounting: Accounting, sink: Sink | None) -> Any:
     """Forwards the Trainer's log lines (loss, learning rate) and the compute figures."""
     from transformers import TrainerCallback
@@ -936,6 +954,7 @@ def dispatch(mix: TrainingMix, parent: Path | None, cfg: FreshtuneConfig, run_id
 
 
 @task(name="train-candidate", cache_policy=NO_CACHE)
+@faults.after("train")
 def train_candidate(
     mix: TrainingMix, champion: Champion | None, cfg: FreshtuneConfig, run_id: str
 ) -> TrainResult:

@@ -17,12 +17,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from freshtune import faults
 from freshtune.config import EXPECTATIONS_DIR, FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks import store
 from tasks.columns import gc_paused
 from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.pii import may_hold_pii, scrub_text
+from tasks.quarantine import failure_table, gate_dir, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,6 @@ def _shown(value: Any) -> str:
     return "null" if missing else str(value)[:80]
 
 
-def gate_dir(cfg: FreshtuneConfig, digest: str) -> Path:
-    """Where a drop's gate results wait until they join its snapshot or quarantine."""
-    return cfg.paths.landing / "gate" / digest[:16]
-
-
 def validate_records(
     records: list[dict[str, Any]],
     file: Path,
@@ -234,68 +230,8 @@ def validate_records(
     return report
 
 
-def quarantine(
-    file: Path,
-    digest: str,
-    reason: DropRejected,
-    cfg: FreshtuneConfig,
-    report: ValidationReport | None = None,
-) -> Path:
-    """Move nothing, lose nothing: copy the original bytes beside the report and the reason."""
-    target = cfg.paths.quarantine / digest[:16]
-    if target.exists():
-        store.put(cfg, store.QUARANTINE, target.name, target)
-        return target
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    results = gate_dir(cfg, digest)
-    if results.is_dir():
-        shutil.copytree(results, staging)  # validation.json, data-docs/, curation.json
-    staging.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(file, staging / file.name)
-    if report is not None:
-        (staging / "validation.json").write_text(report.to_json(), encoding="utf-8")
-    (staging / "REJECTED.md").write_text(_rejection_note(file, digest, reason, report), "utf-8")
-    staging.rename(target)
-    shutil.rmtree(results, ignore_errors=True)
-    store.put(cfg, store.QUARANTINE, target.name, target)  # every worker now knows it
-    log.warning("quarantined %s at %s: %s", file, target, reason)
-    return target
-
-
-def failure_table(failures: list[Failure]) -> list[str]:
-    """Markdown rows: rule, column, failing rows, sample lines, sample ids and values."""
-    rows = [
-        f"| {f.rule} | {f.column or ''} | {f.unexpected or f.observed} | "
-        f"{', '.join(map(str, f.lines))} | {', '.join(f.ids)} | "
-        f"{'<br>'.join(s.replace('|', '/') for s in f.samples)} |"
-        for f in failures
-    ]
-    header = "| rule | column | failing rows | sample lines | sample ids | sample values |"
-    return [header, "|---|---|---|---|---|---|", *rows] if rows else []
-
-
-def _rejection_note(
-    file: Path, digest: str, reason: DropRejected, report: ValidationReport | None
-) -> str:
-    lines = [
-        f"# Rejected drop `{file.name}`",
-        "",
-        f"- digest: `{digest}`",
-        f"- rule: `{reason.rule}`",
-        f"- why: {reason}",
-        "",
-        "Nothing was trained on it; the champion did not move. Fix the file and land it again.",
-        "",
-        "Beside this note: the original file, `validation.json` and, when the suite ran, "
-        "the Great Expectations Data Docs (`data-docs/index.html`).",
-    ]
-    if report is not None and report.failures:
-        lines += ["", *failure_table(report.failures)]
-    return "\n".join(lines) + "\n"
-
-
 @task(name="validate-drop", cache_policy=NO_CACHE)
+@faults.after("validate")
 def validate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> ValidationReport:
     """Run the suite; on failure quarantine the drop and fail naming the rules and lines."""
     results = gate_dir(cfg, staged.digest)

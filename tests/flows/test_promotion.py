@@ -80,6 +80,61 @@ def test_rollback_restores_the_previous_version_and_records_why(
     assert runner.invoke(app, ["rollback", "--to", v2, *args]).exit_code == 0
     assert _alias(cfg, "champion") == v2
     assert len((cfg.paths.root / "rollbacks.jsonl").read_text().splitlines()) == 2
+    audit = _audit(cfg)
+    assert [(a["from"], a["to"], a["state"]) for a in audit] == [(v2, v1, "done"), (v1, v2, "done")]
+
+    # A version the gate refused and nobody promoted serves only when forced.
+    refused = _refused_version(cfg, v2)
+    result = runner.invoke(app, ["rollback", "--to", refused, *args])
+    assert (
+        result.exit_code == 1 and "never champion" in result.output and "--force" in result.output
+    )
+    assert _alias(cfg, "champion") == v2 and len(_audit(cfg)) == 2
+    assert runner.invoke(app, ["rollback", "--to", refused, "--force", *args]).exit_code == 0
+    assert _alias(cfg, "champion") == refused
+
+
+def _audit(cfg) -> list[dict]:
+    import json
+
+    model = MlflowClient(registry.tracking_uri(cfg)).get_registered_model(cfg.tracking.model_name)
+    return [json.loads(v) for k, v in sorted(model.tags.items()) if k.startswith("rollback.")]
+
+
+def _refused_version(cfg, like: str) -> str:
+    mv = MlflowClient(registry.tracking_uri(cfg)).get_model_version(cfg.tracking.model_name, like)
+    tags = {"adapter_key": mv.tags["adapter_key"], "gate": "NOT_BLESSED"}
+    return registry.register_adapter(cfg, mv.run_id, tags)
+
+
+def test_a_rollback_waits_for_a_promotion_in_progress(tiny_config, demo_drops):
+    from prefect.concurrency.sync import concurrency
+
+    from tasks.promote import PROMOTION_LIMIT, ensure_promotion_limit, rollback_serialised
+
+    cfg = tiny_config()
+    v1, v2 = (refresh(str(d), cfg)["version"] for d in demo_drops[:2])
+    ensure_promotion_limit()
+    holding, release, done = threading.Event(), threading.Event(), {}
+
+    def promotion_in_progress():
+        with concurrency(PROMOTION_LIMIT, occupy=1, strict=True):
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=promotion_in_progress)
+    holder.start()
+    assert holding.wait(60)
+    rolling = threading.Thread(
+        target=lambda: done.update(rollback_serialised(cfg, None, "ops", "test", False))
+    )
+    rolling.start()
+    rolling.join(5)
+    assert rolling.is_alive() and _alias(cfg, "champion") == v2  # queued behind the slot
+    release.set()
+    holder.join(60)
+    rolling.join(60)
+    assert done["to"] == v1 and _alias(cfg, "champion") == v1
 
 
 def test_exported_adapter_and_merged_model_agree_with_evaluation(

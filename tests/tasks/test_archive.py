@@ -87,3 +87,26 @@ def test_archive_limits_and_shape(tmp_path: Path):
     two = _tar(tmp_path / "two.tar", [("a.jsonl", b"{}"), ("b.csv", b"id\n")])
     with pytest.raises(DropRejected, match="holds 2 data files"):
         unpack(two, tmp_path / "s", 1 << 20)
+
+
+def test_a_zip_bomb_is_refused_by_its_ratio_before_a_byte_is_written(tmp_path: Path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("drop.jsonl", b"\n" * (20 << 20))  # 20 MB of newlines: ~20 KB packed
+    with pytest.raises(DropRejected, match="data.max_unpack_ratio=200") as caught:
+        unpack(bomb, tmp_path / "s", 1 << 30)
+    assert caught.value.rule == "compression" and not (tmp_path / "s").exists()
+
+
+def test_a_member_larger_than_its_header_says_stops_at_the_declared_size(tmp_path: Path):
+    honest = tmp_path / "drop.zip"
+    with zipfile.ZipFile(honest, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("drop.jsonl", b"x" * 4096)
+    lying = tmp_path / "lying.zip"
+    # The central directory claims 16 bytes (both sizes: stored); the data is 4096.
+    data = honest.read_bytes()
+    size = (4096).to_bytes(4, "little")
+    lying.write_bytes(data.replace(size + size, (16).to_bytes(4, "little") * 2))
+    with pytest.raises(DropRejected) as caught:
+        unpack(lying, tmp_path / "s", 1 << 20)
+    assert caught.value.rule in ("compression", "archive")

@@ -185,3 +185,40 @@ def test_json_line_breaks_inside_strings_and_nan_read_as_before(tmp_path: Path):
     assert prompt_of(records[0]) == "one\u2028two"
     assert response_of(records[1]) == "B."
     assert records[2]["messages"] is None  # a null prompt is not a conversation
+
+
+@pytest.mark.parametrize(
+    ("line", "rule", "says"),
+    [
+        ("[" * 5000 + "]" * 5000, "nesting", "deeper than 16"),
+        ('{"id": 1, "x": ' + "[" * 40 + "]" * 40 + "}", "nesting", "deeper than 16"),
+        ('{"id": 1, "prompt": "a\\ud800b", "response": "c"}', "characters", "['prompt']"),
+        ('{"id": 1, "prompt": "a\\u0007b", "response": "c"}', "characters", "['prompt']"),
+        (
+            '{"id": 1, "prompt": "a", "response": "c", "facts": ["\\u001b[31m"]}',
+            "characters",
+            "['facts'][0]",
+        ),
+    ],
+    ids=[
+        "nesting-past-the-parser",
+        "nesting-in-a-field",
+        "lone-surrogate",
+        "bell",
+        "escape-in-facts",
+    ],
+)
+def test_hostile_json_is_a_named_rejection(tmp_path: Path, line: str, rule: str, says: str):
+    path = tmp_path / "drop.jsonl"
+    path.write_text('{"id": 0, "prompt": "fine\\tand\\nfine", "response": "ok"}\n' + line + "\n")
+    with pytest.raises(DropRejected) as caught:
+        read_drop(path)
+    assert caught.value.rule == rule and caught.value.line == 2 and says in str(caught.value)
+
+
+def test_control_characters_in_csv_are_named_with_their_line(tmp_path: Path):
+    path = tmp_path / "drop.csv"
+    path.write_text("id,prompt,response\n1,fine,ok\n2,a\x08b,ok\n")
+    with pytest.raises(DropRejected, match="drop.csv:3") as caught:
+        read_drop(path)
+    assert caught.value.rule == "characters"

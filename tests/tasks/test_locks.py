@@ -1,6 +1,7 @@
 """Drop claims: one holder at a time, on one host (file lock) and across hosts (Redis)."""
 
 import multiprocessing
+import time
 import uuid
 
 import pytest
@@ -49,14 +50,27 @@ def test_a_dead_holder_frees_the_file_claim(tiny_config):
         assert other is None
 
 
-def test_redis_claim_expires_after_its_ttl(tiny_config):
+def test_a_redis_claim_is_a_lease_renewed_while_held_and_lost_when_the_holder_dies(tiny_config):
     import redis
 
-    cfg = tiny_config("deploy.lock_url=redis://127.0.0.1:6379/0", "deploy.lock_ttl_s=60")
+    cfg = tiny_config("deploy.lock_url=redis://127.0.0.1:6379/0", "deploy.lock_ttl_s=3")
     key = f"drop-{uuid.uuid4().hex[:8]}"
     conn = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    ctx = multiprocessing.get_context("fork")
+    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
+    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
+    holder.start()
+    assert ready.wait(30) and result.get(timeout=5) is None
+    time.sleep(7)  # more than two leases: only renewal keeps the claim
+    with claim(key, cfg) as other:
+        assert other is not None and str(holder.pid) in other
+    assert 0 < conn.pttl(f"freshtune:claim:{key}") <= 3000
+    holder.kill()  # a crashed run: nothing renews the lease any more
+    holder.join(10)
+    died = time.monotonic()
+    while conn.exists(f"freshtune:claim:{key}") and time.monotonic() - died < 10:
+        time.sleep(0.1)
+    assert time.monotonic() - died <= 3.5
     with claim(key, cfg) as other:
         assert other is None
-        ttl = conn.ttl(f"freshtune:claim:{key}")
-        assert 0 < ttl <= 60
-    assert conn.get(f"freshtune:claim:{key}") is None
+    assert not conn.exists(f"freshtune:claim:{key}")  # released on exit

@@ -5,7 +5,8 @@ import pytest
 
 from freshtune.errors import DropRejected
 from tasks.ingest import read_drop
-from tasks.validate import quarantine, validate_records
+from tasks.quarantine import quarantine
+from tasks.validate import validate_records
 
 
 def _chat(i: int, answer: str = "Fine.") -> dict:
