@@ -8,7 +8,8 @@ from typing import Any
 from prefect import flow
 
 from freshtune.config import FreshtuneConfig
-from tasks.curate import curate_drop
+from tasks.curate import commit_curated, curate_drop
+from tasks.drift import review_drift
 from tasks.evaluate import evaluate_candidate
 from tasks.gate import apply_gate
 from tasks.ingest import StagedDrop, stage_drop
@@ -61,7 +62,9 @@ def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
 def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     """The steps of one cycle, inside the refresh flow run (a helper, not a subflow)."""
     validate_drop(staged, config)
-    snapshot = curate_drop(staged, config)
+    curated = curate_drop(staged, config)
+    review_drift(curated.report.drift, staged, config)
+    snapshot = commit_curated(curated, staged, config)
     champion = find_champion(config, staged.digest)
     run_id = open_cycle_run(snapshot, champion, config)
     rehearsal = build_rehearsal(config)

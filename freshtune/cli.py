@@ -355,7 +355,9 @@ def review(
         ]
         resume_flow_run(
             UUID(run_id),
-            run_input={"approve": decision == "approve", "comment": comment, "flags": items},
+            # Flags only when given: a run paused for drift has a form without them.
+            run_input={"approve": decision == "approve", "comment": comment}
+            | ({"flags": items} if items else {}),
         )
     typer.echo(f"{decision}d run {run_id} with {len(items)} flags")
 

@@ -415,7 +415,7 @@ def earlier_data(snapshots: Iterable[Snapshot]) -> Earlier:
 
 
 def check_curated(report: CurationReport, file: Path, cfg: FreshtuneConfig) -> None:
-    """Too little left, or drift a human must accept: the drop is rejected."""
+    """Too little left, or drift with no human to accept it: the drop is rejected."""
     if report.train_rows == 0 or report.eval_rows == 0 or report.rows_out < cfg.data.min_rows:
         detail = (
             f"{report.train_rows} train and {report.eval_rows} eval rows left after curation "
@@ -426,10 +426,17 @@ def check_curated(report: CurationReport, file: Path, cfg: FreshtuneConfig) -> N
     decide_on_drift(report.drift, file, cfg)
 
 
+@dataclass(frozen=True)
+class Curated:
+    """A drop's curated rows, not committed yet: drift may still need a human's word."""
+
+    rows: list[Row]
+    report: CurationReport
+
+
 @task(name="curate-drop", cache_policy=NO_CACHE)
-@faults.after("curate")
-def curate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> Snapshot:
-    """Curate against every earlier snapshot and commit this drop's snapshot."""
+def curate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> Curated:
+    """Curate against every earlier snapshot; a drop too small after it is quarantined."""
     from tasks.quarantine import gate_dir, quarantine
 
     earlier = earlier_data(earlier_snapshots(cfg, staged.digest))
@@ -443,10 +450,18 @@ def curate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> Snapshot:
     except DropRejected as error:
         quarantine(staged.file, staged.digest, error, cfg)
         raise
-    snapshot = commit_snapshot(
-        rows, staged.digest, staged.file, cfg, {"curation": report.as_metrics()}
-    )
-    _keep_results(results, snapshot.path / "gate")
+    return Curated(rows, report)
+
+
+@task(name="commit-snapshot", cache_policy=NO_CACHE)
+@faults.after("curate")
+def commit_curated(curated: Curated, staged: StagedDrop, cfg: FreshtuneConfig) -> Snapshot:
+    """The drop's snapshot, committed once and stored: from now on it is earlier data."""
+    from tasks.quarantine import gate_dir
+
+    extra = {"curation": curated.report.as_metrics()}
+    snapshot = commit_snapshot(curated.rows, staged.digest, staged.file, cfg, extra)
+    _keep_results(gate_dir(cfg, staged.digest), snapshot.path / "gate")
     return snapshot
 
 

@@ -62,6 +62,10 @@ def check_drop(path: Path, cfg: FreshtuneConfig) -> GateOutcome:
         history = earlier_data(earlier_snapshots(cfg, outcome.digest))
         _, outcome.curation = curate(staged.records, settings=cfg.data, earlier=history)
         check_curated(outcome.curation, path, cfg)
+        if (drift := outcome.curation.drift) is not None and drift.exceeded:
+            outcome.notes.append(
+                f"drift above the threshold: a reviewer will be asked ({drift.summary()})"
+            )
     except DropRejected as exc:
         outcome.rejection = exc
     return outcome

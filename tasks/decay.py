@@ -76,6 +76,7 @@ def newest_eval_rows(cfg: FreshtuneConfig) -> tuple[str, list[dict[str, Any]]]:
 
 def check_health(champion: Champion, cfg: FreshtuneConfig) -> Health:
     from tasks.evaluate import evaluate_models
+    from tasks.models import recorded_base_model
 
     source, rows = newest_eval_rows(cfg)
     rows = rows[: cfg.eval.max_questions]
@@ -83,7 +84,7 @@ def check_health(champion: Champion, cfg: FreshtuneConfig) -> Health:
     if not rows:
         return Health(champion.version, source, 0, float("nan"), threshold)
     scores = evaluate_models(
-        cfg.resolved_base_model(),
+        recorded_base_model(cfg, champion.version, champion.tags),
         {"champion": champion.adapter_dir},
         {"current": rows},
         cfg.eval,

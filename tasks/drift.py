@@ -11,8 +11,10 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from prefect.input import RunInput
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
@@ -110,18 +112,76 @@ def _sample(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def decide_on_drift(report: DriftReport | None, file: Path, cfg: FreshtuneConfig) -> None:
-    """Fail closed when unattended; a human decision is the review issue's hook below."""
-    if report is None or not report.exceeded:
+    """Unattended (`review.mode=auto`), drift above the threshold fails closed; with a
+    reviewer it waits for their word (`review_drift`, in the flow)."""
+    if report is None or not report.exceeded or cfg.review.mode != "auto":
         return
     log.warning("drift above threshold for %s: %s", file.name, report.summary())
-    if cfg.review.mode != "auto" and ask_reviewer_about_drift(report, file, cfg):
+    raise DropRejected(
+        file, "drift", f"{report.summary()}; a human must accept this drop (review.mode=auto)"
+    )
+
+
+class DriftInput(RunInput):
+    """The form the Prefect UI shows on a run paused for drift (`freshtune review approve RUN`
+    answers it too: the same field names as the candidate's review form)."""
+
+    approve: bool = False
+    comment: str = ""
+
+
+def review_drift(report: DriftReport | None, staged: Any, cfg: FreshtuneConfig) -> None:
+    """Drift above the threshold waits for a reviewer (form or terminal): accepted, the cycle
+    goes on; rejected or no answer within `review.timeout_s`, the drop is quarantined. Called
+    from the flow body: Prefect pauses flow runs, not tasks."""
+    if report is None or not report.exceeded or cfg.review.mode == "auto":
         return
-    raise DropRejected(file, "drift", f"{report.summary()}; a human must accept this drop")
+    question = drift_markdown(report, staged.file)
+    accepted, comment = (_ask_terminal if cfg.review.mode == "terminal" else _ask_form)(
+        question, cfg
+    )
+    log.warning(
+        "drift of %s %s: %s", staged.file.name, "accepted" if accepted else "rejected", comment
+    )
+    if accepted:
+        return
+    from tasks.quarantine import quarantine
+
+    error = DropRejected(
+        staged.file, "drift", f"{report.summary()}; the reviewer rejected it: {comment}"
+    )
+    quarantine(staged.file, staged.digest, error, cfg)
+    raise error
 
 
-def ask_reviewer_about_drift(report: DriftReport, file: Path, cfg: FreshtuneConfig) -> bool:
-    """HOOK for the review issue: pause the flow (Prefect `pause_flow_run` with an explicit
-    timeout, a timeout meaning reject) and return True only on an explicit approval. Until it
-    is wired, no reviewer can approve, so drift fails closed in every mode."""
-    log.warning("review.mode=%s has no drift review wired yet; failing closed", cfg.review.mode)
-    return False
+def drift_markdown(report: DriftReport, file: Path) -> str:
+    return "\n".join(
+        [
+            f"# Drift: `{file.name}` is unlike the earlier drops",
+            "",
+            f"{report.summary()}.",
+            "",
+            "It may still be right (a new product line, a new form); accept it to curate and "
+            "train on it, or reject it to quarantine the drop.",
+        ]
+    )
+
+
+def _ask_form(question: str, cfg: FreshtuneConfig) -> tuple[bool, str]:
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    try:
+        form = DriftInput.with_initial_data(description=question)
+        answer = pause_flow_run(wait_for_input=form, timeout=cfg.review.timeout_s, poll_interval=1)
+    except FlowPauseTimeout:
+        return False, f"no answer within review.timeout_s={cfg.review.timeout_s}"
+    return answer.approve, answer.comment
+
+
+def _ask_terminal(question: str, cfg: FreshtuneConfig) -> tuple[bool, str]:
+    import typer
+
+    typer.echo(question)
+    accepted = typer.confirm("Accept this drop despite its drift?", default=False)
+    return accepted, typer.prompt("Comment", default="", show_default=False)

@@ -32,7 +32,9 @@ def export_adapter(cfg: FreshtuneConfig, version: str, out: Path, merged: bool =
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     if merged:
-        _merge(cfg.resolved_base_model(), adapter, staging)
+        from tasks.models import recorded_base_model
+
+        _merge(recorded_base_model(cfg, entry.version, entry.tags), adapter, staging)
     else:
         staging.mkdir(parents=True)
         for name in ("adapter_config.json", "adapter_model.safetensors"):

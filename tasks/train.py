@@ -32,6 +32,7 @@ from freshtune.errors import AdapterMismatch
 from tasks.chat import IGNORE, collate, encode_chat
 from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
 from tasks.registry import Champion
+from tasks.stepmetrics import StepMetrics
 from tasks.target import build_probe, recall_curve, stop_reason, target_callback
 
 log = logging.getLogger(__name__)
@@ -880,19 +881,21 @@ def train_from_mix(
     if not out.exists() and (done := store.find(cfg, store.ADAPTERS, out.name, out)):
         return _load_result(done)  # trained on another worker already
     mirror = CheckpointMirror(cfg, out.name)
-    result = train_adapter(
-        cfg.resolved_base_model(),
-        mix.rows,
-        cfg.train,
-        out,
-        parent=parent,
-        seed=cfg.seed,
-        extra_files={"mix.json": json.dumps(mix.manifest(), indent=1)},
-        on_log=lambda metrics, step: registry.log_metrics(
-            cfg, run_id, {f"step_{k}": v for k, v in metrics.items()}, step
-        ),
-        mirror=mirror,
-    )
+    steps = StepMetrics(registry.tracking_uri(cfg), run_id)
+    try:
+        result = train_adapter(
+            cfg.resolved_base_model(),
+            mix.rows,
+            cfg.train,
+            out,
+            parent=parent,
+            seed=cfg.seed,
+            extra_files={"mix.json": json.dumps(mix.manifest(), indent=1)},
+            on_log=steps,
+            mirror=mirror,
+        )
+    finally:
+        steps.close()
     store.put(cfg, store.ADAPTERS, result.adapter_dir.name, result.adapter_dir)
     mirror.clear()  # the committed adapter supersedes them
     registry.log_metrics(cfg, run_id, result.metrics())

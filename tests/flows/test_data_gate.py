@@ -62,7 +62,7 @@ def test_an_archive_with_a_traversing_member_is_quarantined_untouched(tiny_confi
 def test_an_accepted_drop_keeps_its_gate_results_with_the_snapshot(
     tiny_config, demo_drops, tmp_path
 ):
-    from tasks.curate import curate_drop
+    from tasks.curate import commit_curated, curate_drop
     from tasks.ingest import stage_drop
     from tasks.validate import validate_drop
 
@@ -74,7 +74,7 @@ def test_an_accepted_drop_keeps_its_gate_results_with_the_snapshot(
     drop.write_text("".join(json.dumps(r) + "\n" for r in rows))
     staged = stage_drop(str(drop), cfg)
     validate_drop(staged, cfg)
-    snapshot = curate_drop(staged, cfg)
+    snapshot = commit_curated(curate_drop(staged, cfg), staged, cfg)
     gate = snapshot.path / "gate"
     assert json.loads((gate / "validation.json").read_text())["success"] is True
     assert (gate / "data-docs" / "index.html").exists()

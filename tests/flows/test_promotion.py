@@ -167,6 +167,10 @@ def test_exported_adapter_and_merged_model_agree_with_evaluation(
     assert generate_answers(plain, load_tokenizer(str(merged)), rows, cfg.eval) == expected
     with pytest.raises(FileExistsError):
         export_adapter(cfg, "champion", tmp_path / "adapter")
+    # Today's config names another base: the version's recorded base is merged all the same.
+    moved_on = cfg.model_copy(update={"base_model": str(tmp_path / "next-base")})
+    again = export_adapter(moved_on, "champion", tmp_path / "merged-again", merged=True)
+    assert (again / "model.safetensors").read_bytes() == (merged / "model.safetensors").read_bytes()
     assert not torch.equal(
         plain.model.layers[0].self_attn.q_proj.weight,
         AutoModelForCausalLM.from_pretrained(str(tiny_model))

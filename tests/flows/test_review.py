@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from flows.refresh import refresh
 from freshtune.cli import app
 from freshtune.config import ConfigError
+from freshtune.files import file_digest
 from tasks import registry
 from tasks.ingest import prompt_of
 from tasks.snapshot import list_snapshots
@@ -134,10 +135,27 @@ def test_reject_and_timeout_leave_the_alias_alone(tiny_config, demo_drops):
     assert registry.get_champion(quick) is None
 
 
+def test_a_drifted_drop_waits_for_the_reviewer_who_may_reject_it(tiny_config, demo_drops):
+    refresh(str(demo_drops[0]), tiny_config())
+    cfg = tiny_config("review.mode=pause", "review.timeout_s=600", "data.drift_threshold=0.0001")
+    thread, box = _start(demo_drops[1], cfg)
+    run_id = _paused_run_id()
+    assert _form_description(run_id).startswith("# Drift: `month-02.jsonl` is unlike")
+    assert len(list_snapshots(cfg)) == 1  # nothing committed while the reviewer thinks
+    result = runner.invoke(app, ["review", "reject", run_id, "--comment", "not our domain"])
+    assert result.exit_code == 0, result.output
+    thread.join(300)
+    error = box["error"]
+    assert error.rule == "drift" and "not our domain" in str(error)
+    assert len(list_snapshots(cfg)) == 1 and registry.get_champion(cfg).version == "1"
+    assert (next(cfg.paths.quarantine.iterdir()) / "month-02.jsonl").is_file()
+
+
 def test_terminal_review_asks_on_stdin(tiny_config, demo_drops, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     cfg = tiny_config()
-    answers = "y\nfine by me\n\n"
+    refresh(str(demo_drops[1]), cfg)  # earlier data, unlike the next drop at this threshold
+    answers = "y\nnew product line\ny\nfine by me\n\n"  # drift first, then the candidate
     result = runner.invoke(
         app,
         [
@@ -149,15 +167,18 @@ def test_terminal_review_asks_on_stdin(tiny_config, demo_drops, tiny_model, tmp_
             f"base_model={tiny_model}",
             "--set",
             "review.mode=terminal",
+            "--set",
+            "data.drift_threshold=0.0001",
             "-w",
             str(cfg.workspace),
         ],
         input=answers,
     )
     assert result.exit_code == 0, result.output
+    assert "Accept this drop despite its drift?" in result.output
     assert "Approve the candidate for promotion?" in result.output
     assert "| slice | metric |" in result.output
-    assert registry.get_champion(cfg) is not None
+    assert registry.get_champion(cfg).tags["drop_digest"] == file_digest(demo_drops[0])
 
 
 def test_pause_without_a_server_is_a_configuration_error(tiny_config):

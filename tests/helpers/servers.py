@@ -130,11 +130,15 @@ def prefect_server(
 
 @contextmanager
 def mlflow_server(
-    root: Path, database: str, host: str = "127.0.0.1", admin: tuple[str, str] | None = None
+    root: Path,
+    database: str,
+    host: str = "127.0.0.1",
+    admin: tuple[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
     """`mlflow server` on PostgreSQL with served artifacts (and MLflow's basic-auth app with
     `admin` as its admin user when given); yields its URL."""
-    port = free_port(host)
+    port = port or free_port(host)
     root.mkdir(parents=True, exist_ok=True)
     env = quiet_env()
     auth_args = []
