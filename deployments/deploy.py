@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freshtune.config import FreshtuneConfig
+from freshtune.policy import describe
 from tasks.landing import DROP_LANDED, MODEL_DECAYED
+from tasks.policy import publish_policy
 
 POOLS_DIR = Path(__file__).resolve().parent / "pools"
 PoolKind = Literal["process", "docker", "kubernetes"]
@@ -182,4 +184,10 @@ def apply_all(cfg: FreshtuneConfig, kind: PoolKind = "process") -> dict[str, Any
         deployment_id = deployment.apply(work_pool_name=pool)
         applied[f"{deployment.flow_name}/{deployment.name}"] = str(deployment_id)
     automations = ensure_automations(cfg)
-    return {"pools_created": created, "deployments": applied, "automations": automations}
+    policy = publish_policy(cfg)
+    return {
+        "pools_created": created,
+        "deployments": applied,
+        "automations": automations,
+        "policy": describe(policy),
+    }

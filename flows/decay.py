@@ -12,6 +12,7 @@ from prefect import flow
 
 from freshtune.config import FreshtuneConfig
 from tasks.decay import check_champion_health, raise_decay_alarm
+from tasks.policy import enforce_policy
 from tasks.registry import find_champion
 
 
@@ -19,6 +20,7 @@ from tasks.registry import find_champion
 def decay_monitor(config: FreshtuneConfig) -> dict[str, Any]:
     """The champion's accuracy on the newest eval data, and the event when it decayed."""
     config = config.on_this_worker()
+    enforce_policy(config)
     champion = find_champion(config)
     if champion is None:
         return {"decayed": False, "reason": "no champion yet"}

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.refresh import refresh
 from freshtune.config import FreshtuneConfig
 from tasks.landing import pending
+from tasks.policy import enforce_policy
 
 
 @task(name="pending-drops", cache_policy=NO_CACHE)
@@ -27,6 +28,7 @@ def pending_drops(config: FreshtuneConfig) -> list[str]:
 def monthly_refresh(config: FreshtuneConfig) -> list[dict[str, Any]]:
     """One refresh per pending drop, in landing order."""
     config = config.on_this_worker()
+    enforce_policy(config)
     outcomes = [
         outcome(drop, refresh(drop, config, return_state=True)) for drop in pending_drops(config)
     ]

@@ -15,6 +15,7 @@ from tasks.gate import apply_gate
 from tasks.ingest import StagedDrop, stage_drop
 from tasks.locks import claim, in_progress_record
 from tasks.mix import build_training_mix
+from tasks.policy import enforce_policy
 from tasks.promote import promote_candidate
 from tasks.registry import (
     fail_cycle_run,
@@ -48,6 +49,7 @@ def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     """Validate and curate a drop, LoRA-retrain from the champion with replay, evaluate
     candidate vs champion vs base, ask a reviewer, then move `champion` if all agree."""
     config = config.on_this_worker()
+    enforce_policy(config, drop)
     preflight(config)
     staged = stage_drop(drop, config)
     # One drop, one cycle: a double trigger's second run stands down or finds the cycle done.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import flow
 
 from freshtune.config import FreshtuneConfig
+from tasks.policy import enforce_policy
 from tasks.train import train_stored_mix
 
 
@@ -19,4 +20,6 @@ def train_on_gpu(
     mix_digest: str, parent_key: str | None, config: FreshtuneConfig, run_id: str
 ) -> str:
     """Train a LoRA adapter on a stored training mix; returns the stored adapter's key."""
-    return train_stored_mix(mix_digest, parent_key, config.on_this_worker(), run_id)
+    config = config.on_this_worker()
+    enforce_policy(config)
+    return train_stored_mix(mix_digest, parent_key, config, run_id)

@@ -495,6 +495,9 @@ def deploy(
     for name in applied["automations"]:
         typer.echo(f"automation {name}")
     typer.echo(
+        f"policy (Prefect variable freshtune_policy; runs may not weaken it): {applied['policy']}"
+    )
+    typer.echo(
         f"start workers: prefect worker start --pool {cfg.deploy.cpu_pool}  "
         f"(and --pool {cfg.deploy.gpu_pool} on GPU machines)"
     )

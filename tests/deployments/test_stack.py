@@ -47,6 +47,13 @@ def test_deploy_creates_pools_deployments_schedules_and_triggers(stack: Stack):
     # The config travels as a parameter, so the UI shows (and lets ops edit) it.
     params = deployments["on-data-drop"].parameters["config"]
     assert params["base_model"] == stack.cfg.base_model
+    # ... but not weaken its safety settings: deploy wrote them where run parameters cannot.
+    from prefect.variables import Variable
+
+    from freshtune.policy import VARIABLE, Policy
+
+    with stack.settings():
+        assert Policy.model_validate(Variable.get(VARIABLE)) == Policy.of(stack.cfg)
 
 
 def test_deploying_twice_changes_nothing(stack: Stack):

@@ -60,7 +60,10 @@ def _wait_paused(stack: Stack, deployment: str, before: int, timeout: float = 30
 def test_review_form_in_prefect_ui_then_champion_alias_in_mlflow_ui(stack: Stack, tmp_path):
     from prefect.deployments import run_deployment
 
-    drop = write_drop(4, tmp_path / "month-04.jsonl")
+    from tasks.landing import land
+
+    # Landed first: the deployment's policy takes drops from its landing folder only.
+    drop = land(write_drop(4, tmp_path / "month-04.jsonl"), stack.cfg).url
     before = len(stack.runs_of("refresh/on-data-drop"))
     paused_cfg = stack.cfg.model_copy(
         update={"review": stack.cfg.review.model_copy(update={"mode": "pause"})}
@@ -68,7 +71,7 @@ def test_review_form_in_prefect_ui_then_champion_alias_in_mlflow_ui(stack: Stack
     with stack.settings():
         run_deployment(
             "refresh/on-data-drop",
-            parameters={"drop": str(drop), "config": paused_cfg.model_dump(mode="json")},
+            parameters={"drop": drop, "config": paused_cfg.model_dump(mode="json")},
             timeout=0,
         )
     run_id = _wait_paused(stack, "refresh/on-data-drop", before)
