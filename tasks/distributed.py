@@ -1,8 +1,9 @@
 """The entry point torchrun starts once per process: `python -m tasks.distributed JOB.json`.
 
-`tasks.train.launch_torchrun` writes the job (base, rows, settings, parent, seed, staging);
-every rank trains its share of each global batch, and rank 0 writes the adapter, the step
-metrics (`steps.jsonl`) and the run's figures (`fit.json`) into the staging folder.
+`tasks.train.launch_torchrun` writes the job (base, rows, settings, parent, seed, staging, and
+where the artifact store is when checkpoints are mirrored); every rank trains its share of
+each global batch, and rank 0 writes the adapter, the step metrics (`steps.jsonl`) and the
+run's figures (`fit.json`) into the staging folder and uploads each checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 def main(job_file: Path) -> None:
     import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
     from freshtune.config import TrainSettings
-    from tasks.train import fit_adapter
+    from tasks.train import CheckpointMirror, fit_adapter
 
     job = json.loads(job_file.read_text(encoding="utf-8"))
     staging = Path(job["staging"])
@@ -35,6 +36,7 @@ def main(job_file: Path) -> None:
         staging,
         Path(job["resume"]) if job["resume"] else None,
         sink,
+        CheckpointMirror.from_job(job["mirror"]) if job.get("mirror") else None,
     )
     if _rank() == 0:
         steps.touch()

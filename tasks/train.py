@@ -314,6 +314,16 @@ class CheckpointMirror:
         for key in self._keys():
             store.delete(self.cfg, store.CHECKPOINTS, key)
 
+    def job(self) -> dict[str, Any]:
+        """What a torchrun rank needs to rebuild the mirror: where the store is, no secrets."""
+        tracking = self.cfg.tracking.model_dump(mode="json")
+        where = {"base_model": self.cfg.base_model, "workspace": str(self.cfg.paths.root)}
+        return {"config": {**where, "tracking": tracking}, "adapter": self.adapter}
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> CheckpointMirror:
+        return cls(FreshtuneConfig.model_validate(job["config"]), job["adapter"])
+
 
 def _mirror_callback(mirror: CheckpointMirror) -> Any:
     from transformers import TrainerCallback
@@ -375,7 +385,7 @@ def train_adapter(
     try:
         if settings.processes > 1:
             stats = launch_torchrun(
-                base_model, rows, settings, parent, seed, staging, resume, on_log
+                base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
             )
         else:
             stats = fit_adapter(
@@ -801,8 +811,10 @@ def launch_torchrun(
     staging: Path,
     resume: Path | None,
     on_log: Sink | None,
+    mirror: CheckpointMirror | None = None,
 ) -> FitStats:
-    """`train.processes` workers under torchrun (DDP/FSDP) running `tasks.distributed`."""
+    """`train.processes` workers under torchrun (DDP/FSDP) running `tasks.distributed`; with
+    a `mirror`, rank 0 uploads each checkpoint as the single-process path does."""
     job = {
         "base_model": base_model,
         "rows": rows,
@@ -811,6 +823,7 @@ def launch_torchrun(
         "seed": seed,
         "staging": str(staging),
         "resume": str(resume) if resume else None,
+        "mirror": mirror.job() if mirror is not None and settings.save_steps else None,
     }
     job_file = staging / "job.json"
     job_file.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
