@@ -10,12 +10,21 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "deployments" / "presets"
@@ -302,10 +311,11 @@ class DeploySettings(_Strict):
         description="a freshtune flow run silent this long (no Prefect heartbeat, sent every "
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY s, 180 by default) is marked Crashed: its node is lost",
     )
-    lock_url: str | None = Field(
+    lock_url: SecretStr | None = Field(
         None,
-        description="redis://host:port/db for locks across workers; None: $FRESHTUNE_LOCK_URL, "
-        "else file locks in the workspace (one host)",
+        description="redis://[:password@]host:port/db for locks across workers; None: "
+        "$FRESHTUNE_LOCK_URL, else file locks in the workspace (one host). A secret: shown and "
+        "sent as ********** (workers read FRESHTUNE_LOCK_URL from their own environment)",
     )
     lock_ttl_s: int = Field(
         120,
@@ -315,6 +325,28 @@ class DeploySettings(_Strict):
             "freed this long after the holder dies"
         ),
     )
+
+    @field_validator("lock_url", mode="before")
+    @classmethod
+    def _masked_is_unset(cls, value: Any) -> Any:
+        # A config that travelled (a deployment parameter) carries the mask, not the secret.
+        return None if value in ("**********", "") else value
+
+    @field_validator("landing_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str | None) -> str | None:
+        if value and re.search(r"://[^/@\s]*:[^/@\s]*@", value):
+            raise ValueError(
+                "landing_url must not carry a password (it is shown as a parameter): put the "
+                "credentials in the workers' environment (FSSPEC_<PROTOCOL>_PASSWORD, AWS_*, ...)"
+            )
+        return value
+
+    def lock_url_value(self) -> str | None:
+        """The Redis URL for claims: this config's, else the worker's FRESHTUNE_LOCK_URL."""
+        if self.lock_url is not None:
+            return self.lock_url.get_secret_value()
+        return os.environ.get("FRESHTUNE_LOCK_URL") or None
 
     @model_validator(mode="after")
     def _check_timezone(self) -> DeploySettings:

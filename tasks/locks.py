@@ -41,9 +41,7 @@ def holder_name() -> str:
 @contextmanager
 def claim(key: str, cfg: FreshtuneConfig) -> Iterator[str | None]:
     """Yields None when this process now holds `key`, else the name of who holds it."""
-    # The URL may carry a password: FRESHTUNE_LOCK_URL keeps it out of the config, which
-    # Prefect shows as a parameter.
-    url = cfg.deploy.lock_url or os.environ.get("FRESHTUNE_LOCK_URL")
+    url = cfg.deploy.lock_url_value()
     inner = _redis_claim(key, url, cfg.deploy.lock_ttl_s) if url else _file_claim(key, cfg)
     with inner as other:
         yield other

@@ -30,7 +30,7 @@ def check_servers(cfg: FreshtuneConfig) -> list[str]:
     if (uri := os.environ.get("MLFLOW_TRACKING_URI", "")).startswith("http"):
         check_mlflow(uri, cfg.tracking.experiment)
         checked.append("MLflow")
-    if url := cfg.deploy.lock_url or os.environ.get("FRESHTUNE_LOCK_URL"):
+    if url := cfg.deploy.lock_url_value():
         check_redis(url)
         checked.append("Redis")
     if api := _prefect_api():

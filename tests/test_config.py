@@ -84,3 +84,27 @@ def test_a_cycle_takes_continue_settings_only_when_it_continues_and_replay_passe
     assert settings.for_cycle(continues=True, replays=False).replay_passes is None
     unset = TrainSettings(epochs=5, learning_rate=1e-3).for_cycle(continues=True)
     assert (unset.epochs, unset.learning_rate) == (5, 1e-3)  # null: the first cycle's
+
+
+def test_the_lock_url_is_a_secret_that_never_serialises(tmp_path: Path, monkeypatch):
+    from freshtune.config import FreshtuneConfig
+    from tasks.registry import flatten
+
+    url = "redis://:hunter2@redis.internal:6379/0"
+    cfg = load_config("tiny", ["base_model=/m", f"deploy.lock_url={url}"], tmp_path)
+    assert cfg.deploy.lock_url_value() == url  # in this process it works as given
+    shown = [cfg.model_dump_json(), str(flatten(cfg.model_dump(mode="json"))), repr(cfg)]
+    assert not any("hunter2" in text for text in shown)
+    # A config that travelled as a deployment parameter falls back to the worker's own.
+    travelled = FreshtuneConfig.model_validate_json(cfg.model_dump_json())
+    assert travelled.deploy.lock_url is None
+    monkeypatch.setenv("FRESHTUNE_LOCK_URL", url)
+    assert travelled.deploy.lock_url_value() == url
+
+
+def test_a_landing_url_with_a_password_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="must not carry a password"):
+        load_config(
+            "tiny", ["base_model=/m", "deploy.landing_url=ftp://u:pw@host/landing"], tmp_path
+        )
+    assert load_config("tiny", ["base_model=/m", "deploy.landing_url=s3://b/landing"], tmp_path)
