@@ -294,15 +294,25 @@ def _drop_near_duplicates(rows: list[Row], report: CurationReport, settings: Dat
 
 
 def _scrub_rows(rows: list[Row], counts: Counter) -> list[Row]:
-    maybe = _any_per_row(rows, may_hold_pii)
+    """Every free-text field that reaches storage: messages, facts, source, and the id."""
+    maybe = _any_per_row(rows, may_hold_pii) | may_hold_pii([_labels(r) for r in rows])
     return [_scrub(r, counts) if m else r for r, m in zip(rows, maybe)]
+
+
+def _labels(row: Row) -> str:
+    return "\n".join([str(row.get("id") or ""), row.get("source") or "", *row.get("facts", [])])
 
 
 def _scrub(row: Row, counts: Counter) -> Row:
     messages = [{**m, "content": scrub_text(m["content"], counts)} for m in row["messages"]]
-    if messages == row["messages"]:
+    facts = [scrub_text(f, counts) for f in row.get("facts", [])]
+    source = scrub_text(row.get("source") or "", counts)
+    ident = str(row.get("id") or "")
+    if scrub_text(ident) != ident:  # ids must stay unique: a digest stands for the value
+        ident = f"pii-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+    scrubbed = {**row, "messages": messages, "facts": facts, "source": source, "id": ident}
+    if scrubbed == row:
         return row
-    scrubbed = {**row, "messages": messages}
     return {**scrubbed, "prompt_key": _key(prompt_of(scrubbed))}
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks.gate import GateDecision, Scores, check_record, checks_table
 from tasks.ingest import prompt_of
+from tasks.pii import scrub_text
 from tasks.snapshot import Snapshot, commit_snapshot
 from tasks.stats import wilson
 
@@ -197,8 +198,14 @@ def request_review(report: str, decision: GateDecision, cfg: FreshtuneConfig) ->
     if cfg.review.mode == "auto":
         return _auto_review(decision, cfg)
     if cfg.review.mode == "terminal":
-        return ask_terminal(report, cfg)
-    return _pause_for_input(report, cfg)
+        return scrubbed(ask_terminal(report, cfg))
+    return scrubbed(_pause_for_input(report, cfg))
+
+
+def scrubbed(outcome: ReviewOutcome) -> ReviewOutcome:
+    """A reviewer's words are stored, logged and trained on: PII in them is scrubbed first."""
+    flags = [f.model_copy(update={"correct": scrub_text(f.correct)}) for f in outcome.flags]
+    return replace(outcome, comment=scrub_text(outcome.comment), flags=flags)
 
 
 def _auto_review(decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:

@@ -109,18 +109,24 @@ def to_frame(records: list[dict[str, Any]]):
     import pandas as pd
 
     columns = {  # built column by column: no million tuples for pandas to take apart
-        "id": [r["id"] for r in records],
+        "id": _scrub_all([r["id"] for r in records]),
         "schema": [r.get("_schema") for r in records],
         "shape": [r.get("_shape") for r in records],
         "roles": [
             ",".join([m["role"] for m in r["messages"]]) if r["messages"] else None for r in records
         ],
-        "prompt": [prompt_of(r) for r in records],
-        "response": [response_of(r) for r in records],
+        # Scrubbed before GX sees them: its Data Docs show failing values verbatim.
+        "prompt": _scrub_all([prompt_of(r) for r in records]),
+        "response": _scrub_all([response_of(r) for r in records]),
         "split": [r["split"] for r in records],
         "scrubbed": _scrubbed(records),
     }
     return pd.DataFrame(columns, columns=FRAME_COLUMNS, index=[r["line"] for r in records])
+
+
+def _scrub_all(texts: list[str | None]) -> list[str | None]:
+    maybe = may_hold_pii([t or "" for t in texts])
+    return [scrub_text(t) if m and t else t for t, m in zip(texts, maybe)]
 
 
 def _scrubbed(records: list[dict[str, Any]]) -> list[str]:
@@ -210,7 +216,7 @@ def _failure(result: Any, ids: dict[int, Any]) -> Failure:
 
 def _shown(value: Any) -> str:
     missing = value is None or (isinstance(value, float) and value != value)  # None or NaN
-    return "null" if missing else str(value)[:80]
+    return "null" if missing else scrub_text(str(value))[:80]
 
 
 def validate_records(

@@ -1,3 +1,4 @@
+import json
 import logging
 from pathlib import Path
 
@@ -96,6 +97,19 @@ def test_planted_pii_of_each_type_is_scrubbed_counted_and_never_logged(caplog):
     assert kept[-1]["messages"] == rows[-1]["messages"]  # no checksum, no PII
     assert report.as_metrics()["curate_pii_card"] == 2
     assert not any(v in caplog.text or v in report.to_json() for v in PII.values())
+
+
+def test_pii_in_ids_facts_and_source_is_scrubbed_and_ids_stay_unique():
+    rows = []
+    for i, value in enumerate(PII.values()):
+        row = chat_row(f"row {i} of {value}", f"Which plan {i}?", f"Plan {i}.")
+        rows.append({**row, "facts": [f"ask {value}"], "source": f"crm export of {value}"})
+    kept, _ = curate(rows)
+    stored = json.dumps(kept)
+    assert not any(value in stored for value in PII.values())
+    assert len({r["id"] for r in kept}) == len(rows)
+    assert all(r["id"].startswith("pii-") for r in kept)
+    assert kept[0]["facts"] == ["ask <EMAIL>"] and kept[0]["source"] == "crm export of <EMAIL>"
 
 
 def test_eval_rows_copied_into_training_are_removed_by_ngram_overlap():

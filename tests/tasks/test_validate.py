@@ -129,6 +129,20 @@ def test_pii_left_after_scrubbing_fails_and_is_never_reported(tmp_path, tiny_con
     assert "jane.doe" not in json.dumps(failure.__dict__)
 
 
+def test_failing_values_reach_no_report_or_data_docs_with_their_pii(tmp_path, tiny_config):
+    rows = [_chat(i) for i in range(25)]
+    rows[1]["id"] = rows[2]["id"] = "jane.doe@example.com"  # a duplicate id that is PII
+    path = _drop(tmp_path, rows)
+    results = tmp_path / "results"
+    results.mkdir()
+    report = validate_records(read_drop(path), path, tiny_config(), results)
+    failure = next(f for f in report.failures if f.column == "id")
+    assert failure.lines == [2, 3] and failure.ids == ["<EMAIL>", "<EMAIL>"]
+    readable = [report.to_json(), report.summary()]
+    readable += [p.read_text() for p in (results / "data-docs").rglob("*.html")]
+    assert readable[2:] and not any("jane.doe" in text for text in readable)
+
+
 def test_results_keep_json_and_gx_data_docs(tmp_path: Path, tiny_config):
     cfg = tiny_config()
     rows = [_chat(i) for i in range(25)]
