@@ -332,8 +332,12 @@ def review(
         typer.Option(help="per --flag: hallucination, wrong_fact or tone (default wrong_fact)"),
     ] = None,
     correct: Annotated[list[str] | None, typer.Option(help="per --flag: the right answer")] = None,
+    reviewer: Annotated[
+        str | None, typer.Option(help="who decides, recorded with the decision (default: you)")
+    ] = None,
 ) -> None:
     """Answer a paused review from a terminal, as the Prefect UI form does."""
+    import getpass
     from uuid import UUID
 
     from prefect.flow_runs import resume_flow_run
@@ -356,7 +360,11 @@ def review(
         resume_flow_run(
             UUID(run_id),
             # Flags only when given: a run paused for drift has a form without them.
-            run_input={"approve": decision == "approve", "comment": comment}
+            run_input={
+                "approve": decision == "approve",
+                "comment": comment,
+                "reviewer": reviewer or getpass.getuser(),
+            }
             | ({"flags": items} if items else {}),
         )
     typer.echo(f"{decision}d run {run_id} with {len(items)} flags")

@@ -282,7 +282,11 @@ class ReviewSettings(_Strict):
         "auto", description="auto: no human; pause: Prefect UI form (needs a server); terminal"
     )
     timeout_s: int = Field(3600, ge=1, description="an unanswered review is a rejection")
-    reviewer: str | None = Field(None, description="who approves, recorded with the decision")
+    reviewer: str | None = Field(
+        None,
+        description="the name the terminal review offers (default: the OS user); the Prefect "
+        "form and `freshtune review` ask who decides and record that",
+    )
 
 
 class TrackingSettings(_Strict):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from prefect.input import RunInput
+from pydantic import Field
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
@@ -126,6 +127,7 @@ class DriftInput(RunInput):
     """The form the Prefect UI shows on a run paused for drift (`freshtune review approve RUN`
     answers it too: the same field names as the candidate's review form)."""
 
+    reviewer: str = Field(min_length=1, description="your name, recorded with the decision")
     approve: bool = False
     comment: str = ""
 
@@ -176,7 +178,7 @@ def _ask_form(question: str, cfg: FreshtuneConfig) -> tuple[bool, str]:
         answer = pause_flow_run(wait_for_input=form, timeout=cfg.review.timeout_s, poll_interval=1)
     except FlowPauseTimeout:
         return False, f"no answer within review.timeout_s={cfg.review.timeout_s}"
-    return answer.approve, answer.comment
+    return answer.approve, f"{answer.reviewer}: {answer.comment}"
 
 
 def _ask_terminal(question: str, cfg: FreshtuneConfig) -> tuple[bool, str]:

@@ -43,6 +43,7 @@ class Flag(BaseModel):
 class ReviewInput(RunInput):
     """The form the Prefect UI shows on the paused run."""
 
+    reviewer: str = Field(min_length=1, description="your name, recorded with the decision")
     approve: bool = False
     comment: str = ""
     flags: list[Flag] = Field(default_factory=list)
@@ -237,15 +238,18 @@ def _pause_for_input(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
         log.warning("no review within %d s: treated as a rejection", cfg.review.timeout_s)
         return ReviewOutcome(False, "pause", "review timed out", timed_out=True)
     return ReviewOutcome(
-        answer.approve, "pause", answer.comment, cfg.review.reviewer or "", list(answer.flags)
+        answer.approve, "pause", answer.comment, answer.reviewer, list(answer.flags)
     )
 
 
 def ask_terminal(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
     """The same report and questions on the terminal, for runs without a Prefect server."""
+    import getpass
+
     import typer
 
     typer.echo(report)
+    who = typer.prompt("Your name", default=cfg.review.reviewer or getpass.getuser())
     approve = typer.confirm("Approve the candidate for promotion?", default=False)
     comment = typer.prompt("Comment", default="", show_default=False)
     flags = []
@@ -257,7 +261,7 @@ def ask_terminal(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
         )
         correct = typer.prompt("Corrected answer", default="", show_default=False)
         flags.append(Flag(id=flag_id, kind=kind, correct=correct))
-    return ReviewOutcome(approve, "terminal", comment, cfg.review.reviewer or "", flags)
+    return ReviewOutcome(approve, "terminal", comment, who, flags)
 
 
 def review_rows(

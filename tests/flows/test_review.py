@@ -90,6 +90,8 @@ def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_co
             "hallucination",
             "--correct",
             "The Horizon plan costs $99 per month.",
+            "--reviewer",
+            "ana",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -99,7 +101,7 @@ def test_approve_with_a_flag_promotes_and_the_flag_becomes_a_review_drop(tiny_co
         "mode": "pause",
         "approved": True,
         "comment": "ok",
-        "reviewer": cfg.review.reviewer or "",
+        "reviewer": "ana",
         "flags": 1,
         "timed_out": False,
     }
@@ -155,7 +157,7 @@ def test_terminal_review_asks_on_stdin(tiny_config, demo_drops, tiny_model, tmp_
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     cfg = tiny_config()
     refresh(str(demo_drops[1]), cfg)  # earlier data, unlike the next drop at this threshold
-    answers = "y\nnew product line\ny\nfine by me\n\n"  # drift first, then the candidate
+    answers = "y\nnew product line\nbo\ny\nfine by me\n\n"  # drift first, then the candidate
     result = runner.invoke(
         app,
         [
@@ -179,6 +181,9 @@ def test_terminal_review_asks_on_stdin(tiny_config, demo_drops, tiny_model, tmp_
     assert "Approve the candidate for promotion?" in result.output
     assert "| slice | metric |" in result.output
     assert registry.get_champion(cfg).tags["drop_digest"] == file_digest(demo_drops[0])
+    from tasks.report import load_cycles
+
+    assert "Your name" in result.output and load_cycles(cfg)[-1]["review"]["reviewer"] == "bo"
 
 
 def test_pause_without_a_server_is_a_configuration_error(tiny_config):
