@@ -463,6 +463,23 @@ def _print_gate(outcome: Any) -> None:
         typer.secho(f"REJECTED {outcome.rejection}", fg="red")
 
 
+# Secrets the stack hands to freshtune; the example env file fills them with "change-me".
+_SECRETS = ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "FRESHTUNE_LOCK_URL")
+
+
+def _refuse_placeholders() -> None:
+    """A stack started with the example's placeholder secrets is open to anyone who read it."""
+    left = [name for name in _SECRETS if "change-me" in os.environ.get(name, "")]
+    if left:
+        typer.secho(
+            f"{', '.join(left)} still hold the example's change-me placeholder: set real "
+            "secrets (docker/.env, or the Kubernetes Secret) before deploying",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
 def _require_server(what: str) -> str:
     url = os.environ.get("PREFECT_API_URL")
     if not url:
@@ -490,6 +507,7 @@ def deploy(
     from deployments.deploy import apply_all
 
     url = _require_server("deploy")
+    _refuse_placeholders()
     if pool_type not in ("process", "docker", "kubernetes"):
         typer.secho(f"--pool-type {pool_type}: use process, docker or kubernetes", err=True)
         raise typer.Exit(2)

@@ -156,3 +156,12 @@ def test_the_terminal_shows_one_line_per_stage_and_the_log_file_the_rest(
         [*freshtune, "-v", "refresh", *args, "-w", str(ws)], env=env, capture_output=True, text=True
     )
     assert loud.returncode == 0 and "Finished in state" in loud.stdout + loud.stderr
+
+
+def test_deploy_refuses_the_example_placeholder_secrets(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "change-me-mlflow")
+    result = CliRunner().invoke(app, ["deploy"])
+    assert result.exit_code == 2
+    assert "MLFLOW_TRACKING_PASSWORD still hold" in result.output
+    assert "change-me-mlflow" not in result.output

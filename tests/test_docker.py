@@ -93,11 +93,12 @@ def test_compose_has_the_production_services_with_health_checks():
     }
     for name in ("postgres", "redis", "prefect-server", "mlflow"):
         assert services[name]["healthcheck"]["test"], name
-    assert services["prefect-server"]["ports"] == ["4200:4200"]
-    assert services["mlflow"]["ports"] == ["5000:5000"]
+    # The UIs on this host only: sharing them takes a TLS proxy, deliberately.
+    assert services["prefect-server"]["ports"] == ["127.0.0.1:4200:4200"]
+    assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
     env = services["prefect-server"]["environment"]
     assert env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
-    assert env["PREFECT_SERVER_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    assert env["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING:?")
     mlflow = services["mlflow"]["command"]
     assert "--app-name=basic-auth" in mlflow
     assert any(arg.startswith("--backend-store-uri=postgresql+psycopg2://") for arg in mlflow)
@@ -117,10 +118,21 @@ def test_workers_poll_their_pools_and_the_gpu_one_reserves_nvidia_devices():
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert "deploy" not in services["worker-cpu"]
+    # Workers start only after `deploy` passed (it refuses the example's placeholders).
+    for name in ("worker-cpu", "worker-gpu"):
+        assert services[name]["depends_on"] == {
+            "deploy": {"condition": "service_completed_successfully"}
+        }
 
 
 def test_every_variable_is_in_env_example_and_no_secret_is_in_the_repo():
-    used = set(re.findall(r"\$\{(\w+)\}", COMPOSE.read_text()))
+    text = COMPOSE.read_text()
+    used = set(re.findall(r"\$\{(\w+)[}:]", text))
+    # Every secret is required: unset or empty stops compose, naming it (an empty
+    # PREFECT_AUTH_STRING would turn the server's auth off).
+    optional = set(re.findall(r"\$\{(\w+):-", text))
+    assert optional == {"HF_TOKEN"}
+    assert not re.findall(r"\$\{\w+\}", text)
     example = _env_example()
     assert used <= set(example), used - set(example)
     assert set(example) <= used, set(example) - used  # nothing stale
