@@ -227,6 +227,12 @@ class DataSettings(_Strict):
     max_unpack_ratio: float = Field(
         200, gt=1, description="largest unpacked/packed size ratio of an archive (zip bombs)"
     )
+    keep_rejected_originals: bool = Field(
+        True,
+        description="true: the quarantine (local and in the artifact store, readable by MLflow "
+        "users) keeps a rejected drop's original bytes to fix it from; false: only the "
+        "PII-scrubbed report is kept (the bytes stay where they landed, under your retention)",
+    )
     # Curation (tasks/curate.py), in the order the rules run.
     near_dup_threshold: float = Field(
         0.9, gt=0, le=1, description="MinHash Jaccard (word bigrams) from which rows are near-dups"

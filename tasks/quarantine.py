@@ -82,10 +82,11 @@ def _write(
         if results.is_dir():
             shutil.copytree(results, staging)  # validation.json, data-docs/, curation.json
         staging.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(file, staging / file.name)
+        if cfg.data.keep_rejected_originals:
+            shutil.copy2(file, staging / file.name)
         if report is not None:
             (staging / "validation.json").write_text(report.to_json(), encoding="utf-8")
-        note = _rejection_note(file, digest, reason, report)
+        note = _rejection_note(file, digest, reason, report, cfg.data.keep_rejected_originals)
         (staging / "REJECTED.md").write_text(note, encoding="utf-8")
         staging.rename(target)
     finally:
@@ -106,7 +107,11 @@ def failure_table(failures: list[Failure]) -> list[str]:
 
 
 def _rejection_note(
-    file: Path, digest: str, reason: DropRejected, report: ValidationReport | None
+    file: Path,
+    digest: str,
+    reason: DropRejected,
+    report: ValidationReport | None,
+    kept: bool = True,
 ) -> str:
     lines = [
         f"# Rejected drop `{file.name}`",
@@ -117,8 +122,11 @@ def _rejection_note(
         "",
         "Nothing was trained on it; the champion did not move. Fix the file and land it again.",
         "",
-        "Beside this note: the original file, `validation.json` and, when the suite ran, "
-        "the Great Expectations Data Docs (`data-docs/index.html`).",
+        "Beside this note: "
+        + ("the original file, " if kept else "")
+        + "`validation.json` and, when the suite ran, the Great Expectations Data Docs "
+        "(`data-docs/index.html`)."
+        + ("" if kept else " The original bytes are not kept (data.keep_rejected_originals)."),
     ]
     if report is not None and report.failures:
         lines += ["", *failure_table(report.failures)]

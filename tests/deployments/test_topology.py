@@ -289,3 +289,24 @@ def one_machine(tiny_model: Path, demo_drops, tmp_path_factory) -> Iterator[OneM
         yield OneMachine(proc, workspace, tiny_model)
     finally:
         servers.stop(proc)
+
+
+def test_every_server_refuses_requests_without_credentials(cluster: Cluster, monkeypatch):
+    """The cycles above ran with credentials; without them each server says no, and the
+    preflight names the server that refused (never echoing the credentials it was given)."""
+    from tasks.servers import ServerUnavailable, check_mlflow, check_prefect, check_redis
+
+    env = cluster.env
+    lock_url = env["FRESHTUNE_LOCK_URL"]
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ServerUnavailable, match="MLflow tracking server .* refused the cred"):
+        check_mlflow(env["MLFLOW_TRACKING_URI"], cluster.cfg.tracking.experiment)
+    with pytest.raises(ServerUnavailable, match="Prefect API .* refused the credentials"):
+        check_prefect(env["PREFECT_API_URL"])
+    with pytest.raises(ServerUnavailable, match="Redis .*"):
+        check_redis(lock_url.replace(f":{REDIS_PASSWORD}@", "@"))
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:wrong-password")
+    with pytest.raises(ServerUnavailable) as wrong:
+        check_prefect(env["PREFECT_API_URL"])
+    assert "wrong-password" not in str(wrong.value)

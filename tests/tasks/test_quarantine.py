@@ -45,3 +45,12 @@ def test_a_quarantined_drop_is_refused_again_once_the_local_copy_is_gone(
         check_not_quarantined(drop, "cd" * 32, cfg)
     assert caught.value.rule == "quarantined"
     assert (first / "REJECTED.md").read_text().startswith("# Rejected drop `drop.jsonl`")
+
+
+def test_without_kept_originals_only_the_report_is_quarantined(tmp_path: Path, tiny_config):
+    cfg = tiny_config("data.keep_rejected_originals=false")
+    drop = _drop(tmp_path, 2000)
+    target = quarantine(drop, "ef" * 32, DropRejected(drop, "json", "bad", 3), cfg)
+    assert sorted(p.name for p in target.iterdir()) == ["REJECTED.md"]
+    assert "original bytes are not kept" in (target / "REJECTED.md").read_text()
+    assert drop.is_file()  # where it landed: the operator's retention decides
