@@ -89,7 +89,9 @@ DISKS = [
 SERVERS = [
     Scenario("mlflow-down", "preflight", "MLflow unreachable", "fails in seconds naming it"),
     Scenario("redis-down", "preflight", "Redis unreachable", "fails in seconds naming it"),
-    Scenario("prefect-down", "CLI", "Prefect API unreachable", "fails in seconds naming it"),
+    Scenario("prefect-down", "refresh", "Prefect API unreachable", "fails in seconds naming it"),
+    Scenario("prefect-down-drop", "drop", "Prefect API unreachable", "not landed; names it"),
+    Scenario("prefect-down-watch", "watch", "Prefect API unreachable", "fails naming it"),
 ]
 OTHERS = [
     Scenario("nan-loss", "train", "a weight turns NaN", "stopped, named; no version; rerun ok"),
@@ -358,46 +360,40 @@ def test_full_disk(where, tiny_config, demo_drops, tmp_path):
 # --- servers ------------------------------------------------------------------------------
 
 
+_COMMANDS = {"prefect-down-drop": "drop", "prefect-down-watch": "watch"}
+
+
 @pytest.mark.parametrize("server", [s.id for s in SERVERS])
 def test_server_down(server, tiny_config, demo_drops, monkeypatch, tiny_model):
+    from contextlib import ExitStack
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from typer.testing import CliRunner
 
     from freshtune.cli import app
 
-    port = free_port()
-    cfg = tiny_config()
-    args = [
-        "refresh",
-        str(demo_drops[0]),
-        "--config",
-        "tiny",
-        "--set",
-        f"base_model={tiny_model}",
-        "-w",
-        str(cfg.workspace),
-    ]
-    if server == "mlflow-down":
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ops:s3cret@127.0.0.1:{port}")
-        name = "MLflow tracking server"
-    elif server == "redis-down":
-        args += ["--set", f"deploy.lock_url=redis://:s3cret@127.0.0.1:{port}/0"]
-        name = "Redis"
-    else:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        stack = temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"})
-        stack.__enter__()
-        name = "Prefect API"
-    start = time.monotonic()
-    try:
+    port, cfg = free_port(), tiny_config()
+    command = _COMMANDS.get(server, "refresh")
+    args = ["watch", "--once"] if command == "watch" else [command, str(demo_drops[0])]
+    args += ["--config", "tiny", "--set", f"base_model={tiny_model}", "-w", str(cfg.workspace)]
+    named = {"mlflow-down": "MLflow tracking server", "redis-down": "Redis"}
+    name = named.get(server, "Prefect API")
+    with ExitStack() as stack:
+        if server == "mlflow-down":
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ops:s3cret@127.0.0.1:{port}")
+        elif server == "redis-down":
+            args += ["--set", f"deploy.lock_url=redis://:s3cret@127.0.0.1:{port}/0"]
+        else:
+            dead = f"http://127.0.0.1:{port}/api"
+            monkeypatch.setenv("PREFECT_API_URL", dead)
+            stack.enter_context(temporary_settings({PREFECT_API_URL: dead}))
+        start = time.monotonic()
         result = CliRunner().invoke(app, args)
-    finally:
-        if server == "prefect-down":
-            stack.__exit__(None, None, None)
-    assert result.exit_code == 1 and time.monotonic() - start < 30
+    assert result.exit_code == 1 and time.monotonic() - start < 30, result.output
     assert f"{name} at " in result.output and f"127.0.0.1:{port}" in result.output
     assert "s3cret" not in result.output
     assert not list(cfg.paths.quarantine.glob("*")) and not list(cfg.paths.snapshots.glob("*"))
+    assert not list(cfg.paths.landing.glob("*.jsonl"))  # nothing landed, nothing announced
 
 
 # --- others -------------------------------------------------------------------------------
