@@ -190,4 +190,42 @@ def apply_all(cfg: FreshtuneConfig, kind: PoolKind = "process") -> dict[str, Any
         "deployments": applied,
         "automations": automations,
         "policy": describe(policy),
+        "worker_user": ensure_worker_access(cfg),
     }
+
+
+WORKER_USER = "FRESHTUNE_WORKER_MLFLOW_USERNAME"
+WORKER_PASSWORD = "FRESHTUNE_WORKER_MLFLOW_PASSWORD"
+
+
+def ensure_worker_access(cfg: FreshtuneConfig) -> str | None:
+    """The workers' own MLflow user, made by `deploy` with the admin's credentials: EDIT on
+    freshtune's experiment and registered model and nothing else (no other experiment, no
+    user management), so a worker's leaked credentials are not the admin's. Safe to rerun."""
+    import os
+
+    from mlflow.exceptions import RestException
+    from mlflow.server import get_app_client
+
+    from tasks import registry
+
+    user, password = os.environ.get(WORKER_USER), os.environ.get(WORKER_PASSWORD, "")
+    if not user:
+        return None
+    auth = get_app_client("basic-auth", tracking_uri=registry.tracking_uri(cfg))
+    try:
+        auth.create_user(user, password)
+    except RestException:  # made by an earlier deploy: its password is the configured one now
+        auth.update_user_password(user, password)
+    registry.ensure_registered_model(cfg)
+    grants = [
+        ("experiment", registry.experiment_id(cfg)),
+        ("registered_model", cfg.tracking.model_name),
+    ]
+    for kind, resource in grants:
+        try:
+            auth.grant_user_permission(user, kind, resource, "EDIT")
+        except RestException:  # granted before, perhaps differently: EDIT it is
+            auth.revoke_user_permission(user, kind, resource)
+            auth.grant_user_permission(user, kind, resource, "EDIT")
+    return user

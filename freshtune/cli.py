@@ -464,7 +464,12 @@ def _print_gate(outcome: Any) -> None:
 
 
 # Secrets the stack hands to freshtune; the example env file fills them with "change-me".
-_SECRETS = ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "FRESHTUNE_LOCK_URL")
+_SECRETS = (
+    "PREFECT_API_AUTH_STRING",
+    "MLFLOW_TRACKING_PASSWORD",
+    "FRESHTUNE_LOCK_URL",
+    "FRESHTUNE_WORKER_MLFLOW_PASSWORD",
+)
 
 
 def _refuse_placeholders() -> None:

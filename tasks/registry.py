@@ -141,20 +141,26 @@ def _not_found(exc: Any) -> bool:
     )
 
 
-def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> str:
-    """A new model version whose source is the run's `adapter/` artifacts."""
+def ensure_registered_model(cfg: FreshtuneConfig) -> None:
+    """The registered model of the adapters, made on first use (only not-found creates it)."""
     from mlflow.exceptions import MlflowException
 
     mlc = client(cfg)
     try:
         mlc.get_registered_model(cfg.tracking.model_name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
         mlc.create_registered_model(
             cfg.tracking.model_name,
-            description=(
-                "LoRA adapters kept fresh by freshtune; alias `champion` is the one serving."
-            ),
+            description="LoRA adapters kept fresh by freshtune; alias `champion` serves.",
         )
+
+
+def register_adapter(cfg: FreshtuneConfig, run_id: str, tags: dict[str, Any]) -> str:
+    """A new model version whose source is the run's `adapter/` artifacts."""
+    mlc = client(cfg)
+    ensure_registered_model(cfg)
     if (known := _registered(cfg, tags)) is not None:
         log.info("adapter %s of this drop is version %s already", tags["adapter_key"], known)
         return known

@@ -114,10 +114,15 @@ def test_workers_poll_their_pools_and_the_gpu_one_reserves_nvidia_devices():
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["FRESHTUNE_LOCK_URL"].startswith("redis://")
+        # Least privilege: the workers' own MLflow user, never the admin's.
+        assert env["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_WORKER_USER:?")
         assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile"
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert "deploy" not in services["worker-cpu"]
+    deploy = services["deploy"]["environment"]
+    assert deploy["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_ADMIN_USER:?")
+    assert deploy["FRESHTUNE_WORKER_MLFLOW_USERNAME"].startswith("${MLFLOW_WORKER_USER:?")
     # Workers start only after `deploy` passed (it refuses the example's placeholders).
     for name in ("worker-cpu", "worker-gpu"):
         assert services[name]["depends_on"] == {

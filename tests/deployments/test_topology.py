@@ -33,6 +33,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PREFECT_AUTH = "operator:prefect-topology-pw"
 MLFLOW_ADMIN = ("admin", "mlflow-topology-pw-0123")
 REDIS_PASSWORD = "redis-topology-pw"
+WORKER = ("freshtune-worker", "worker-topology-pw")
 FTP_LOGIN = ("landing", "ftp-topology-pw")  # the object store the drops land in
 
 
@@ -60,6 +61,8 @@ class Cluster:
         home = self.root / "workers" / name
         home.mkdir(parents=True)
         env = {**self.env, "FRESHTUNE_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+        # Workers hold their own MLflow user (made by deploy), not the admin's.
+        env.update(MLFLOW_TRACKING_USERNAME=WORKER[0], MLFLOW_TRACKING_PASSWORD=WORKER[1])
         args = [*self.net.prefix(host), str(servers.BIN / "prefect"), "worker", "start"]
         args += ["--pool", pool, "--type", "process", "--name", name]
         with servers.process(args, env, self.root / f"{name}.log") as proc:
@@ -140,6 +143,8 @@ def cluster(
             PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
             FSSPEC_FTP_USERNAME=FTP_LOGIN[0],  # fsspec's own config: never in the landing URL
             FSSPEC_FTP_PASSWORD=FTP_LOGIN[1],
+            FRESHTUNE_WORKER_MLFLOW_USERNAME=WORKER[0],  # for deploy, which makes that user
+            FRESHTUNE_WORKER_MLFLOW_PASSWORD=WORKER[1],
         )
         overrides.append(f"deploy.landing_url={bucket}/landing")
         cfg = load_config("tiny", overrides, root / "operator")
