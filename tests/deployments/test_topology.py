@@ -315,3 +315,35 @@ def test_every_server_refuses_requests_without_credentials(cluster: Cluster, mon
     with pytest.raises(ServerUnavailable) as wrong:
         check_prefect(env["PREFECT_API_URL"])
     assert "wrong-password" not in str(wrong.value)
+
+
+def test_a_run_asking_for_weaker_settings_than_its_deployment_is_refused(cluster: Cluster):
+    """With auth on everywhere: a UI user who lowers the gate and swaps the base model for one
+    run gets a refusal before any work, from the policy `freshtune deploy` published."""
+    from prefect.deployments import run_deployment
+
+    weak = cluster.cfg.model_copy(
+        update={
+            "base_model": "/elsewhere/model",
+            "gate": cluster.cfg.gate.model_copy(update={"min_gain": -2.0}),
+        }
+    )
+    before = cluster.runs_of("refresh/on-data-drop")
+    versions = cluster.mlflow().search_model_versions(f"name = '{MODEL}'")
+    with cluster.worker("cpu-policy", "cpu", 0):
+        with cluster.settings():
+            run_deployment(
+                "refresh/on-data-drop",
+                parameters={
+                    "drop": f"{cluster.cfg.deploy.landing_url}/month-09.jsonl",
+                    "config": weak.model_dump(mode="json"),
+                },
+                timeout=0,
+            )
+        runs = cluster.wait_runs("refresh/on-data-drop", len(before) + 1)
+    run = runs[-1]
+    assert run.state_type.value == "FAILED", run.state_name
+    assert (
+        "refused by the policy" in run.state.message and "gate.min_gain=-2.0" in run.state.message
+    )
+    assert len(cluster.mlflow().search_model_versions(f"name = '{MODEL}'")) == len(versions)
