@@ -336,8 +336,9 @@ def part_qlora(out: Path, model: Path, rehearse: bool) -> dict[str, Any]:
                 "--set", f"base_model={model}", "--set", "train.quantization=nf4"]  # fmt: skip
     if rehearse:
         settings += ["--set", "train.epochs=1"]
-    drop = workspace / "month-01.jsonl"
-    _cli("demo-data", "--month", "1", "--out", str(drop))
+    from freshtune.demo_domain import write_drop
+
+    drop = write_drop(1, workspace / "month-01.jsonl")  # what `freshtune demo-data` writes
     _cli("refresh", str(drop), *settings)
     (record,) = (workspace / "cycles").glob("*.json")  # one drop, one cycle
     cycle = json.loads(record.read_text(encoding="utf-8"))
