@@ -199,8 +199,9 @@ WORKER_PASSWORD = "FRESHTUNE_WORKER_MLFLOW_PASSWORD"
 
 
 def ensure_worker_access(cfg: FreshtuneConfig) -> str | None:
-    """The workers' own MLflow user, made by `deploy` with the admin's credentials: EDIT on
-    freshtune's experiment and registered model and nothing else (no other experiment, no
+    """The workers' own MLflow user, made by `deploy` with the admin's credentials: MANAGE on
+    freshtune's experiment (MLflow's artifact proxy deletes only for MANAGE, and the store
+    rotates checkpoints), EDIT on its registered model, nothing else (no other experiment, no
     user management), so a worker's leaked credentials are not the admin's. Safe to rerun."""
     import os
 
@@ -219,13 +220,13 @@ def ensure_worker_access(cfg: FreshtuneConfig) -> str | None:
         auth.update_user_password(user, password)
     registry.ensure_registered_model(cfg)
     grants = [
-        ("experiment", registry.experiment_id(cfg)),
-        ("registered_model", cfg.tracking.model_name),
+        ("experiment", registry.experiment_id(cfg), "MANAGE"),
+        ("registered_model", cfg.tracking.model_name, "EDIT"),
     ]
-    for kind, resource in grants:
+    for kind, resource, permission in grants:
         try:
-            auth.grant_user_permission(user, kind, resource, "EDIT")
-        except RestException:  # granted before, perhaps differently: EDIT it is
+            auth.grant_user_permission(user, kind, resource, permission)
+        except RestException:  # granted before, perhaps differently: this is what it is now
             auth.revoke_user_permission(user, kind, resource)
-            auth.grant_user_permission(user, kind, resource, "EDIT")
+            auth.grant_user_permission(user, kind, resource, permission)
     return user

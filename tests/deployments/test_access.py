@@ -41,6 +41,9 @@ def test_the_workers_user_can_run_a_cycle_and_nothing_more(tiny_config, tmp_path
         (folder / "adapter_config.json").write_text("{}")
         store.put(cfg, store.ADAPTERS, "k", folder)  # the artifact store, through the proxy
         assert store.keys(cfg, store.ADAPTERS) == ["k"]
+        store.put(cfg, store.CHECKPOINTS, "k-000000002", folder)
+        store.delete(cfg, store.CHECKPOINTS, "k-000000002")  # checkpoint rotation deletes
+        assert store.keys(cfg, store.CHECKPOINTS) == []
         run_id = registry.open_run(cfg, "d" * 64, {})
         registry.log_metrics(cfg, run_id, {"loss": 1.0})
         registry.log_artifacts(cfg, run_id, folder, "adapter")
