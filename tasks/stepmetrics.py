@@ -27,7 +27,7 @@ class StepMetrics:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.closing = self.stopped = False
-        self.failing_since: float | None = None
+        self.failing = False  # said once per outage
         self.thread = threading.Thread(target=self._run, name="step metrics", daemon=True)
         self.thread.start()
 
@@ -74,13 +74,13 @@ class StepMetrics:
         try:
             MlflowClient(self.uri).log_batch(self.run_id, metrics=batch)
         except Exception as exc:  # any outage: keep them, say so once
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
+            if not self.failing:
+                self.failing = True
                 log.warning("tracking server not answering (%s); step metrics queued", exc)
             return False
-        if self.failing_since is not None:
+        if self.failing:
             log.info("tracking server answers again; sending the queued step metrics")
-            self.failing_since = None
+            self.failing = False
         with self.lock:
             del self.pending[: len(batch)]
         return True

@@ -67,22 +67,32 @@ def _found_in_files(root: Path) -> list[str]:
 
 
 def _prefect_readables(since: float) -> str:
-    """Every flow run's parameters and state message, every artifact and log line."""
+    """Every flow run's parameters and state message, every task run's state, every artifact
+    and every log line since the test began (paged: the API returns at most 200 a call)."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
 
+    recent = LogFilter(timestamp=LogFilterTimestamp(after_=_stamp(since)))
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=200)
-        tasks = client.read_task_runs(limit=200)
-        artifacts = client.read_artifacts(limit=200)
-        logs = client.read_logs(
-            log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=_stamp(since))), limit=200
-        )
+        runs = _every(client.read_flow_runs)
+        tasks = _every(client.read_task_runs)
+        artifacts = _every(client.read_artifacts)
+        logs = _every(client.read_logs, log_filter=recent)
+    assert runs and tasks and artifacts and logs  # the search looked at something
     texts = [json.dumps(r.parameters, default=str) + str(r.state and r.state.message) for r in runs]
     texts += [str(t.state and t.state.message) + t.name for t in tasks]
     texts += [json.dumps(a.data, default=str) + str(a.description) for a in artifacts]
     texts += [log.message for log in logs]
     return "\n".join(texts)
+
+
+def _every(read, page: int = 200, **filters) -> list:
+    found: list = []
+    while batch := read(limit=page, offset=len(found), **filters):
+        found += batch
+        if len(batch) < page:
+            break
+    return found
 
 
 def _stamp(seconds: float):

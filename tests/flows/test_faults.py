@@ -151,7 +151,9 @@ def chain(tiny_model, demo_drops, tmp_path_factory, prefect_harness):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the forkserver keeps it
         context = forkserver()
-        context.Process(target=time.sleep, args=(0,)).start()  # start it now, with this env
+        warm = context.Process(target=time.sleep, args=(0,))  # the server starts with this env
+        warm.start()
+        warm.join()
     cfg = load_config("tiny", [f"base_model={tiny_model}", "train.save_steps=2"], root / "ws")
     return {
         "context": context,
