@@ -2,7 +2,8 @@
 
 Scheduled on the first of the month (`deploy.monthly_cron`) and triggered by
 `freshtune.model.decayed`. A rejected drop is quarantined and the month goes on with the
-next one; the run ends Failed if any drop failed, naming them.
+next one; then retention deletes the raw drops it is set to; the run ends Failed if any drop
+failed, naming them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flows.refresh import refresh
 from freshtune.config import FreshtuneConfig
 from tasks.landing import pending
 from tasks.policy import enforce_policy
+from tasks.retention import retention_task
 
 
 @task(name="pending-drops", cache_policy=NO_CACHE)
@@ -32,6 +34,7 @@ def monthly_refresh(config: FreshtuneConfig) -> list[dict[str, Any]]:
     outcomes = [
         outcome(drop, refresh(drop, config, return_state=True)) for drop in pending_drops(config)
     ]
+    retention_task(config)  # data.*_retention_days: raw drops the month is done with
     return summarise_month(outcomes)
 
 

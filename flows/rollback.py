@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from freshtune.config import FreshtuneConfig
+from tasks.policy import enforce_policy
 from tasks.promote import rollback_champion
 
 
@@ -17,5 +18,8 @@ def rollback(
     force: bool = False,
 ) -> dict[str, str]:
     """Move `champion` back to `to_version`, by default to the version `previous` points at.
-    A version that never served and never passed the gate needs `force`."""
-    return rollback_champion(config.on_this_worker(), to_version, reason, who, force)
+    A version that never served and never passed the gate needs `force`, which the policy
+    (and `review.forced_rollback`) may forbid."""
+    config = config.on_this_worker()
+    enforce_policy(config, force=force)
+    return rollback_champion(config, to_version, reason, who, force)

@@ -256,6 +256,35 @@ def history(
         typer.echo(f"\nplot: {plot}")
 
 
+@app.command()
+def retention(
+    dry_run: Annotated[
+        bool, typer.Option(help="list what would be deleted, delete nothing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Delete raw drops past `data.landed_retention_days` / `data.quarantine_retention_days`
+    (both off by default: kept for ever); the monthly flow does the same after its cycles."""
+    from dataclasses import asdict
+
+    from tasks.retention import apply_retention
+
+    cfg = _config(config, set_, workspace)
+    with _exit_on(Exception, code=1, what="retention failed"):
+        gone = apply_retention(cfg, dry_run=dry_run)
+    if as_json:
+        typer.echo(json.dumps([asdict(g) for g in gone], indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for item in gone:
+        typer.echo(f"{verb} {item.kind} {item.where} ({item.age_days:.1f} days old)")
+    settings = (cfg.data.landed_retention_days, cfg.data.quarantine_retention_days)
+    typer.echo(f"{len(gone)} files; retention (landed, quarantined) days: {settings}")
+
+
 @app.command("demo-data")
 def demo_data(
     month: Annotated[int, typer.Option(min=1, help="month number, 1-based")],

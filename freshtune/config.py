@@ -233,6 +233,21 @@ class DataSettings(_Strict):
         "users) keeps a rejected drop's original bytes to fix it from; false: only the "
         "PII-scrubbed report is kept (the bytes stay where they landed, under your retention)",
     )
+    # Retention (tasks/retention.py): applied by the monthly flow and `freshtune retention`.
+    landed_retention_days: float | None = Field(
+        None,
+        ge=0,
+        description="None (the default): landed drops are kept for ever; N: a landed drop is "
+        "deleted once it is N days old and its cycle was recorded or it was quarantined "
+        "(0: as soon as that happened); drops still waiting for their cycle are never deleted",
+    )
+    quarantine_retention_days: float | None = Field(
+        None,
+        ge=0,
+        description="None (the default): a quarantined drop's original bytes are kept for ever; "
+        "N: they are deleted N days after the drop was quarantined, from the workspace and the "
+        "artifact store; the scrubbed report stays, so the same bytes are still refused",
+    )
     # Curation (tasks/curate.py), in the order the rules run.
     near_dup_threshold: float = Field(
         0.9, gt=0, le=1, description="MinHash Jaccard (word bigrams) from which rows are near-dups"
@@ -292,6 +307,12 @@ class ReviewSettings(_Strict):
         None,
         description="the name the terminal review offers (default: the OS user); the Prefect "
         "form and `freshtune review` ask who decides and record that",
+    )
+    forced_rollback: bool = Field(
+        True,
+        description="whether `freshtune rollback --force` may serve a version that never served "
+        "and was not blessed; false in a deployment's config makes it part of the policy, "
+        "which a run's parameters cannot turn back on",
     )
 
 

@@ -50,6 +50,7 @@ class Policy(BaseModel):
     eval_files: list[str] | None = None  # "" stands for the file freshtune ships
     drop_locations: list[str] | None = None  # folders or URL prefixes a drop may come from
     workspace: str | None = None
+    forced_rollback: bool = True
 
     @classmethod
     def of(cls, cfg: FreshtuneConfig) -> Policy:
@@ -62,11 +63,20 @@ class Policy(BaseModel):
             eval_files=sorted({_file(cfg.eval.general_file), _file(cfg.eval.bias_file)}),
             drop_locations=[cfg.deploy.landing_url or str(cfg.paths.landing)],
             workspace=str(cfg.paths.root),
+            forced_rollback=cfg.review.forced_rollback,
         )
 
-    def refusals(self, cfg: FreshtuneConfig, drop: str | None = None) -> list[str]:
-        """What in this run is weaker than the policy, one line each (empty: allowed)."""
-        return [*self._decisions(cfg), *self._inputs(cfg, drop)]
+    def refusals(
+        self, cfg: FreshtuneConfig, drop: str | None = None, force: bool = False
+    ) -> list[str]:
+        """What in this run is weaker than the policy, one line each (empty: allowed);
+        `force` is a rollback's `--force`."""
+        forced = force and not self.forced_rollback
+        return [
+            *self._decisions(cfg),
+            *self._inputs(cfg, drop),
+            *(["rollback --force, which the policy does not allow"] if forced else []),
+        ]
 
     def _decisions(self, cfg: FreshtuneConfig) -> list[str]:
         out = []

@@ -109,6 +109,14 @@ def local_copy(path: str, cfg: FreshtuneConfig) -> Path:
     return target
 
 
+def remove_landed(url: str, cfg: FreshtuneConfig) -> None:
+    """Delete a landed drop (retention), and this worker's fetched copy of a remote one."""
+    fs, path = _fs(url)
+    fs.rm(path)
+    if is_remote(url):
+        (cfg.paths.landing / "remote" / Path(path).name).unlink(missing_ok=True)
+
+
 def emit_landed(landed: Landed, name: str) -> str:
     """Tell the Prefect server (PREFECT_API_URL) that a drop landed; returns the event id."""
     payload = {"path": landed.url, "digest": landed.digest, "name": name, "bytes": landed.size}

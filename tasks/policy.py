@@ -41,12 +41,13 @@ def publish_policy(cfg: FreshtuneConfig) -> Policy:
 
 
 @task(name="check-policy", cache_policy=NO_CACHE)
-def enforce_policy(cfg: FreshtuneConfig, drop: str | None = None) -> None:
-    """Refuse, before any work, a run whose settings are weaker than the policy."""
+def enforce_policy(cfg: FreshtuneConfig, drop: str | None = None, force: bool = False) -> None:
+    """Refuse, before any work, a run whose settings are weaker than the policy (`force`: a
+    rollback's `--force`)."""
     policy, source = current_policy()
     if policy is None:
         return
-    if refused := policy.refusals(cfg, drop):
+    if refused := policy.refusals(cfg, drop, force):
         raise PolicyRefused(
             f"run refused by the policy in {source} (nothing was done): " + "; ".join(refused)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,9 @@ def quarantine(
     try:
         if not target.exists():
             _write(target, file, digest, reason, cfg, report)
-        store.put(cfg, store.QUARANTINE, target.name, target)  # every worker now knows it
+        kept = file.name if (target / file.name).is_file() else None
+        meta = {"original": kept, "at": time.time()}  # for data.quarantine_retention_days
+        store.put(cfg, store.QUARANTINE, target.name, target, meta)  # every worker knows it
     except (OSError, store.StoreError) as exc:
         note = f"the drop could not be quarantined ({exc}); it is still at {file}"
         log.error("%s: %s", file, note)

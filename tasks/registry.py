@@ -215,7 +215,8 @@ def rollback(
     mlc = client(cfg)
     name = cfg.tracking.model_name
     to_version = to_version or _previous(cfg)
-    _check_servable(mlc.get_model_version(name, to_version), force)  # unknown: a clear error
+    servable = mlc.get_model_version(name, to_version)  # an unknown version: a clear error
+    _check_servable(servable, force, cfg.review.forced_rollback)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record = {"from": current.version, "to": to_version, "who": who, "why": why, "at": stamp}
     audit = f"rollback.{stamp.replace(':', '')}.{current.version}-{to_version}"
@@ -233,22 +234,29 @@ def rollback(
 
 
 def _previous(cfg: FreshtuneConfig) -> str:
+    """The version under `previous`; an outage is the outage, not "no previous alias"."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return str(
             client(cfg).get_model_version_by_alias(cfg.tracking.model_name, PREVIOUS).version
         )
-    except Exception:
-        raise ValueError("no `previous` alias to roll back to; pass --to VERSION") from None
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+    raise ValueError("no `previous` alias to roll back to; pass --to VERSION")
 
 
-def _check_servable(mv: Any, force: bool) -> None:
-    """Only a version that served before or passed the gate may serve again, unless forced."""
+def _check_servable(mv: Any, force: bool, allowed: bool = True) -> None:
+    """Only a version that served before or passed the gate may serve again, unless forced
+    (where `review.forced_rollback` allows forcing)."""
     tags = mv.tags or {}
-    if force or "promoted_at" in tags or tags.get("gate") == "BLESSED":
+    if "promoted_at" in tags or tags.get("gate") == "BLESSED" or (force and allowed):
         return
+    verdict = tags.get("gate") or "unknown"
+    remedy = "pass --force to serve it anyway" if allowed else "review.forced_rollback is off"
     raise ValueError(
-        f"version {mv.version} was never champion and its gate verdict is "
-        f"{tags.get('gate') or 'unknown'}; pass --force to serve it anyway"
+        f"version {mv.version} was never champion and its gate verdict is {verdict}; {remedy}"
     )
 
 

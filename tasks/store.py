@@ -136,6 +136,34 @@ def find(cfg: FreshtuneConfig, kind: str, key: str, dest: Path) -> Path | None:
     return dest
 
 
+def replace_file(
+    cfg: FreshtuneConfig,
+    kind: str,
+    key: str,
+    add: tuple[str, str],
+    drop: str,
+    meta: dict[str, Any],
+) -> None:
+    """Object `kind/key` with text file `add` (name, text) added, file `drop` removed and
+    `meta` merged: the new file first, then the manifest naming it and not `drop`, then `drop`,
+    so a reader sees the old object or the new one, never one that fails its manifest."""
+    record = manifest(cfg, kind, key)
+    if record is None:
+        raise StoreError(f"{kind}/{key} is not in the artifact store at {_location(cfg)}")
+    repo = _repo(cfg)
+    with tempfile.TemporaryDirectory(prefix="freshtune-replace-") as tmp:
+        new = Path(tmp) / add[0]
+        new.write_text(add[1], encoding="utf-8")
+        repo.log_artifact(str(new), f"{kind}/{key}")
+        files = {n: d for n, d in record["files"].items() if n != drop}
+        updated = {**record, "files": files | {add[0]: file_digest(new)}}
+        updated["meta"] = {**record.get("meta", {}), **meta}
+        path = Path(tmp) / f"{key}.json"
+        path.write_text(json.dumps(updated, indent=1, sort_keys=True), encoding="utf-8")
+        repo.log_artifact(str(path), kind)
+    repo.delete_artifacts(f"{kind}/{key}/{drop}")
+
+
 def delete(cfg: FreshtuneConfig, kind: str, key: str) -> None:
     """Remove object `kind/key`: its manifest first, so no reader trusts what is left."""
     repo = _repo(cfg)

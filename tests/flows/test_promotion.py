@@ -93,6 +93,18 @@ def test_rollback_restores_the_previous_version_and_records_why(
     assert runner.invoke(app, ["rollback", "--to", refused, "--force", *args]).exit_code == 0
     assert _alias(cfg, "champion") == refused
 
+    # Forcing is the operator's to forbid: in the config, and in a policy no run can weaken.
+    another = _refused_version(cfg, v2)
+    forced = ["rollback", "--to", another, "--force", *args]
+    result = runner.invoke(app, [*forced, "--set", "review.forced_rollback=false"])
+    assert result.exit_code == 1 and "review.forced_rollback is off" in result.output
+    monkeypatch.setenv("FRESHTUNE_POLICY", '{"forced_rollback": false}')
+    result = runner.invoke(app, forced)
+    assert result.exit_code == 1 and "rollback --force, which the policy does not allow" in (
+        result.output
+    )
+    assert _alias(cfg, "champion") == refused and len(_audit(cfg)) == 3
+
 
 def _audit(cfg) -> list[dict]:
     import json

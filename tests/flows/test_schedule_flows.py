@@ -1,6 +1,8 @@
 """The flows behind the deployments, on the embedded default: monthly-refresh, decay-monitor,
 and a refresh that finds its drop claimed by another run."""
 
+from pathlib import Path
+
 from flows.decay import decay_monitor
 from flows.monthly import monthly_refresh
 from flows.refresh import refresh
@@ -12,7 +14,7 @@ from tasks.locks import claim
 def test_monthly_refresh_takes_pending_drops_in_order_past_a_rejected_one(
     tiny_config, demo_drops, tmp_path
 ):
-    cfg = tiny_config()
+    cfg = tiny_config("data.landed_retention_days=0")  # raw drops go once done with
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"id": "1", "messages": [{"role": "user"')
     first, broken, second = land(demo_drops[0], cfg), land(bad, cfg), land(demo_drops[1], cfg)
@@ -25,6 +27,7 @@ def test_monthly_refresh_takes_pending_drops_in_order_past_a_rejected_one(
     assert (cfg.paths.quarantine / broken.digest[:16] / "REJECTED.md").exists()
     champion = registry.get_champion(cfg)
     assert champion is not None and champion.tags["drop_digest"] == second.digest
+    assert not any(Path(landed.url).exists() for landed in (first, broken, second))
 
     again = monthly_refresh(cfg, return_state=True)  # nothing pending: nothing retrained
     assert again.is_completed() and again.result() == []
