@@ -5,6 +5,9 @@ recorded (the worst moment to die: its effects exist, the next stage has not see
 Faults: `kill` (SIGKILL: no hook, no `finally`, as when a node is lost), `raise` (an error
 the flow sees), `nospace` (ENOSPC, as from a full disk), `nan` (training only: a weight
 becomes NaN, as from a bad batch or a hardware fault). Unset, every point is a no-op.
+
+In the same process a test may also attach an action to a point (`when`), to take a real
+server away at exactly that moment.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ POINTS = (
     "evaluate",
     "register",
     "review",
+    "alias",  # inside promotion: `champion` moved, the version not yet tagged as served
     "promote",
     "record",
 )
@@ -49,8 +53,25 @@ def armed(point: str) -> str | None:
     return None
 
 
+_ACTIONS: dict[str, Callable[[], None]] = {}
+
+
+def set_for(point: str) -> bool:
+    """Whether a fault or an action waits at `point` (hooks that cost anything check it)."""
+    return point in _ACTIONS or armed(point) is not None
+
+
+def when(point: str, action: Callable[[], None]) -> None:
+    """Run `action` once, in this process, the next time `point` is reached."""
+    if point not in POINTS:
+        raise ValueError(f"unknown fault point {point!r}; points: {POINTS}")
+    _ACTIONS[point] = action
+
+
 def reach(point: str) -> None:
-    """Inject the fault set for `point`, if any."""
+    """Run the action attached to `point`, then inject the fault set for it, if any."""
+    if (action := _ACTIONS.pop(point, None)) is not None:
+        action()
     fault = armed(point)
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -188,6 +188,8 @@ def promote(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> No
     current = get_champion(cfg)
     if current is not None and current.version == version:
         log.info("version %s is champion already (an earlier attempt moved it)", version)
+        if "promoted_at" not in (current.tags or {}):  # that attempt stopped before the tag
+            _mark_served(cfg, version)
         return
     if (current and current.version) != (expected and expected.version):
         raise ChampionMoved(
@@ -198,9 +200,15 @@ def promote(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> No
     if current is not None:
         mlc.set_registered_model_alias(cfg.tracking.model_name, PREVIOUS, current.version)
     mlc.set_registered_model_alias(cfg.tracking.model_name, CHAMPION, version)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    mlc.set_model_version_tag(cfg.tracking.model_name, version, "promoted_at", stamp)
+    faults.reach("alias")
+    _mark_served(cfg, version)
     log.info("promoted version %s to %s", version, CHAMPION)
+
+
+def _mark_served(cfg: FreshtuneConfig, version: str) -> None:
+    """`promoted_at`: the version served, so a rollback may return to it without --force."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client(cfg).set_model_version_tag(cfg.tracking.model_name, version, "promoted_at", stamp)
 
 
 def rollback(

@@ -40,11 +40,13 @@ class StepMetrics:
             self.pending += items
         self.wake.set()
 
-    def close(self, timeout_s: float = 120.0) -> int:
-        """Send what is queued (waiting up to `timeout_s` for the server); the number unsent."""
+    def close(self, timeout_s: float = 120.0, down_s: float = 15.0) -> int:
+        """Send what is queued, waiting up to `timeout_s` while the server answers and
+        `down_s` while it does not (the cycle's next step needs it anyway and will say so);
+        returns the number unsent."""
         self.closing = True
         self.wake.set()
-        self.thread.join(timeout_s)
+        self.thread.join(down_s if self.failing else timeout_s)
         self.stopped = True  # a server still down: give up, and say how much was lost
         with self.lock:
             unsent = len(self.pending)

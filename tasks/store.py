@@ -51,9 +51,29 @@ _LOCATIONS: dict[tuple[str, str], str] = {}
 
 
 def _repo(cfg: FreshtuneConfig) -> Any:
+    """The artifact repository; its calls raise StoreError naming MLflow when it is down."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    return get_artifact_repository(_location(cfg), tracking_uri=tracking.tracking_uri(cfg))
+    uri = tracking.tracking_uri(cfg)
+    return _Reached(get_artifact_repository(_location(cfg), tracking_uri=uri), uri)
+
+
+class _Reached:
+    def __init__(self, inner: Any, uri: str) -> None:
+        self._inner, self._uri = inner, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                if tracking.is_outage(exc):
+                    raise StoreError(str(tracking.unavailable(self._uri, name, exc))) from None
+                raise
+
+        return call if callable(attr) else attr
 
 
 def folder_files(folder: Path) -> dict[str, str]:
@@ -69,6 +89,8 @@ def keys(cfg: FreshtuneConfig, kind: str) -> list[str]:
     """The keys of every complete object of `kind`."""
     try:
         entries = _repo(cfg).list_artifacts(kind)
+    except StoreError:
+        raise
     except Exception as exc:
         raise StoreError(f"cannot list {kind} in the artifact store: {exc}") from exc
     names = (Path(e.path).name for e in entries if not e.is_dir)

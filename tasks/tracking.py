@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from typing import Any
 
 from freshtune.config import FreshtuneConfig
 
@@ -14,10 +16,51 @@ def tracking_uri(cfg: FreshtuneConfig) -> str:
 
 
 def client(cfg: FreshtuneConfig):
+    """An MlflowClient whose calls raise `TrackingUnavailable`, naming the server, when the
+    server cannot be reached (MLflow's own error names only the endpoint it tried)."""
     from mlflow import MlflowClient
 
     cfg.paths.mlflow.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    return _Named(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
+
+
+class _Named:
+    def __init__(self, inner: Any, uri: str) -> None:
+        self._inner, self._uri = inner, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise unavailable(self._uri, name, exc) from None
+                raise
+
+        return call
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A request that never got an answer (refused, reset, timed out), not a refusal."""
+    text = str(exc)
+    return any(mark in text for mark in _OUTAGE) or isinstance(exc, ConnectionError)
+
+
+_OUTAGE = ("failed with exception", "Max retries exceeded", "Connection refused", "timed out")
+
+
+def unavailable(uri: str, doing: str, exc: BaseException) -> TrackingUnavailable:
+    first = redacted(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+    return TrackingUnavailable(
+        f"MLflow tracking server {redacted(uri)} did not answer ({doing}): {first} (check that "
+        "it runs and MLFLOW_TRACKING_URI and its credentials; rerun the drop once it answers)"
+    )
 
 
 def experiment_id(cfg: FreshtuneConfig) -> str:

@@ -290,10 +290,13 @@ class CheckpointMirror:
         from tasks import store
 
         key = f"{self.adapter}-{int(checkpoint.name.rpartition('-')[2]):09d}"
-        store.put(self.cfg, store.CHECKPOINTS, key, checkpoint)
-        for older in self._keys():
-            if older < key:
-                store.delete(self.cfg, store.CHECKPOINTS, older)
+        try:
+            store.put(self.cfg, store.CHECKPOINTS, key, checkpoint)
+            for older in self._keys():
+                if older < key:
+                    store.delete(self.cfg, store.CHECKPOINTS, older)
+        except store.StoreError as exc:  # training goes on; its end needs the store anyway
+            log.warning("checkpoint %s kept on this worker only: %s", checkpoint.name, exc)
 
     def restore(self, checkpoints: Path, local: Path | None) -> Path | None:
         """The checkpoint to resume from: the stored one when it is further than `local`."""
@@ -760,11 +763,11 @@ def _divergence_guard() -> Any:
 
 
 def _injected_faults() -> list[Any]:
-    """Under FRESHTUNE_FAULT only: a kill after the first checkpoint, a NaN weight at step 2."""
+    """Only when a fault is set: one after the first checkpoint, a NaN weight at step 2."""
     from transformers import TrainerCallback
 
-    kill, nan = faults.armed("checkpoint"), faults.armed("train") == "nan"
-    if kill is None and not nan:
+    at_checkpoint, nan = faults.set_for("checkpoint"), faults.armed("train") == "nan"
+    if not at_checkpoint and not nan:
         return []
 
     class Faults(TrainerCallback):

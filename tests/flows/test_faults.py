@@ -93,16 +93,46 @@ SERVERS = [
     Scenario("prefect-down-drop", "drop", "Prefect API unreachable", "not landed; names it"),
     Scenario("prefect-down-watch", "watch", "Prefect API unreachable", "fails naming it"),
 ]
+# MLflow (tracking, registry and artifact store) going away mid-cycle: a real server behind
+# a proxy that stops answering at that point, then comes back for the rerun.
+_RERUN = "a rerun completes: one version, one FINISHED cycle run"
+OUTAGES = [
+    Scenario(
+        "mlflow-down-in-training",
+        "train (mid-training)",
+        "MLflow gone after the first checkpoint",
+        f"training goes on; fails naming MLflow; no version; {_RERUN}",
+    ),
+    Scenario(
+        "mlflow-down-after-training",
+        "evaluate",
+        "MLflow gone once the adapter is stored",
+        f"fails naming MLflow; no version; {_RERUN}",
+    ),
+    Scenario(
+        "mlflow-down-in-alias-move",
+        "promote",
+        "MLflow gone after `champion` moved, before the version is tagged served",
+        "fails naming MLflow; champion moved once; a rerun tags it, no second move",
+    ),
+]
 OTHERS = [
     Scenario("nan-loss", "train", "a weight turns NaN", "stopped, named; no version; rerun ok"),
     Scenario("same-drop-in-review", "claim", "the drop again while held", "stands down"),
     Scenario("two-drops-at-once", "all", "two drops concurrently", "two cycles, two sequences"),
+    Scenario(
+        "rollback-racing-promotion",
+        "promote",
+        "a rollback while a promotion holds the slot",
+        "the rollback waits, then moves the alias",
+    ),
 ]
 SCENARIOS = {
     "kill": KILLS,
     "malformed": MALFORMED,
     "disk": DISKS,
     "server": SERVERS,
+    "outage": OUTAGES,
     "other": OTHERS,
 }
 
@@ -125,6 +155,7 @@ def table() -> str:
             "malformed": "test_malformed_drop",
             "disk": "test_full_disk",
             "server": "test_server_down",
+            "outage": "test_mlflow_outage",
             "other": "test_other",
         }[group]
         lines += [f"| `{test}[{s.id}]` | {s.stage} | {s.fault} | {s.holds} |" for s in scenarios]
@@ -398,6 +429,63 @@ def test_server_down(server, tiny_config, demo_drops, monkeypatch, tiny_model):
     assert not list(cfg.paths.landing.glob("*.jsonl"))  # nothing landed, nothing announced
 
 
+# --- MLflow outages mid-cycle -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_proxy(tmp_path_factory):
+    """A real MLflow server (PostgreSQL, served artifacts) reached through a proxy that a
+    test cuts at a fault point and restores for the rerun."""
+    from urllib.parse import urlparse
+
+    from tests.helpers.servers import TcpProxy, mlflow_server, postgres_database
+
+    root = tmp_path_factory.mktemp("mlflow-outage")
+    with postgres_database("freshtune_faults") as db, mlflow_server(root, db) as url:
+        where = urlparse(url)
+        proxy = TcpProxy((where.hostname, where.port))
+        yield proxy
+        proxy.cut()
+
+
+_CUT_AT = {
+    "mlflow-down-in-training": "checkpoint",
+    "mlflow-down-after-training": "train",
+    "mlflow-down-in-alias-move": "alias",
+}
+
+
+@pytest.mark.parametrize("when", [s.id for s in OUTAGES])
+def test_mlflow_outage(when, mlflow_proxy, tiny_config, demo_drops, monkeypatch):
+    from freshtune import faults
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_proxy.url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail in seconds, not minutes
+    names = [f"tracking.experiment={when}", f"tracking.model_name={when}"]
+    steps = 10 if when == "mlflow-down-in-training" else 1000  # each checkpoint is an upload
+    cfg = tiny_config(*names, f"train.save_steps={steps}")
+    faults.when(_CUT_AT[when], mlflow_proxy.cut)
+    try:
+        with pytest.raises(Exception) as caught:
+            refresh(str(demo_drops[0]), cfg)
+    finally:
+        mlflow_proxy.restore()
+    said = str(caught.value)
+    assert "MLflow" in said and f"127.0.0.1:{mlflow_proxy.port}" in said, said
+    assert not list(cfg.paths.quarantine.glob("*"))  # an outage is not the drop's fault
+    moved = when == "mlflow-down-in-alias-move"
+    assert _state(cfg)[2:4] == ((1, True) if moved else (0, False))
+    # Training went on to the end although its checkpoints could not be stored.
+    assert [p.name for p in cfg.paths.adapters.iterdir() if p.suffix != ".partial"]
+    assert refresh(str(demo_drops[0]), cfg)["promoted"]
+    assert _state(cfg) == (1, 1, 1, True, 1)
+    assert "promoted_at" in registry.get_champion(cfg).tags
+    runs = MlflowClient(registry.tracking_uri(cfg)).search_runs(
+        [registry.experiment_id(cfg)], "tags.`freshtune.drop_digest` != ''"
+    )
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
 # --- others -------------------------------------------------------------------------------
 
 
@@ -424,8 +512,10 @@ def test_other(case, tiny_config, demo_drops, monkeypatch):
             assert other is None
             outcome = refresh(str(demo_drops[0]), cfg)
         assert outcome["verdict"] == "in-progress-elsewhere" and not _versions(cfg)
-    else:
+    elif case == "two-drops-at-once":
         _two_drops_at_once(cfg, demo_drops[:2])
+    else:
+        _rollback_racing_a_promotion(cfg, demo_drops[:2])
 
 
 def _two_drops_at_once(cfg, drops: list[Path]) -> None:
@@ -446,6 +536,35 @@ def _two_drops_at_once(cfg, drops: list[Path]) -> None:
     assert [s.sequence for s in list_snapshots(cfg)] == [1, 2]
     versions = _versions(cfg)
     assert len(versions) == 2 and registry.get_champion(cfg).version in versions
+
+
+def _rollback_racing_a_promotion(cfg, drops: list[Path]) -> None:
+    from prefect.concurrency.sync import concurrency
+
+    from tasks.promote import PROMOTION_LIMIT, ensure_promotion_limit, rollback_serialised
+
+    v1, v2 = (refresh(str(d), cfg)["version"] for d in drops)
+    ensure_promotion_limit()
+    holding, release, done = threading.Event(), threading.Event(), {}
+
+    def promotion_in_progress() -> None:
+        with concurrency(PROMOTION_LIMIT, occupy=1, strict=True):
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=promotion_in_progress)
+    holder.start()
+    assert holding.wait(60)
+    rolling = threading.Thread(
+        target=lambda: done.update(rollback_serialised(cfg, None, "ops", "test", False))
+    )
+    rolling.start()
+    rolling.join(5)
+    assert rolling.is_alive() and registry.get_champion(cfg).version == v2  # queued
+    release.set()
+    holder.join(60)
+    rolling.join(60)
+    assert done["to"] == v1 and registry.get_champion(cfg).version == v1
 
 
 if __name__ == "__main__":

@@ -119,36 +119,6 @@ def _refused_version(cfg, like: str) -> str:
     return registry.register_adapter(cfg, mv.run_id, tags)
 
 
-def test_a_rollback_waits_for_a_promotion_in_progress(tiny_config, demo_drops):
-    from prefect.concurrency.sync import concurrency
-
-    from tasks.promote import PROMOTION_LIMIT, ensure_promotion_limit, rollback_serialised
-
-    cfg = tiny_config()
-    v1, v2 = (refresh(str(d), cfg)["version"] for d in demo_drops[:2])
-    ensure_promotion_limit()
-    holding, release, done = threading.Event(), threading.Event(), {}
-
-    def promotion_in_progress():
-        with concurrency(PROMOTION_LIMIT, occupy=1, strict=True):
-            holding.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=promotion_in_progress)
-    holder.start()
-    assert holding.wait(60)
-    rolling = threading.Thread(
-        target=lambda: done.update(rollback_serialised(cfg, None, "ops", "test", False))
-    )
-    rolling.start()
-    rolling.join(5)
-    assert rolling.is_alive() and _alias(cfg, "champion") == v2  # queued behind the slot
-    release.set()
-    holder.join(60)
-    rolling.join(60)
-    assert done["to"] == v1 and _alias(cfg, "champion") == v1
-
-
 def test_exported_adapter_and_merged_model_agree_with_evaluation(
     tiny_config, demo_drops, tiny_model, tmp_path
 ):

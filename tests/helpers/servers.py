@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
@@ -227,3 +227,61 @@ def ftp_server(root: Path, host: str, user: str, password: str) -> Iterator[str]
     with process(args, quiet_env(), root / "ftp.log") as proc:
         wait_tcp(host, port, proc)
         yield f"ftp://{host}:{port}"
+
+
+class TcpProxy:
+    """127.0.0.1:`port` forwarding to `target`; `cut()` closes the port and every open
+    connection (clients get "connection refused", as from a server that went down),
+    `restore()` opens it again. The server behind it keeps its state."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.port = target, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        import threading
+
+        if self._listener is not None:
+            return
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with _quiet():  # wakes the thread blocked in accept(); close() alone does not
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for sock in list(self._open):
+            with _quiet():
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(self.target)
+            self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with _quiet():
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with _quiet():
+                sock.shutdown(socket.SHUT_RDWR)
+            self._open.discard(sock)
+
+
+def _quiet() -> suppress:
+    return suppress(OSError)
