@@ -227,6 +227,12 @@ class DataSettings(_Strict):
     max_unpack_ratio: float = Field(
         200, gt=1, description="largest unpacked/packed size ratio of an archive (zip bombs)"
     )
+    chunk_rows: int = Field(
+        50_000,
+        ge=1,
+        description="rows the GX suite validates at a time: bounds the gate's working memory "
+        "beyond the drop's own rows (about 10 KB per row in the chunk)",
+    )
     keep_rejected_originals: bool = Field(
         True,
         description="true: the quarantine (local and in the artifact store, readable by MLflow "
