@@ -8,6 +8,7 @@ the peer) spends most of its time in per-row Python, which is too slow at this s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,7 +19,7 @@ from tasks.ngrams import MIX, ngram_hashes, tokenise
 ROWS_PER_BAND = 4
 
 
-def signatures(texts: list[str], num_perm: int, seed: int = 1) -> np.ndarray:
+def signatures(texts: Sequence[str], num_perm: int, seed: int = 1) -> np.ndarray:
     """MinHash signatures, shape (rows, num_perm), uint32; all-max for a row without words."""
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**32, num_perm, dtype=np.uint32) | np.uint32(1)
@@ -50,7 +51,7 @@ def _sign(
     list(pool.map(one, range(len(a))))
 
 
-def near_duplicates(texts: list[str], threshold: float, num_perm: int) -> np.ndarray:
+def near_duplicates(texts: Sequence[str], threshold: float, num_perm: int) -> np.ndarray:
     """Boolean mask of rows that nearly repeat an earlier row (estimated Jaccard >= threshold)."""
     if not texts:
         return np.zeros(0, dtype=bool)
