@@ -200,7 +200,7 @@ def run_suite(
     suite: dict[str, Any],
     file: str,
     docs_dir: Path | None = None,
-    chunk_rows: int = 50_000,
+    chunk_rows: int = 100_000,
 ) -> ValidationReport:
     """Validate with GX in ephemeral mode, per-row rules `chunk_rows` rows at a time (memory
     stays bounded), the rest over the whole drop; with `docs_dir`, GX writes Data Docs there."""
