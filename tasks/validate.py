@@ -210,12 +210,14 @@ def run_suite(
         part.definition = _definition(context, suite, part)
     result_format = {"result_format": "SUMMARY", "partial_unexpected_count": PARTIAL}
     results: list[Any] = [None] * len(suite["expectations"])
+    run = None  # GX's last suite result: its batch and run metadata dress the Data Docs
     with _collected():
         for block in _chunks(len(records), chunk_rows, rows):
             run = _run_part(rows, to_frame(records[block]), result_format, results)
-        columns = _columns_named(whole.expectations)
-        run = _run_part(whole, to_frame(records, columns), result_format, results) or run
-    if docs_dir is not None:
+        if whole.definition is not None:
+            columns = _columns_named(whole.expectations)
+            run = _run_part(whole, to_frame(records, columns), result_format, results)
+    if docs_dir is not None and run is not None:
         _build_docs(context, suite, run, results)
     failures = _with_ids([_failure(r) for r in results if not r.success], records)
     return ValidationReport(file, suite["name"], len(records), not failures, failures)
