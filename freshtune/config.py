@@ -227,6 +227,12 @@ class DataSettings(_Strict):
     max_unpack_ratio: float = Field(
         200, gt=1, description="largest unpacked/packed size ratio of an archive (zip bombs)"
     )
+    chunk_rows: int = Field(
+        100_000,
+        ge=1,
+        description="rows the GX suite validates at a time: bounds its working memory beyond "
+        "the drop's own rows (about 0.4 GB at 100,000 rows of chat; more rows, more memory)",
+    )
     keep_rejected_originals: bool = Field(
         True,
         description="true: the quarantine (local and in the artifact store, readable by MLflow "

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from freshtune import faults
 from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks.columns import blocks, flags, gc_paused, matches
+from tasks.columns import Lazy, blocks, flags, gc_paused, matches
 from tasks.drift import DriftReport, decide_on_drift, measure_drift
 from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.neardup import near_duplicates
@@ -111,13 +111,20 @@ def row_key(record: Row, normalised: bool = False) -> str:
     return _key(pair) if normalised else text_key(pair)
 
 
+# Clean messages already in this shape are shared with the staged record, not copied: a
+# million rows' copies took 0.45 GB. Nothing changes a message in place (scrubbing copies).
+_MESSAGE_KEYS = ["role", "content"]
+
+
 def normalise_record(record: Row, clean: bool = False) -> Row:
     """Normalised messages and the prompt key; the gate-only `_` keys are dropped here.
     `clean`: the caller checked (`needs_normalising`) that no content would change."""
-    messages = [
-        {"role": m["role"], "content": m["content"] if clean else normalise_text(m["content"])}
-        for m in record["messages"]
-    ]
+    messages = record["messages"]
+    if not (clean and all(list(m) == _MESSAGE_KEYS for m in messages)):
+        messages = [
+            {"role": m["role"], "content": m["content"] if clean else normalise_text(m["content"])}
+            for m in messages
+        ]
     row = {k: v for k, v in record.items() if not k.startswith("_")}
     row["messages"] = messages
     row["prompt_key"] = _key(prompt_of(row))
@@ -286,8 +293,13 @@ def _drop_near_duplicates(rows: list[Row], report: CurationReport, settings: Dat
     """Within the drop's training rows only: eval rows are deliberate paraphrases and pairs,
     and an earlier drop's row that differs in one number is a changed fact, not a copy."""
     train = [i for i, r in enumerate(rows) if r["split"] == "train"]
-    texts = [f"{prompt_of(rows[i])}\n{response_of(rows[i])}" for i in train]
-    dup = near_duplicates(texts, settings.near_dup_threshold, settings.near_dup_num_perm)
+
+    def texts(block: slice) -> list[str]:  # a block at a time: a million texts are 0.3 GB
+        return [f"{prompt_of(rows[i])}\n{response_of(rows[i])}" for i in train[block]]
+
+    dup = near_duplicates(
+        Lazy(len(train), texts), settings.near_dup_threshold, settings.near_dup_num_perm
+    )
     drop = {train[j] for j in np.flatnonzero(dup)}
     report.removed["near_duplicate"] += len(drop)
     return [r for i, r in enumerate(rows) if i not in drop]
@@ -295,7 +307,8 @@ def _drop_near_duplicates(rows: list[Row], report: CurationReport, settings: Dat
 
 def _scrub_rows(rows: list[Row], counts: Counter) -> list[Row]:
     """Every free-text field that reaches storage: messages, facts, source, and the id."""
-    maybe = _any_per_row(rows, may_hold_pii) | may_hold_pii([_labels(r) for r in rows])
+    labels = Lazy(len(rows), lambda block: [_labels(r) for r in rows[block]])
+    maybe = _any_per_row(rows, may_hold_pii) | may_hold_pii(labels)
     return [_scrub(r, counts) if m else r for r, m in zip(rows, maybe)]
 
 

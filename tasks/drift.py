@@ -19,6 +19,7 @@ from pydantic import Field
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
+from tasks.columns import blocks
 from tasks.ngrams import tokenise
 
 log = logging.getLogger(__name__)
@@ -79,14 +80,24 @@ def _length_js(new: list[str], old: list[str]) -> float:
 
 
 def _vocab_js(new: list[str], old: list[str]) -> float:
-    tokens = tokenise(new + old)
-    in_new = tokens.row_of < len(new)
-    size = len(tokens.vocab)
-    p = np.bincount(tokens.ids[in_new], minlength=size).astype(float)
-    q = np.bincount(tokens.ids[~in_new], minlength=size).astype(float)
+    index: dict[str, int] = {}  # every word's position, in order of first appearance
+    p, q = _word_counts(new, index), _word_counts(old, index)
+    p, q = (np.pad(x, (0, len(index) - len(x))) for x in (p, q))
     if p.sum() == 0 or q.sum() == 0:
         return 0.0
     return js_divergence(p, q)
+
+
+def _word_counts(texts: list[str], index: dict[str, int]) -> np.ndarray:
+    """Each word's count in `texts` at its position in `index` (new words are added), a block
+    of texts at a time: tokenising 400,000 texts at once took 0.6 GB."""
+    counts = np.zeros(len(index))
+    for block in blocks(len(texts)):
+        tokens = tokenise(texts[block])
+        where = np.array([index.setdefault(w, len(index)) for w in tokens.vocab], dtype=np.int64)
+        found = np.bincount(where[tokens.ids], minlength=len(index)).astype(float)
+        counts = np.pad(counts, (0, len(index) - len(counts))) + found
+    return counts
 
 
 def measure_drift(

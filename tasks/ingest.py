@@ -15,6 +15,8 @@ import logging
 import random
 import re
 import shutil
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,9 @@ class ReadLimits:
     max_file_bytes: int = 1 << 30
     max_line_bytes: int = 256 << 10
     max_unpack_ratio: float = 200.0
+    # A JSONL file is read in blocks of whole lines of about this size: the reader holds one
+    # block, never the whole text (a 325 MB drop took 1 GB as bytes, text and lines at once).
+    block_bytes: int = 8 << 20
 
     @classmethod
     def of(cls, data: DataSettings) -> ReadLimits:
@@ -95,6 +100,8 @@ def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, An
     if suffix not in FORMATS:
         raise DropRejected(path, "format", f"unsupported file type {suffix!r}; use {FORMATS}")
     _check_size(path, path.stat().st_size, limits)
+    if suffix in (".jsonl", ".json") and limits.encoding != "utf-16":  # lines end at b"\n"
+        return _stream_jsonl(path, limits)
     if suffix == ".parquet":
         raw = _read_parquet(path)
     else:
@@ -109,6 +116,111 @@ def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, An
         what = "a CSV header but no rows" if suffix == ".csv" else "no rows"
         raise DropRejected(path, "empty", f"the file has {what}")
     return [to_record(obj, line) for line, obj in raw]
+
+
+def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the file in blocks of about `size` bytes that end after a newline
+    (the last may not); a line longer than a block makes a longer block."""
+    offset, rest = 0, b""
+    with path.open("rb") as file:
+        while chunk := file.read(size):
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:  # no newline yet: the line goes on in the next read
+                rest = chunk
+                continue
+            yield offset, chunk[:cut]
+            offset, rest = offset + cut, chunk[cut:]
+    if rest:
+        yield offset, rest
+
+
+@dataclass
+class _Scan:
+    """What a pass over the bytes found: the first problem of each kind, in file order."""
+
+    lines: int = 1  # lines in the file, as `text.split("\n")` counts them
+    nul: tuple[int, int] | None = None  # (offset, line)
+    bad_byte: tuple[int, int, int] | None = None  # (offset, line, byte)
+    longest: tuple[int, int] = (0, 1)  # (bytes, line)
+
+
+def _scan(path: Path, limits: ReadLimits) -> _Scan:
+    """The whole-file byte checks of `decode` and `_check_line_lengths`, a block at a time."""
+    scan = _Scan()
+    for offset, block in _blocks(path, limits.block_bytes):
+        if offset == 0 and limits.encoding == "utf-8":
+            _check_bom(path, block)
+        if scan.nul is None and (nul := block.find(b"\x00")) >= 0 and limits.encoding == "utf-8":
+            scan.nul = (offset + nul, scan.lines + block.count(b"\n", 0, nul))
+        if scan.bad_byte is None:
+            scan.bad_byte = _bad_byte(block, offset, scan.lines, limits.encoding)
+        lengths = [len(line) for line in block.split(b"\n")]
+        if (longest := max(lengths)) > scan.longest[0]:
+            scan.longest = (longest, scan.lines + lengths.index(longest))
+        scan.lines += block.count(b"\n")
+    return scan
+
+
+def _bad_byte(block: bytes, offset: int, line: int, encoding: str) -> tuple[int, int, int] | None:
+    try:
+        block.decode(_continued(encoding) if offset else encoding)
+    except UnicodeDecodeError as exc:
+        return offset + exc.start, line + block.count(b"\n", 0, exc.start), block[exc.start]
+    return None
+
+
+def _continued(encoding: str) -> str:
+    """The encoding of a block after the first: a byte-order mark only starts a file."""
+    return "utf-8" if encoding == "utf-8-sig" else encoding
+
+
+def _raise_scanned(path: Path, scan: _Scan, limits: ReadLimits) -> None:
+    """The byte problems in the order the whole-file reader finds them."""
+    if scan.nul is not None:
+        fix = "save as UTF-8 or set data.encoding=utf-16"
+        detail = f"NUL byte at {scan.nul[0]}: looks like UTF-16; {fix}"
+        raise DropRejected(path, "encoding", detail, scan.nul[1])
+    if scan.bad_byte is not None:
+        offset, line, byte = scan.bad_byte
+        hint = "a latin-1/cp1252 file? save as UTF-8 or set data.encoding=latin-1"
+        detail = f"invalid {limits.encoding} at byte {offset} (0x{byte:02x}); {hint}"
+        raise DropRejected(path, "encoding", detail, line)
+    longest, line = scan.longest
+    if longest > limits.max_line_bytes:
+        detail = f"line is {longest} bytes; data.max_line_kb={limits.max_line_bytes / 2**10:g}"
+        raise DropRejected(path, "line_size", detail, line)
+
+
+def _stream_jsonl(path: Path, limits: ReadLimits) -> list[dict[str, Any]]:
+    """`read_drop` of a JSONL file holding one block of it at a time: each row becomes a
+    record as it is parsed. A first pass checks the bytes, so the same problem is named as
+    when the whole file was read at once; a bad character is named after every row parsed."""
+    scan = _scan(path, limits)
+    _raise_scanned(path, scan, limits)
+    records: list[dict[str, Any]] = []
+    bad_char: DropRejected | None = None
+    line_no = 0
+    for offset, block in _blocks(path, limits.block_bytes):
+        text = block.decode(_continued(limits.encoding) if offset else limits.encoding)
+        flagged = {line_no + n for n in _flagged_lines(text)}
+        lines = text.split("\n")  # "\n" only: JSON strings may hold U+2028 and other breaks
+        if text.endswith("\n"):
+            lines.pop()  # nothing after the block's last newline: the next block starts there
+        for n, line in enumerate(lines, start=line_no + 1):
+            if not line.strip():
+                continue
+            obj = _parsed(path, line, n, scan.lines)
+            if bad_char is None and n in flagged and (where := _bad_string(obj)) is not None:
+                detail = f"{where} holds a control character or an unpaired surrogate"
+                bad_char = DropRejected(path, "characters", detail, n)
+            records.append(to_record(obj, n))
+        line_no += text.count("\n")
+    if bad_char is not None:
+        raise bad_char
+    if not records:
+        raise DropRejected(path, "empty", "the file has no rows")
+    return records
 
 
 def _check_size(path: Path, size: int, limits: ReadLimits) -> None:
@@ -135,11 +247,7 @@ def _check_line_lengths(path: Path, data: bytes, max_bytes: int) -> None:
 def decode(path: Path, data: bytes, encoding: str = "utf-8") -> str:
     """Strict decoding: anything but clean UTF-8 is an error unless data.encoding allows it."""
     if encoding == "utf-8":
-        for bom, (what, fix) in _BOMS.items():
-            if data.startswith(bom):
-                fix = f"save as UTF-8 or set data.encoding={fix}"
-                detail = f"file is {what}: a byte-order mark; {fix}"
-                raise DropRejected(path, "encoding", detail, 1)
+        _check_bom(path, data)
         if (nul := data.find(b"\x00")) >= 0:
             line = data[:nul].count(b"\n") + 1
             fix = "save as UTF-8 or set data.encoding=utf-16"
@@ -152,6 +260,14 @@ def decode(path: Path, data: bytes, encoding: str = "utf-8") -> str:
         hint = "a latin-1/cp1252 file? save as UTF-8 or set data.encoding=latin-1"
         detail = f"invalid {encoding} at byte {exc.start} (0x{data[exc.start]:02x}); {hint}"
         raise DropRejected(path, "encoding", detail, line) from None
+
+
+def _check_bom(path: Path, data: bytes) -> None:
+    for bom, (what, fix) in _BOMS.items():
+        if data.startswith(bom):
+            fix = f"save as UTF-8 or set data.encoding={fix}"
+            detail = f"file is {what}: a byte-order mark; {fix}"
+            raise DropRejected(path, "encoding", detail, 1)
 
 
 def _flagged_lines(text: str) -> set[int]:
@@ -210,25 +326,29 @@ def _check_depth(path: Path, line: str, line_no: int, obj: Any) -> Any:
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
-    import orjson
-
     rows = []
     lines = text.split("\n")  # "\n" only: JSON strings may hold U+2028 and other breaks
     for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:  # orjson: 0.7 s for 1M lines against json's 1.75; json has the known messages
-            obj = _check_depth(path, line, line_no, orjson.loads(line))
-        except orjson.JSONDecodeError:
-            obj = _check_depth(path, line, line_no, _json_line(path, line, line_no, lines))
-            # orjson refuses an unpaired surrogate escape (\ud800); json parses it into a
-            # string no encoder can write back: refused here, not in a later stage.
-            _checked(path, [(line_no, obj)], None)
-        rows.append((line_no, obj))
+        if line.strip():
+            rows.append((line_no, _parsed(path, line, line_no, len(lines))))
     return rows
 
 
-def _json_line(path: Path, line: str, line_no: int, lines: list[str]) -> Any:
+def _parsed(path: Path, line: str, line_no: int, last_line: int) -> Any:
+    """One JSONL line's row; a line that is no row rejects the drop naming it."""
+    import orjson
+
+    try:  # orjson: 0.7 s for 1M lines against json's 1.75; json has the known messages
+        return _check_depth(path, line, line_no, orjson.loads(line))
+    except orjson.JSONDecodeError:
+        obj = _check_depth(path, line, line_no, _json_line(path, line, line_no, last_line))
+        # orjson refuses an unpaired surrogate escape (\ud800); json parses it into a
+        # string no encoder can write back: refused here, not in a later stage.
+        _checked(path, [(line_no, obj)], None)
+        return obj
+
+
+def _json_line(path: Path, line: str, line_no: int, last_line: int) -> Any:
     """json's reading of a line orjson refused: NaN is allowed, anything else rejects the drop."""
     try:
         obj = json.loads(line)
@@ -237,9 +357,7 @@ def _json_line(path: Path, line: str, line_no: int, lines: list[str]) -> Any:
         raise DropRejected(path, "nesting", detail, line_no) from None
     except json.JSONDecodeError as exc:
         detail = f"column {exc.colno}: {exc.msg}"
-        if line_no == len(
-            lines
-        ):  # a cut-off upload: the last line stops mid-record, with no newline after it
+        if line_no == last_line:  # a cut-off upload: the last line stops mid-record
             detail = f"last line is cut off (no final newline; {detail})"
             raise DropRejected(path, "truncated", detail, line_no) from None
         raise DropRejected(path, "json", detail, line_no) from None
@@ -364,7 +482,7 @@ def to_record(obj: Any, line: int) -> dict[str, Any]:
     return {
         "id": None if obj.get("id") is None else str(obj["id"]),
         "messages": messages if chat else None,
-        "split": obj.get("split"),
+        "split": _shared(obj.get("split")),
         "source": str(obj.get("source") or ""),
         "facts": [str(f) for f in facts] if isinstance(facts, list) else [],
         # Eval rows may name their slice (current, hallucination, bias, general); bias rows
@@ -375,6 +493,11 @@ def to_record(obj: Any, line: int) -> dict[str, Any]:
         "_schema": problem,
         "_shape": "chat" if "messages" in obj else "prompt_response" if messages else None,
     }
+
+
+def _shared(value: Any) -> Any:
+    """One string object for each split name, not one per row (a million rows: 50 MB)."""
+    return sys.intern(value) if type(value) is str else value
 
 
 def _is_chat(messages: Any) -> bool:

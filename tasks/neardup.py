@@ -8,6 +8,7 @@ the peer) spends most of its time in per-row Python, which is too slow at this s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,7 +19,7 @@ from tasks.ngrams import MIX, ngram_hashes, tokenise
 ROWS_PER_BAND = 4
 
 
-def signatures(texts: list[str], num_perm: int, seed: int = 1) -> np.ndarray:
+def signatures(texts: Sequence[str], num_perm: int, seed: int = 1) -> np.ndarray:
     """MinHash signatures, shape (rows, num_perm), uint32; all-max for a row without words."""
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**32, num_perm, dtype=np.uint32) | np.uint32(1)
@@ -50,19 +51,38 @@ def _sign(
     list(pool.map(one, range(len(a))))
 
 
-def near_duplicates(texts: list[str], threshold: float, num_perm: int) -> np.ndarray:
+def near_duplicates(texts: Sequence[str], threshold: float, num_perm: int) -> np.ndarray:
     """Boolean mask of rows that nearly repeat an earlier row (estimated Jaccard >= threshold)."""
     if not texts:
         return np.zeros(0, dtype=bool)
-    sig = signatures(texts, num_perm)
-    has_words = sig[:, 0] != np.iinfo(np.uint32).max
+    keys, has_words = _all_band_keys(texts, num_perm)
+    pairs = [_candidates(band, has_words) for band in keys]
+    del keys
+    # Only rows in a candidate pair need their whole signature: signed again, they take a few
+    # percent of the rows' memory and time (a million rows' signatures are 0.25 GB).
+    rows = np.unique(np.concatenate([np.r_[leaders, members] for leaders, members in pairs]))
+    sig = signatures([texts[i] for i in rows], num_perm)
     dup = np.zeros(len(texts), dtype=bool)
-    for band in range(num_perm // ROWS_PER_BAND):
-        keys = _band_keys(sig[:, band * ROWS_PER_BAND : (band + 1) * ROWS_PER_BAND])
-        leaders, members = _candidates(keys, has_words)
-        similar = (sig[leaders] == sig[members]).mean(axis=1) >= threshold
+    for leaders, members in pairs:
+        a, b = np.searchsorted(rows, leaders), np.searchsorted(rows, members)
+        similar = (sig[a] == sig[b]).mean(axis=1) >= threshold
         dup[members[similar]] = True
     return dup
+
+
+def _all_band_keys(texts: Sequence[str], num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each band's key of every row, shape (bands, rows), and which rows have words: signed a
+    block at a time, so no signature of all rows is held."""
+    bands = num_perm // ROWS_PER_BAND
+    keys = np.empty((bands, len(texts)), dtype=np.uint64)
+    has_words = np.empty(len(texts), dtype=bool)
+    for block in blocks(len(texts)):
+        sig = signatures(texts[block], num_perm)
+        has_words[block] = sig[:, 0] != np.iinfo(np.uint32).max
+        for band in range(bands):
+            columns = slice(band * ROWS_PER_BAND, (band + 1) * ROWS_PER_BAND)
+            keys[band, block] = _band_keys(sig[:, columns])
+    return keys, has_words
 
 
 def _band_keys(band: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def _maybe_pii(text: str) -> bool:
     return any(s in text for s in _LITERALS) or _DIGITS.search(text) is not None
 
 
-def may_hold_pii(texts: list[str]) -> np.ndarray:
+def may_hold_pii(texts: Sequence[str]) -> np.ndarray:
     """`_maybe_pii` for a whole column in one RE2 pass (pyarrow): only hits need Python."""
     return matches(texts, "|".join([*(re.escape(s) for s in _LITERALS), _DIGITS.pattern]))
 

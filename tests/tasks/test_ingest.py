@@ -222,3 +222,49 @@ def test_control_characters_in_csv_are_named_with_their_line(tmp_path: Path):
     with pytest.raises(DropRejected, match="drop.csv:3") as caught:
         read_drop(path)
     assert caught.value.rule == "characters"
+
+
+def _rows_text(n: int) -> list[str]:
+    return [json.dumps({"id": f"r{i}", "prompt": f"Q{i} é?", "response": "A."}) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("change", "rule", "line"),
+    [
+        ({}, None, None),
+        ({6: '{"id": "x", "prompt": ', 8: b'{"id": "caf\xe9"}'}, "encoding", 9),  # bytes first
+        ({2: '{"id": "\\u0007"}', 6: '{"id": "x", "prompt": '}, "json", 7),  # then parsing
+        ({2: '{"id": "a\\u0007", "prompt": "Q", "response": "A"}'}, "characters", 3),
+        ({4: "", 5: "  ", 9: '{"id": "x", "p'}, "truncated", 10),  # the last line, no newline
+        ({3: json.dumps({"id": "x", "prompt": "q", "response": "y" * 300})}, "line_size", 4),
+    ],
+    ids=[
+        "same-records",
+        "encoding-beats-json",
+        "json-beats-characters",
+        "characters",
+        "truncated",
+        "line-size",
+    ],
+)
+def test_a_file_larger_than_one_block_reads_as_one_block(tmp_path: Path, change, rule, line):
+    """JSONL is read in blocks of ReadLimits.block_bytes; lines, records and the rule that
+    rejects stay those of the whole file read at once."""
+    lines: list = _rows_text(10)
+    for i, text in change.items():
+        lines[i] = text
+    data = b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines)
+    path = tmp_path / "drop.jsonl"
+    path.write_bytes(data if rule == "truncated" else data + b"\n")
+    results = []
+    for block_bytes in (1 << 20, 40):  # one block; about one line a block
+        try:
+            results.append(read_drop(path, ReadLimits(max_line_bytes=256, block_bytes=block_bytes)))
+        except DropRejected as exc:
+            results.append((exc.rule, exc.line, str(exc)))
+    assert results[0] == results[1]
+    if rule is None:
+        assert [r["line"] for r in results[1]] == list(range(1, 11))
+        assert results[1][9]["id"] == "r9" and results[1][3]["messages"][0]["content"] == "Q3 é?"
+    else:
+        assert results[1][:2] == (rule, line)

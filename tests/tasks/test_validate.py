@@ -158,3 +158,31 @@ def test_results_keep_json_and_gx_data_docs(tmp_path: Path, tiny_config):
     target = quarantine(path, "cd" * 32, report.rejection(), cfg, report)
     assert (target / "drop.jsonl").read_bytes() == path.read_bytes()
     assert "sample ids" in (target / "REJECTED.md").read_text()
+
+
+def test_a_drop_larger_than_one_chunk_gives_the_one_chunk_report(tmp_path: Path, tiny_config):
+    """data.chunk_rows bounds the rows GX holds at once; counts, lines and samples stay global."""
+    rows = [_chat(i) for i in range(40)]
+    rows[2]["id"] = rows[30]["id"] = "r9"  # duplicate ids in different chunks (lines 3, 31, 10)
+    for i in (4, 12, 13, 26, 38):  # schema problems in four chunks
+        rows[i] = {"id": f"x{i}", "prompt": "Q?"}
+    rows[20]["split"] = "test"
+    rows[35]["messages"][1]["content"] = "x" * 9000  # past data.max_chars
+    path = _drop(tmp_path, rows)
+    records = read_drop(path)
+    chunked = validate_records(records, path, tiny_config("data.chunk_rows=7"))
+    whole = validate_records(records, path, tiny_config("data.chunk_rows=1000"))
+    assert chunked == whole and not chunked.success
+    failed = {(f.rule, f.column): f for f in chunked.failures}
+    schema = failed[("expect_column_values_to_be_null", "schema")]
+    assert schema.unexpected == 5 and schema.lines == [5, 13, 14, 27, 39]
+    assert schema.ids == ["x4", "x12", "x13", "x26", "x38"]
+    assert failed[("expect_column_values_to_be_unique", "id")].lines == [3, 10, 31]
+    assert failed[("expect_column_values_to_be_in_set", "split")].lines == [21]
+    assert failed[("expect_column_value_lengths_to_be_between", "response")].lines == [36]
+    assert [f.rule for f in chunked.failures] == [f.rule for f in whole.failures]
+    results = tmp_path / "results"
+    results.mkdir()
+    validate_records(records, path, tiny_config("data.chunk_rows=7"), results)
+    [page] = (results / "data-docs" / "validations").rglob("*.html")  # one run, all chunks
+    assert "5 unexpected values found. 12.5% of 40 total rows." in page.read_text()
