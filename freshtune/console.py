@@ -82,6 +82,7 @@ def _silence_consoles() -> Callable[[], None]:
 def _quiet_libraries() -> Callable[[], None]:
     """Other libraries' bars (loading weights, saving datasets) and HTTP lines off."""
     import datasets
+    import mlflow  # noqa: F401  (its import sets its logger to INFO: import first, then quiet it)
     import transformers
 
     chatty = [logging.getLogger(name) for name in ("httpx", "mlflow")]
