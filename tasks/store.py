@@ -55,25 +55,9 @@ def _repo(cfg: FreshtuneConfig) -> Any:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     uri = tracking.tracking_uri(cfg)
-    return _Reached(get_artifact_repository(_location(cfg), tracking_uri=uri), uri)
-
-
-class _Reached:
-    def __init__(self, inner: Any, uri: str) -> None:
-        self._inner, self._uri = inner, uri
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attr(*args, **kwargs)
-            except Exception as exc:
-                if tracking.is_outage(exc):
-                    raise StoreError(str(tracking.unavailable(self._uri, name, exc))) from None
-                raise
-
-        return call if callable(attr) else attr
+    return tracking.Named(
+        get_artifact_repository(_location(cfg), tracking_uri=uri), uri, StoreError
+    )
 
 
 def folder_files(folder: Path) -> dict[str, str]:

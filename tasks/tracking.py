@@ -22,12 +22,15 @@ def client(cfg: FreshtuneConfig):
 
     cfg.paths.mlflow.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(cfg)
-    return _Named(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
+    return Named(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
 
 
-class _Named:
-    def __init__(self, inner: Any, uri: str) -> None:
-        self._inner, self._uri = inner, uri
+class Named:
+    """`inner` whose calls that get no answer from the server raise `error(message)`, the
+    message naming the server and what to check (MLflow's own names only the endpoint)."""
+
+    def __init__(self, inner: Any, uri: str, error: type[Exception] | None = None) -> None:
+        self._inner, self._uri, self._error = inner, uri, error
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -39,9 +42,10 @@ class _Named:
             try:
                 return attr(*args, **kwargs)
             except Exception as exc:
-                if is_outage(exc):
-                    raise unavailable(self._uri, name, exc) from None
-                raise
+                if not is_outage(exc):
+                    raise
+                named = unavailable(self._uri, name, exc)
+                raise (self._error(str(named)) if self._error else named) from None
 
         return call
 
