@@ -21,9 +21,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from deployments.alerts import ensure_alerts, read_automation
 from freshtune.config import FreshtuneConfig
 from freshtune.policy import describe
-from tasks.landing import DROP_LANDED, MODEL_DECAYED
+from tasks.events import DROP_LANDED, MODEL_DECAYED
 from tasks.policy import publish_policy
 
 POOLS_DIR = Path(__file__).resolve().parent / "pools"
@@ -162,18 +163,16 @@ def unresponsive_runs(cfg: FreshtuneConfig) -> Any:
 
 
 def ensure_automations(cfg: FreshtuneConfig) -> list[str]:
-    """Create or update freshtune's own automations (by name); returns their names."""
-    from prefect.automations import Automation
-
+    """Create or update freshtune's own automations (by name), the alerts' included; returns
+    their names."""
     wanted = unresponsive_runs(cfg)
-    try:
-        found = Automation.read(name=wanted.name)
-    except ValueError:  # not there yet
+    found = read_automation(wanted.name)
+    if found is None:
         wanted.create()
     else:
         wanted.id = found.id
         wanted.update()
-    return [wanted.name]
+    return [wanted.name, *ensure_alerts(cfg)]
 
 
 def apply_all(cfg: FreshtuneConfig, kind: PoolKind = "process") -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Scheduled on the first of the month (`deploy.monthly_cron`) and triggered by
 `freshtune.model.decayed`. A rejected drop is quarantined and the month goes on with the
 next one; then retention deletes the raw drops it is set to; the run ends Failed if any drop
-failed, naming them.
+failed, else Rejected if any was rejected, naming them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def monthly_refresh(config: FreshtuneConfig) -> list[dict[str, Any]]:
         outcome(drop, refresh(drop, config, return_state=True)) for drop in pending_drops(config)
     ]
     retention_task(config)  # data.*_retention_days: raw drops the month is done with
-    return summarise_month(outcomes)
+    return month_end(summarise_month(outcomes))
 
 
 def outcome(drop: str, state: Any) -> dict[str, Any]:
@@ -58,7 +58,23 @@ def summarise_month(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(rows, key="monthly-refresh", description="this month's drops")
-    failed = [f"{r['drop']}: {r['error']}" for r in rows if "error" in r]
+    failed = [f"{r['drop']}: {r['error']}" for r in rows if "error" in r and not _rejected(r)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(rows)} drops failed: " + "; ".join(failed))
     return rows
+
+
+def _rejected(row: dict[str, Any]) -> bool:
+    return row["verdict"] == "Rejected"
+
+
+def month_end(rows: list[dict[str, Any]]) -> Any:
+    """Rejected drops end the month Rejected (a kind of Failed) naming them: each one's
+    drop-rejected alert has gone out already, so no cycle-failed alert repeats it."""
+    from prefect.states import Failed
+
+    rejected = [f"{r['drop']}: {r['error']}" for r in rows if _rejected(r)]
+    if not rejected:
+        return rows
+    message = f"{len(rejected)} of {len(rows)} drops rejected: " + "; ".join(rejected)
+    return Failed(name="Rejected", message=message)

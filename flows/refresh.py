@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 from prefect import flow
+from prefect.states import Failed
 
 from freshtune.config import FreshtuneConfig
+from freshtune.errors import DropRejected
 from tasks.curate import commit_curated, curate_drop
 from tasks.drift import review_drift
 from tasks.evaluate import evaluate_candidate
@@ -47,7 +49,17 @@ def run_name() -> str:
 )
 def refresh(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     """Validate and curate a drop, LoRA-retrain from the champion with replay, evaluate
-    candidate vs champion vs base, ask a reviewer, then move `champion` if all agree."""
+    candidate vs champion vs base, ask a reviewer, then move `champion` if all agree.
+    A rejected drop ends the run in state Rejected (a kind of Failed): the drop-rejected
+    alert speaks for it, not the cycle-failed one."""
+    try:
+        return refresh_cycle(drop, config)
+    except DropRejected as rejected:
+        return Failed(name="Rejected", message=str(rejected), data=rejected)
+
+
+def refresh_cycle(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
+    """The refresh flow's body: one drop claimed, then its cycle, or what an earlier run did."""
     config = config.on_this_worker()
     enforce_policy(config, drop)
     preflight(config)

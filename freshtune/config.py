@@ -327,6 +327,54 @@ class TrackingSettings(_Strict):
     model_name: str = "freshtune-adapter"
 
 
+ALERT_KINDS = ("review_waiting", "cycle_failed", "drop_rejected", "champion_moved", "decayed")
+AlertKind = Literal["review_waiting", "cycle_failed", "drop_rejected", "champion_moved", "decayed"]
+MASK = "**********"
+
+
+class AlertSettings(_Strict):
+    """Where `freshtune deploy` points Prefect automations that tell people what happened."""
+
+    webhooks: list[SecretStr] = Field(
+        default_factory=list,
+        description="http(s) URLs that get a JSON POST per alert ({text, subject, body}: Slack, "
+        "Teams and Mattermost read `text`); secrets: none here means $FRESHTUNE_ALERT_WEBHOOKS "
+        "(space-separated) of the process that runs `freshtune deploy`",
+    )
+    blocks: list[str] = Field(
+        default_factory=list,
+        description="Prefect notification blocks already saved, as `<block-type>/<name>` "
+        "(slack-webhook/ops, email/oncall, ...)",
+    )
+    kinds: list[AlertKind] = Field(
+        default_factory=lambda: list(ALERT_KINDS),
+        description="which alerts to send: " + ", ".join(ALERT_KINDS),
+    )
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _masked_are_unset(cls, value: Any) -> Any:
+        # A config that travelled (a deployment parameter) carries masks, not the URLs.
+        return [v for v in value or [] if v not in (MASK, "")]
+
+    @field_validator("webhooks")
+    @classmethod
+    def _http_only(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for url in value:
+            if not re.match(r"https?://[^/\s]+", url.get_secret_value()):
+                raise ValueError(
+                    "an alert webhook must be an http(s):// URL; for Slack, e-mail, PagerDuty "
+                    "and the like save a Prefect notification block and name it in `blocks`"
+                )
+        return value
+
+    def webhook_urls(self) -> list[str]:
+        """This config's webhooks, else those in $FRESHTUNE_ALERT_WEBHOOKS."""
+        if self.webhooks:
+            return [w.get_secret_value() for w in self.webhooks]
+        return os.environ.get("FRESHTUNE_ALERT_WEBHOOKS", "").split()
+
+
 class DeploySettings(_Strict):
     """How freshtune runs on a Prefect server: schedules, events, pools, landing, locks."""
 
@@ -362,12 +410,13 @@ class DeploySettings(_Strict):
             "freed this long after the holder dies"
         ),
     )
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("lock_url", mode="before")
     @classmethod
     def _masked_is_unset(cls, value: Any) -> Any:
         # A config that travelled (a deployment parameter) carries the mask, not the secret.
-        return None if value in ("**********", "") else value
+        return None if value in (MASK, "") else value
 
     @field_validator("landing_url")
     @classmethod

@@ -114,7 +114,7 @@ def raise_decay_alarm(health: Health, cfg: FreshtuneConfig) -> dict[str, Any]:
     """Show the reading; below the threshold emit `freshtune.model.decayed`."""
     from prefect.artifacts import create_markdown_artifact
 
-    from tasks.landing import MODEL_DECAYED, emit
+    from tasks.events import MODEL_DECAYED, emit
 
     verdict = "DECAYED" if health.decayed else "healthy"
     create_markdown_artifact(

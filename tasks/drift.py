@@ -19,6 +19,7 @@ from pydantic import Field
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
+from tasks import events
 from tasks.columns import blocks
 from tasks.ngrams import tokenise
 
@@ -150,6 +151,9 @@ def review_drift(report: DriftReport | None, staged: Any, cfg: FreshtuneConfig) 
     if report is None or not report.exceeded or cfg.review.mode == "auto":
         return
     question = drift_markdown(report, staged.file)
+    if cfg.review.mode == "pause":
+        summary = f"{staged.file.name}: {report.summary()}"
+        events.review_waiting("drift", summary, cfg.tracking.model_name)
     accepted, comment = (_ask_terminal if cfg.review.mode == "terminal" else _ask_form)(
         question, cfg
     )

@@ -92,6 +92,16 @@ class GateDecision:
             return "BLESSED"
         return "NOT_BLESSED" if self.reasons else "UNDECIDED"
 
+    def summary(self) -> str:
+        """One line for an alert: the verdict, then each rule's estimate, interval, outcome."""
+        rules = "; ".join(
+            f"{c.slice} {c.what} {100 * c.interval[0]:.1f}% "
+            f"({100 * c.interval[1]:.0f} to {100 * c.interval[2]:.0f}) {c.outcome}"
+            for c in self.checks
+            if c.outcome != "skipped"
+        )
+        return f"{self.verdict} vs {self.reference}" + (f": {rules}" if rules else "")
+
 
 def decide(scores: Scores, gate: GateSettings) -> GateDecision:
     """The candidate must gain on the new drop (vs the champion, or the base before the first

@@ -8,7 +8,6 @@ sees half a drop. `freshtune.drop.landed` carries the path and the digest.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -17,11 +16,10 @@ from typing import Any
 
 from freshtune.config import FreshtuneConfig
 from freshtune.files import file_digest
+from tasks.events import DROP_LANDED, emit
 
 log = logging.getLogger(__name__)
 
-DROP_LANDED = "freshtune.drop.landed"
-MODEL_DECAYED = "freshtune.model.decayed"
 # Folders the pipeline keeps inside the local landing folder; never drops themselves.
 _OWN_FOLDERS = {"staging", "gate", "remote"}
 
@@ -121,28 +119,6 @@ def emit_landed(landed: Landed, name: str) -> str:
     """Tell the Prefect server (PREFECT_API_URL) that a drop landed; returns the event id."""
     payload = {"path": landed.url, "digest": landed.digest, "name": name, "bytes": landed.size}
     return emit(DROP_LANDED, f"freshtune.drop.{landed.digest[:16]}", name, payload)
-
-
-def emit(event: str, resource_id: str, name: str, payload: dict[str, Any]) -> str:
-    """Inside a flow run through Prefect's events worker (related to the run); outside one,
-    straight to the server, so that a CLI process does not exit before the event is sent."""
-    from prefect.context import FlowRunContext
-    from prefect.events import Event, emit_event
-    from prefect.events.clients import get_events_client
-
-    resource = {"prefect.resource.id": resource_id, "prefect.resource.name": name}
-    if FlowRunContext.get() is not None:
-        sent = emit_event(event=event, resource=resource, payload=payload)
-        return str(sent.id) if sent else ""
-    message = Event(event=event, resource=resource, payload=payload)
-
-    async def send() -> None:
-        async with get_events_client() as client:
-            await client.emit(message)
-
-    asyncio.run(send())
-    log.info("emitted %s for %s", event, resource_id)
-    return str(message.id)
 
 
 def drop_state(url: str, cfg: FreshtuneConfig) -> str:

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune import faults
 from freshtune.config import FreshtuneConfig
-from tasks import registry
+from tasks import events, registry
 from tasks.gate import GateDecision, decide
 from tasks.registry import Champion, ChampionMoved
 from tasks.snapshot import Snapshot
@@ -93,6 +93,9 @@ def promote_candidate(
         try:
             promote_serialised(cfg, version, champion)
             registry.set_tags(cfg, run_id, {"freshtune.promoted": "true"})
+            previous = champion.version if champion else None
+            model = cfg.tracking.model_name
+            events.champion_moved(model, "promoted", version, previous, decision.summary())
             return decision
         except ChampionMoved as moved:
             log.warning("%s; re-evaluating against the new champion", moved)
@@ -131,4 +134,6 @@ def rollback_champion(
     )
     with (cfg.paths.root / "rollbacks.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")  # a local copy; MLflow holds the audit
+    model = cfg.tracking.model_name
+    events.champion_moved(model, "rolled back", record["to"], record["from"], "rolled back by hand")
     return record

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks import store
+from tasks import events, store
 
 if TYPE_CHECKING:
     from tasks.validate import Failure, ValidationReport
@@ -55,6 +55,7 @@ def quarantine(
     and None comes back.
     """
     target = cfg.paths.quarantine / digest[:16]
+    events.drop_rejected(file.name, digest, reason.rule, reason.line)
     try:
         if not target.exists():
             _write(target, file, digest, reason, cfg, report)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from freshtune import faults
 from freshtune.config import FreshtuneConfig
+from tasks import events
 from tasks.gate import GateDecision, Scores, check_record, checks_table
 from tasks.ingest import prompt_of
 from tasks.pii import scrub_text
@@ -200,6 +201,7 @@ def request_review(report: str, decision: GateDecision, cfg: FreshtuneConfig) ->
         return _auto_review(decision, cfg)
     if cfg.review.mode == "terminal":
         return scrubbed(ask_terminal(report, cfg))
+    events.review_waiting("candidate", decision.summary(), cfg.tracking.model_name)
     return scrubbed(_pause_for_input(report, cfg))
 
 

@@ -20,8 +20,8 @@ def test_monthly_refresh_takes_pending_drops_in_order_past_a_rejected_one(
     first, broken, second = land(demo_drops[0], cfg), land(bad, cfg), land(demo_drops[1], cfg)
 
     state = monthly_refresh(cfg, return_state=True)
-    assert state.is_failed()
-    assert "1 of 3 drops failed" in state.message and "broken.jsonl" in state.message
+    assert state.is_failed() and state.name == "Rejected"  # no cycle-failed alert for it
+    assert "1 of 3 drops rejected" in state.message and "broken.jsonl" in state.message
     for landed in (first, second):
         assert (cfg.paths.cycles / f"{landed.digest[:16]}.json").exists()
     assert (cfg.paths.quarantine / broken.digest[:16] / "REJECTED.md").exists()

@@ -285,3 +285,49 @@ class TcpProxy:
 
 def _quiet() -> suppress:
     return suppress(OSError)
+
+
+class WebhookReceiver:
+    """A webhook endpoint on 127.0.0.1 (its path holds a token, as real webhook URLs do) that
+    keeps every JSON body POSTed to it, in arrival order."""
+
+    def __init__(self, token: str = "s3cr3t-alert-token") -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                import json
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append({"path": self.path, **json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:  # not on the test's terminal
+                pass
+
+        self.token = token
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/hook/{token}"
+
+    def __enter__(self) -> WebhookReceiver:
+        import threading
+
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait_for(self, count: int, containing: str, timeout: float = 60) -> list[dict]:
+        """The messages whose subject contains `containing`, once there are `count` of them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.received if containing in m["subject"]]
+            if len(found) >= count:
+                return found
+            time.sleep(0.5)
+        raise TimeoutError(f"{count} alert(s) with {containing!r}: got {self.received}")
