@@ -8,6 +8,7 @@ switch is an environment variable so that it reaches the code that draws the two
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -52,6 +53,20 @@ def terminal(log_file: Path, verbose: bool = False) -> Iterator[None]:
         root.setLevel(level)
         for restore in reversed(undo):
             restore()
+        _quiet_exit()
+
+
+_EXIT_QUIETED = False
+
+
+def _quiet_exit() -> None:
+    """Prefect stops its temporary server from an exit hook it registered during the run, and
+    logs that on the terminal after the quiet block is over. Exit hooks run last registered
+    first, so one registered now quiets Prefect's logger before that line."""
+    global _EXIT_QUIETED
+    if not _EXIT_QUIETED:
+        atexit.register(lambda: logging.getLogger("prefect").setLevel(logging.WARNING))
+        _EXIT_QUIETED = True
 
 
 def _set_env(name: str, value: str) -> Callable[[], None]:
