@@ -84,6 +84,18 @@ def as_dicts(rows: list[HistoryRow]) -> list[dict[str, Any]]:
     ]
 
 
+def table_artifact(rows: list[HistoryRow]) -> list[dict[str, Any]]:
+    """The rows as the Prefect UI's table shows them: fractions to 4 significant digits
+    (0.4167, 10.47 s), not the 16 that floats print and that widen every column."""
+    return [{k: _readable(v) for k, v in row.items()} for row in as_dicts(rows)]
+
+
+def _readable(value: Any) -> Any:
+    if isinstance(value, float) and not value.is_integer():
+        return float(f"{value:.4g}")
+    return value
+
+
 def table_lines(rows: list[HistoryRow]) -> list[str]:
     head = (
         f"{'#':>3} {'version':>7}  {'drop':<24}{'finished (UTC)':<18}{'new':>7}{'earlier':>8}"

@@ -216,7 +216,7 @@ def publish_history(record: dict[str, Any], cfg: FreshtuneConfig) -> None:
     by_digest = {r["digest"]: r for r in [*load_cycles(cfg), record]}
     rows = history.history_rows(list(by_digest.values()))
     create_table_artifact(
-        history.as_dicts(rows),
+        history.table_artifact(rows),
         key=history.ARTIFACT_KEY,
         description="every refresh cycle: accuracy by slice, training time, verdict, review",
     )

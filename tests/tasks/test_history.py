@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tasks.history import as_dicts, history_rows, plot_history, table_lines
+from tasks.history import as_dicts, history_rows, plot_history, table_artifact, table_lines
 
 
 def _record(version: int, when: float, current: float, promoted=True, **extra) -> dict:
@@ -52,3 +52,12 @@ def test_the_table_and_the_plot(tmp_path: Path):
     assert "month-02.jsonl" in lines[2] and " 85%" in lines[2] and "NOT_BLESSED" in lines[2]
     out = plot_history(rows, tmp_path / "plots" / "history.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_the_prefect_table_rounds_fractions_only():
+    record = _record(1, 100.0, 5 / 12)
+    record["train"] = {"train_tokens": 14420.0, "train_wall_s": 10.471643437, "train_cost": 0.5}
+    (row,) = table_artifact(history_rows([record]))
+    assert row["current"] == 0.4167 and row["train_s"] == 10.47 and row["train_tokens"] == 14420
+    assert row["earlier"] is None and row["version"] == "1" and row["promoted"] is True
+    assert as_dicts(history_rows([record]))[0]["current"] == 5 / 12  # --json keeps every digit
