@@ -109,6 +109,7 @@ def _run_cycle(drop: Path, cfg: FreshtuneConfig) -> dict[str, Any]:
     from flows.refresh import refresh as refresh_flow
     from freshtune.console import terminal
     from freshtune.errors import DropRejected
+    from tasks.servers import named
 
     log_file = _log_file(cfg)
     if not VERBOSE["on"]:
@@ -121,7 +122,8 @@ def _run_cycle(drop: Path, cfg: FreshtuneConfig) -> dict[str, Any]:
         typer.echo(f"quarantined under {cfg.paths.quarantine}; the champion did not move", err=True)
         raise typer.Exit(1) from None
     except Exception as exc:
-        typer.secho(f"FAILED {drop}: {type(exc).__name__}: {exc}", fg="red", err=True)
+        shown = named(exc)
+        typer.secho(f"FAILED {drop}: {type(shown).__name__}: {shown}", fg="red", err=True)
         raise typer.Exit(1) from None
 
 

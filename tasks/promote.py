@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune import faults
 from freshtune.config import FreshtuneConfig
-from tasks import events, registry
+from tasks import events, registry, servers
 from tasks.gate import GateDecision, decide
 from tasks.registry import Champion, ChampionMoved
 from tasks.snapshot import Snapshot
@@ -40,12 +41,30 @@ def ensure_promotion_limit() -> None:
                 )
 
 
+@contextlib.contextmanager
+def promotion_slot(what: str) -> Iterator[None]:
+    """The promotions' one slot on the Prefect server. The server is checked first (seconds,
+    not the client's minute of retries), and one that stops answering while the slot is taken
+    or given back is named: without the slot nothing moves."""
+    import httpx
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value() or ""
+    if api:
+        servers.check_prefect(api)
+    try:
+        ensure_promotion_limit()
+        with concurrency(PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=600):
+            yield
+    except httpx.TransportError as exc:
+        why = f"did not answer during the {what} ({exc})"
+        raise servers.ServerUnavailable("Prefect API", api, why, servers.PREFECT_CHECK) from None
+
+
 def promote_serialised(cfg: FreshtuneConfig, version: str, expected: Champion | None) -> None:
     """Promotions queue on one slot, so the compare-and-move in `promote` is atomic."""
-    from prefect.concurrency.sync import concurrency
-
-    ensure_promotion_limit()
-    with concurrency(PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=600):
+    with promotion_slot("promotion"):
         _refuse_if_flow_ended()
         registry.promote(cfg, version, expected)
 
@@ -55,10 +74,7 @@ def rollback_serialised(
 ) -> dict[str, str]:
     """A rollback takes the promotions' slot: it never interleaves with a promotion's
     compare-and-move, so the two cannot leave `champion` and `previous` crossed."""
-    from prefect.concurrency.sync import concurrency
-
-    ensure_promotion_limit()
-    with concurrency(PROMOTION_LIMIT, occupy=1, strict=True, timeout_seconds=600):
+    with promotion_slot("rollback"):
         return registry.rollback(cfg, to_version, who, why, force)
 
 

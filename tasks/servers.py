@@ -14,6 +14,7 @@ from freshtune.config import FreshtuneConfig
 from tasks.tracking import redacted
 
 TIMEOUT_S = 5.0
+PREFECT_CHECK = "that the Prefect server runs, PREFECT_API_URL and PREFECT_API_AUTH_STRING"
 
 
 class ServerUnavailable(RuntimeError):
@@ -69,7 +70,7 @@ def check_redis(url: str) -> None:
 def check_prefect(api: str) -> None:
     import httpx
 
-    what = "that the Prefect server runs, PREFECT_API_URL and PREFECT_API_AUTH_STRING"
+    what = PREFECT_CHECK
     headers = {}
     if auth := os.environ.get("PREFECT_API_AUTH_STRING"):
         headers["Authorization"] = f"Basic {base64.b64encode(auth.encode()).decode()}"
@@ -92,3 +93,19 @@ def _prefect_api() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
+
+
+def named(exc: BaseException) -> BaseException:
+    """The error to show for a cycle that failed. When the Prefect server goes away mid-run,
+    the engine's own report of the failure fails too and raises a bare connection error: show
+    the failure it was reporting if that named its server, else name the Prefect API."""
+    import httpx
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ServerUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, httpx.TransportError) and (api := _prefect_api()):
+        return ServerUnavailable("Prefect API", api, f"did not answer: {exc}", PREFECT_CHECK)
+    return exc

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from flows.refresh import refresh
 from freshtune.config import load_config
 from freshtune.errors import DropRejected
-from tasks import registry, store
+from tasks import registry, servers, store
 from tasks.locks import claim
 from tasks.snapshot import list_snapshots
 from tests.helpers.disk import full_disk
@@ -116,6 +116,15 @@ OUTAGES = [
         "fails naming MLflow; champion moved once; a rerun tags it, no second move",
     ),
 ]
+# The Prefect API going away when the cycle needs it most: the promotion's concurrency slot.
+PREFECT_OUTAGES = [
+    Scenario(
+        "prefect-down-in-promotion",
+        "promote",
+        "Prefect API gone once the review approved",
+        f"fails in seconds naming the Prefect API; champion unmoved; {_RERUN}",
+    ),
+]
 OTHERS = [
     Scenario("nan-loss", "train", "a weight turns NaN", "stopped, named; no version; rerun ok"),
     Scenario("same-drop-in-review", "claim", "the drop again while held", "stands down"),
@@ -133,6 +142,7 @@ SCENARIOS = {
     "disk": DISKS,
     "server": SERVERS,
     "outage": OUTAGES,
+    "prefect-outage": PREFECT_OUTAGES,
     "other": OTHERS,
 }
 
@@ -156,6 +166,7 @@ def table() -> str:
             "disk": "test_full_disk",
             "server": "test_server_down",
             "outage": "test_mlflow_outage",
+            "prefect-outage": "test_prefect_outage",
             "other": "test_other",
         }[group]
         lines += [f"| `{test}[{s.id}]` | {s.stage} | {s.fault} | {s.holds} |" for s in scenarios]
@@ -480,6 +491,53 @@ def test_mlflow_outage(when, mlflow_proxy, tiny_config, demo_drops, monkeypatch)
     assert refresh(str(demo_drops[0]), cfg)["promoted"]
     assert _state(cfg) == (1, 1, 1, True, 1)
     assert "promoted_at" in registry.get_champion(cfg).tags
+    runs = MlflowClient(registry.tracking_uri(cfg)).search_runs(
+        [registry.experiment_id(cfg)], "tags.`freshtune.drop_digest` != ''"
+    )
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
+# --- Prefect outage mid-cycle ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_proxy(tmp_path_factory):
+    """A real Prefect server (PostgreSQL) reached through a proxy the test cuts."""
+    from urllib.parse import urlparse
+
+    from tests.helpers.servers import TcpProxy, postgres_database, prefect_server
+
+    root = tmp_path_factory.mktemp("prefect-outage")
+    with postgres_database("freshtune_pfaults") as db, prefect_server(root, db) as url:
+        where = urlparse(url)
+        proxy = TcpProxy((where.hostname, where.port))
+        yield proxy
+        proxy.cut()
+
+
+@pytest.mark.parametrize("when", [s.id for s in PREFECT_OUTAGES])
+def test_prefect_outage(when, prefect_proxy, tiny_config, demo_drops, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from freshtune import faults
+
+    api = f"{prefect_proxy.url}/api"
+    monkeypatch.setenv("PREFECT_API_URL", api)
+    cfg = tiny_config()
+    # The engine's own state reports retry for a minute; the cycle must not wait on them.
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        faults.when("review", prefect_proxy.cut)
+        try:
+            with pytest.raises(Exception) as caught:
+                refresh(str(demo_drops[0]), cfg)
+        finally:
+            prefect_proxy.restore()
+        said = str(servers.named(caught.value))  # what `freshtune refresh` prints
+        assert said.startswith(f"Prefect API at {api} did not answer"), said
+        assert not list(cfg.paths.quarantine.glob("*"))
+        assert _state(cfg)[2:4] == (1, False)  # registered, not promoted: nothing moved
+        assert refresh(str(demo_drops[0]), cfg)["promoted"]
+    assert _state(cfg) == (1, 1, 1, True, 1)
     runs = MlflowClient(registry.tracking_uri(cfg)).search_runs(
         [registry.experiment_id(cfg)], "tags.`freshtune.drop_digest` != ''"
     )
