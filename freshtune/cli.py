@@ -159,18 +159,7 @@ def _print_cycle(record: dict[str, Any]) -> None:
     review = record.get("review", {})
     if review:
         typer.echo(f"review: {review['mode']} — {review['comment']}")
-    train = record["train"]
-    typer.echo(
-        f"trained {train['train_tokens']:.0f} tokens in {train['train_wall_s']:.0f} s "
-        f"({record['mix']['new_rows']} new + {record['mix']['replay_rows']} replayed + "
-        f"{record['mix'].get('rehearsal_rows', 0)} rehearsal rows)"
-    )
-    if stopping := record.get("stopping"):
-        curve = ", ".join(f"{100 * r:.0f}%" for _, r in stopping["recall_curve"])
-        typer.echo(
-            f"trained {stopping['epochs']:g} epochs: {stopping['reason']}"
-            + (f" (recall by epoch {curve})" if curve else "")
-        )
+    typer.echo(_training_line(record))
     if stages := record.get("stages"):
         total = sum(stages.values()) or 1.0
         big = {k: v for k, v in stages.items() if v >= 0.05 * total}  # the rest: cycle.md
@@ -178,6 +167,21 @@ def _print_cycle(record: dict[str, Any]) -> None:
             "time by stage: "
             + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in big.items())
         )
+
+
+def _training_line(record: dict[str, Any]) -> str:
+    """What training cost and why it stopped, on one line."""
+    train, mix = record["train"], record["mix"]
+    line = (
+        f"trained {train['train_tokens']:.0f} tokens in {train['train_wall_s']:.0f} s "
+        f"({mix['new_rows']} new + {mix['replay_rows']} replayed + "
+        f"{mix.get('rehearsal_rows', 0)} rehearsal rows)"
+    )
+    if stopping := record.get("stopping"):
+        curve = ", ".join(f"{100 * r:.0f}%" for _, r in stopping["recall_curve"])
+        line += f", {stopping['epochs']:g} epochs: {stopping['reason']}"
+        line += f" (recall by epoch {curve})" if curve else ""
+    return line
 
 
 def _print_where(cfg: FreshtuneConfig) -> None:
