@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from uuid import UUID
 
 import pytest
 
@@ -106,6 +107,7 @@ def _assert_once_each(receiver: WebhookReceiver) -> None:
         text = message["text"]
         assert receiver.token not in text and EMAIL not in text
         assert message["text"] == f"{message['subject']}\n{message['body']}"
+        UUID(_run_id_of(message))  # every alert ends with its run's page in the Prefect UI
 
 
 def _raise() -> None:
