@@ -136,14 +136,16 @@ def unresponsive_runs(cfg: FreshtuneConfig) -> Any:
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    ended = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    # Suspended: a run waiting for review (tasks/waiting.py) has no process to beat; not lost.
+    states = ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")
+    stopped = {f"prefect.flow-run.{s}" for s in states}
     silent = cfg.deploy.unresponsive_after_s
     return Automation(
         name=UNRESPONSIVE,
         description=f"no heartbeat for {silent} s: the run's worker is lost",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *ended},
+            expect={"prefect.flow-run.heartbeat", *stopped},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             match_related=ResourceSpecification(
                 {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.freshtune"}

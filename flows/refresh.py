@@ -10,7 +10,7 @@ from prefect.states import Failed
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks.curate import commit_curated, curate_drop
+from tasks.curate import commit_curated, curate_drop, find_snapshot
 from tasks.drift import review_drift
 from tasks.evaluate import evaluate_candidate
 from tasks.gate import apply_gate
@@ -29,8 +29,10 @@ from tasks.registry import (
 from tasks.rehearsal import build_rehearsal
 from tasks.report import build_record, find_cycle, publish_cycle
 from tasks.review import preflight, publish_review_report, record_review, request_review
+from tasks.snapshot import Snapshot
 from tasks.train import train_candidate
 from tasks.validate import validate_drop
+from tasks.waiting import claim_wait_s, find_waiting_review
 
 
 def run_name() -> str:
@@ -64,21 +66,21 @@ def refresh_cycle(drop: str, config: FreshtuneConfig) -> dict[str, Any]:
     enforce_policy(config, drop)
     preflight(config)
     staged = stage_drop(drop, config)
-    # One drop, one cycle: a double trigger's second run stands down or finds the cycle done.
-    with claim(f"drop-{staged.digest[:16]}", config) as holder:
+    # One drop, one cycle: a double trigger's second run stands down or finds the cycle done;
+    # a drop whose review waits on a suspended run is that run's.
+    with claim(f"drop-{staged.digest[:16]}", config, claim_wait_s()) as holder:
         if holder is not None:
             return in_progress_record(str(staged.file), staged.digest, holder)
         if (done := find_cycle(staged, config)) is not None:
             return done
+        if (waiting := find_waiting_review(staged.digest)) is not None:
+            return in_progress_record(str(staged.file), staged.digest, waiting)
         return cycle(staged, config)
 
 
 def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     """The steps of one cycle, inside the refresh flow run (a helper, not a subflow)."""
-    validate_drop(staged, config)
-    curated = curate_drop(staged, config)
-    review_drift(curated.report.drift, staged, config)
-    snapshot = commit_curated(curated, staged, config)
+    snapshot = find_snapshot(staged, config) or curated_snapshot(staged, config)
     champion = find_champion(config, staged.digest)
     run_id = open_cycle_run(snapshot, champion, config)
     rehearsal = build_rehearsal(config)
@@ -89,7 +91,7 @@ def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     lineage = lineage_tags(staged.digest, champion, config, mix.replay_share, decision.verdict)
     version = register_candidate(candidate.adapter_dir, lineage, config, run_id)
     report = publish_review_report(scores, decision, config, run_id)
-    review = request_review(report, decision, config)
+    review = request_review(report, decision, staged.digest, version, config)
     record_review(review, snapshot, config, run_id)
     if review.approved:
         decision = promote_candidate(
@@ -99,3 +101,11 @@ def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
         staged, mix, champion, candidate, scores, decision, review, version, run_id
     )
     return publish_cycle(record, config)
+
+
+def curated_snapshot(staged: StagedDrop, config: FreshtuneConfig) -> Snapshot:
+    """The drop validated, curated, its drift reviewed, committed as a snapshot."""
+    validate_drop(staged, config)
+    curated = curate_drop(staged, config)
+    review_drift(curated.report.drift, staged, config)
+    return commit_curated(curated, staged, config)

@@ -357,7 +357,7 @@ def demo(
 @app.command()
 def review(
     decision: Annotated[str, typer.Argument(help="approve or reject")],
-    run_id: Annotated[str, typer.Argument(help="the paused Prefect flow run id")],
+    run_id: Annotated[str, typer.Argument(help="the paused or suspended Prefect flow run id")],
     comment: Annotated[str, typer.Option(help="why")] = "",
     flag: Annotated[
         list[str] | None, typer.Option(help="id of a wrong answer (repeatable)")
@@ -371,7 +371,8 @@ def review(
         str | None, typer.Option(help="who decides, recorded with the decision (default: you)")
     ] = None,
 ) -> None:
-    """Answer a paused review from a terminal, as the Prefect UI form does."""
+    """Answer a paused or suspended review from a terminal, as the Prefect UI form does (a
+    suspended run is rescheduled and goes on from its review)."""
     import getpass
     from uuid import UUID
 

@@ -308,7 +308,18 @@ class ReviewSettings(_Strict):
     mode: Literal["auto", "pause", "terminal"] = Field(
         "auto", description="auto: no human; pause: Prefect UI form (needs a server); terminal"
     )
-    timeout_s: int = Field(3600, ge=1, description="an unanswered review is a rejection")
+    timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="an unanswered review is a rejection; the deadline is set when a review is "
+        "first asked and holds for every later run of the same drop",
+    )
+    suspend: bool = Field(
+        True,
+        description="pause mode in a deployment's run: suspend the flow run (its worker is freed, "
+        "the run starts again from the top once answered) instead of holding the worker's "
+        "process for the whole review; runs outside a deployment always pause in process",
+    )
     reviewer: str | None = Field(
         None,
         description="the name the terminal review offers (default: the OS user); the Prefect "
@@ -527,6 +538,11 @@ class WorkspacePaths:
     @property
     def cycles(self) -> Path:
         return self.root / "cycles"
+
+    @property
+    def reviews(self) -> Path:
+        """Review deadlines and answers, cached from the artifact store (tasks/waiting.py)."""
+        return self.root / "cache" / "reviews"
 
     @property
     def eval_cache(self) -> Path:

@@ -29,7 +29,7 @@ from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.neardup import near_duplicates
 from tasks.ngrams import ngram_hashes, tokenise
 from tasks.pii import PLACEHOLDERS, may_hold_pii, scrub_text
-from tasks.snapshot import Snapshot, commit_snapshot, earlier_snapshots
+from tasks.snapshot import Snapshot, commit_snapshot, committed_snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +474,13 @@ def curate_drop(staged: StagedDrop, cfg: FreshtuneConfig) -> Curated:
         quarantine(staged.file, staged.digest, error, cfg)
         raise
     return Curated(rows, report)
+
+
+@task(name="find-snapshot", cache_policy=NO_CACHE)
+def find_snapshot(staged: StagedDrop, cfg: FreshtuneConfig) -> Snapshot | None:
+    """The drop's snapshot if an earlier attempt committed it (validated, curated, its drift
+    accepted): a rerun, or a run resumed after its review, goes on from there."""
+    return committed_snapshot(cfg, staged.digest)
 
 
 @task(name="commit-snapshot", cache_policy=NO_CACHE)

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from freshtune.config import FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks import events
+from tasks import events, waiting
 from tasks.columns import blocks
 from tasks.ngrams import tokenise
 
@@ -151,12 +151,10 @@ def review_drift(report: DriftReport | None, staged: Any, cfg: FreshtuneConfig) 
     if report is None or not report.exceeded or cfg.review.mode == "auto":
         return
     question = drift_markdown(report, staged.file)
-    if cfg.review.mode == "pause":
-        summary = f"{staged.file.name}: {report.summary()}"
-        events.review_waiting("drift", summary, cfg.tracking.model_name)
-    accepted, comment = (_ask_terminal if cfg.review.mode == "terminal" else _ask_form)(
-        question, cfg
-    )
+    if cfg.review.mode == "terminal":
+        accepted, comment = _ask_terminal(question, cfg)
+    else:
+        accepted, comment = _ask_form(question, report, staged, cfg)
     log.warning(
         "drift of %s %s: %s", staged.file.name, "accepted" if accepted else "rejected", comment
     )
@@ -184,16 +182,20 @@ def drift_markdown(report: DriftReport, file: Path) -> str:
     )
 
 
-def _ask_form(question: str, cfg: FreshtuneConfig) -> tuple[bool, str]:
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
+def _ask_form(
+    question: str, report: DriftReport, staged: Any, cfg: FreshtuneConfig
+) -> tuple[bool, str]:
+    """The Prefect form (suspended or paused run, tasks/waiting.py); no answer by the
+    deadline is a rejection."""
 
-    try:
-        form = DriftInput.with_initial_data(description=question)
-        answer = pause_flow_run(wait_for_input=form, timeout=cfg.review.timeout_s, poll_interval=1)
-    except FlowPauseTimeout:
+    def announce() -> None:
+        summary = f"{staged.file.name}: {report.summary()}"
+        events.review_waiting("drift", summary, cfg.tracking.model_name)
+
+    answer = waiting.ask(DriftInput, question, staged.digest, "drift", cfg, announce)
+    if answer is None:
         return False, f"no answer within review.timeout_s={cfg.review.timeout_s}"
-    return answer.approve, f"{answer.reviewer}: {answer.comment}"
+    return answer["approve"], f"{answer['reviewer']}: {answer['comment']}"
 
 
 def _ask_terminal(question: str, cfg: FreshtuneConfig) -> tuple[bool, str]:

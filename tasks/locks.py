@@ -6,7 +6,9 @@ With `deploy.lock_url` (redis://) the claim holds across machines; without it a 
 the workspace holds on one host. A claim dies with its holder: the file lock at once, the
 Redis claim (a lease of `deploy.lock_ttl_s` that a thread of the holder renews every third of
 it, through a wait in review or a queued GPU run alike) within one lease. A crashed run never
-blocks a drop for long, and a long cycle never loses its claim to a duplicate event.
+blocks a drop for long, and a long cycle never loses its claim to a duplicate event. A run
+suspended for review holds no claim (its process has exited): its waiting review keeps other
+runs of the drop away instead (tasks/waiting.py).
 """
 
 from __future__ import annotations
@@ -39,26 +41,27 @@ def holder_name() -> str:
 
 
 @contextmanager
-def claim(key: str, cfg: FreshtuneConfig) -> Iterator[str | None]:
-    """Yields None when this process now holds `key`, else the name of who holds it."""
+def claim(key: str, cfg: FreshtuneConfig, wait_s: float = 0) -> Iterator[str | None]:
+    """Yields None when this process now holds `key`, else (after trying for `wait_s`) the
+    name of who holds it."""
     url = cfg.deploy.lock_url_value()
-    inner = _redis_claim(key, url, cfg.deploy.lock_ttl_s) if url else _file_claim(key, cfg)
-    with inner as other:
-        yield other
+    deadline = time.monotonic() + wait_s
+    while True:
+        inner = _redis_claim(key, url, cfg.deploy.lock_ttl_s) if url else _file_claim(key, cfg)
+        with inner as other:
+            if other is None or time.monotonic() >= deadline:
+                yield other
+                return
+        time.sleep(0.2)
 
 
 @contextmanager
 def held(key: str, cfg: FreshtuneConfig, timeout_s: float = 600) -> Iterator[None]:
     """Wait for `key`, hold it for the block: a short critical section across workers."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with claim(key, cfg) as other:
-            if other is None:
-                yield
-                return
-        if time.monotonic() > deadline:
+    with claim(key, cfg, wait_s=timeout_s) as other:
+        if other is not None:
             raise TimeoutError(f"{key} is still held by {other} after {timeout_s:.0f} s")
-        time.sleep(0.2)
+        yield
 
 
 @contextmanager

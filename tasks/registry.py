@@ -320,15 +320,19 @@ def _version(cfg: FreshtuneConfig, version: str | None) -> Champion | None:
 
 @task(name="open-cycle-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def open_cycle_run(snapshot: Snapshot, champion: Champion | None, cfg: FreshtuneConfig) -> str:
-    """The MLflow run of this cycle: config, data digest and the curation counts."""
+    """The MLflow run of this cycle: config, data digest and the curation counts. A flow run
+    that starts again from the top (resumed after a suspended review) goes on in its own."""
     from prefect.runtime import flow_run
 
-    abandon_runs(cfg, snapshot.digest)
+    this = str(flow_run.id or "")
+    if (resumed := abandon_runs(cfg, snapshot.digest, keep=this)) is not None:
+        log.info("cycle run %s belongs to this flow run: going on in it", resumed)
+        return resumed
     run_id = open_run(
         cfg,
         snapshot.digest,
         {
-            "freshtune.flow_run_id": str(flow_run.id or ""),
+            "freshtune.flow_run_id": this,
             "freshtune.parent_version": champion.version if champion else "",
         },
     )
@@ -338,9 +342,10 @@ def open_cycle_run(snapshot: Snapshot, champion: Champion | None, cfg: Freshtune
     return run_id
 
 
-def abandon_runs(cfg: FreshtuneConfig, digest: str) -> None:
+def abandon_runs(cfg: FreshtuneConfig, digest: str, keep: str = "") -> str | None:
     """Mark FAILED the cycle runs of this drop still RUNNING: their process died without its
-    failure hook (killed, node lost). The drop's claim means no other cycle of it is alive."""
+    failure hook (killed, node lost). The drop's claim means no other cycle of it is alive.
+    The run of flow run `keep` is kept (its flow run was suspended, not lost): its id."""
     mlc = client(cfg)
     runs = mlc.search_runs(
         [experiment_id(cfg)],
@@ -348,12 +353,17 @@ def abandon_runs(cfg: FreshtuneConfig, digest: str) -> None:
             f"tags.`freshtune.drop_digest` = '{digest}' and attributes.status = 'RUNNING'"
         ),
     )
+    kept = None
     for run in runs:
+        if keep and kept is None and run.data.tags.get("freshtune.flow_run_id") == keep:
+            kept = run.info.run_id
+            continue
         log.warning(
             "cycle run %s of this drop was left running; marking it FAILED", run.info.run_id
         )
         mlc.set_tag(run.info.run_id, "freshtune.abandoned", "true")
         mlc.set_terminated(run.info.run_id, status="FAILED")
+    return kept
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

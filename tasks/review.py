@@ -1,7 +1,8 @@
 """Expert review: a report of what changed, a human decision, and flags that teach the next cycle.
 
-`review.mode`: `auto` skips the human (unattended runs, said so in the report); `pause` pauses
-the flow run with a form in the Prefect UI (or `freshtune review approve|reject RUN_ID`);
+`review.mode`: `auto` skips the human (unattended runs, said so in the report); `pause` stops
+the flow run at a form in the Prefect UI (or `freshtune review approve|reject RUN_ID`):
+suspended in a deployment's run, paused in process elsewhere (tasks/waiting.py);
 `terminal` asks the same questions on the terminal that runs the flow.
 """
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from freshtune import faults
 from freshtune.config import FreshtuneConfig
-from tasks import events
+from tasks import events, waiting
 from tasks.gate import GateDecision, Scores, check_record, checks_table
 from tasks.ingest import prompt_of
 from tasks.pii import scrub_text
@@ -193,16 +194,18 @@ def publish_review_report(
 
 
 @faults.after("review")
-def request_review(report: str, decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
-    """The human decision. Called from the flow body: Prefect pauses flow runs, not tasks."""
+def request_review(
+    report: str, decision: GateDecision, digest: str, version: str, cfg: FreshtuneConfig
+) -> ReviewOutcome:
+    """The human decision on candidate `version` of drop `digest`. Called from the flow body:
+    Prefect pauses and suspends flow runs, not tasks."""
     if not decision.promotable:
         return ReviewOutcome(False, "skipped", "the gate refused the candidate")
     if cfg.review.mode == "auto":
         return _auto_review(decision, cfg)
     if cfg.review.mode == "terminal":
         return scrubbed(ask_terminal(report, cfg))
-    events.review_waiting("candidate", decision.summary(), cfg.tracking.model_name)
-    return scrubbed(_pause_for_input(report, cfg))
+    return scrubbed(_ask_form(report, decision, digest, version, cfg))
 
 
 def scrubbed(outcome: ReviewOutcome) -> ReviewOutcome:
@@ -228,20 +231,20 @@ def _auto_review(decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
     )
 
 
-def _pause_for_input(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
+def _ask_form(
+    report: str, decision: GateDecision, digest: str, version: str, cfg: FreshtuneConfig
+) -> ReviewOutcome:
+    """The Prefect form (suspended or paused run, tasks/waiting.py); no answer by the deadline
+    is a rejection."""
 
-    try:
-        # The report is the form's description: the reviewer decides on one screen.
-        form = ReviewInput.with_initial_data(description=report)
-        answer = pause_flow_run(wait_for_input=form, timeout=cfg.review.timeout_s, poll_interval=1)
-    except FlowPauseTimeout:
-        log.warning("no review within %d s: treated as a rejection", cfg.review.timeout_s)
+    def announce() -> None:
+        events.review_waiting("candidate", decision.summary(), cfg.tracking.model_name)
+
+    answer = waiting.ask(ReviewInput, report, digest, f"v{version}", cfg, announce)
+    if answer is None:
         return ReviewOutcome(False, "pause", "review timed out", timed_out=True)
-    return ReviewOutcome(
-        answer.approve, "pause", answer.comment, answer.reviewer, list(answer.flags)
-    )
+    flags = [Flag.model_validate(f) for f in answer.get("flags", [])]
+    return ReviewOutcome(answer["approve"], "pause", answer["comment"], answer["reviewer"], flags)
 
 
 def ask_terminal(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:

@@ -83,9 +83,9 @@ def commit_snapshot(
     """Idempotent: the same digest returns the snapshot already committed."""
     from datasets import Dataset
 
+    if (done := committed_snapshot(cfg, digest)) is not None:
+        return done
     target = snapshot_dir(cfg, digest)
-    if (target / "meta.json").exists():
-        return _publish(target, cfg)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     features = _features()
@@ -108,6 +108,18 @@ def commit_snapshot(
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         staging.rename(target)
         return _publish(target, cfg)
+
+
+def committed_snapshot(cfg: FreshtuneConfig, digest: str) -> Snapshot | None:
+    """The drop's snapshot if it was committed: in this workspace (published to the artifact
+    store if a crash came between), or fetched from the store; else None."""
+    from tasks import store
+
+    target = snapshot_dir(cfg, digest)
+    if (target / "meta.json").exists():
+        return _publish(target, cfg)
+    found = store.find(cfg, store.SNAPSHOTS, target.name, target)
+    return None if found is None else load_snapshot(found)
 
 
 def _publish(folder: Path, cfg: FreshtuneConfig) -> Snapshot:

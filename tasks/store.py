@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ROOT = "store"
 # The kinds of objects, each cached in its own folder of the workspace.
 SNAPSHOTS, MIXES, ADAPTERS, CYCLES = "snapshots", "mixes", "adapters", "cycles"
-QUARANTINE, CHECKPOINTS = "quarantine", "checkpoints"
+QUARANTINE, CHECKPOINTS, REVIEWS = "quarantine", "checkpoints", "reviews"
 
 
 class StoreError(RuntimeError):

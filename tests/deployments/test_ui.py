@@ -1,4 +1,4 @@
-"""The UIs ops look at, in headless Debian Chromium: the Prefect UI on a paused review run
+"""The UIs ops look at, in headless Debian Chromium: the Prefect UI on a suspended review run
 (the review form) and the MLflow UI on the registered model (the `champion` alias); after
 three more cycles, the charts of MLflow's `history` run and Prefect's `freshtune-history` table.
 The screenshots land in docs/, which the README shows."""

@@ -137,6 +137,21 @@ def test_reject_and_timeout_leave_the_alias_alone(tiny_config, demo_drops):
     assert registry.get_champion(quick) is None
 
 
+def test_a_run_reaching_the_review_after_its_deadline_records_a_timeout_without_asking(
+    tiny_config, demo_drops, monkeypatch
+):
+    from tasks import waiting
+
+    cfg = tiny_config("review.mode=pause", "review.timeout_s=1")
+    # Asked by an earlier run that is gone (suspended, never answered, failed by Prefect).
+    waiting.requested(cfg, waiting.review_key(file_digest(demo_drops[0]), "v1"))
+    time.sleep(1.1)
+    monkeypatch.setattr(waiting, "_pause", lambda *_: pytest.fail("asked again"))
+    record = refresh(str(demo_drops[0]), tiny_config("review.mode=pause", "review.timeout_s=600"))
+    assert record["version"] == "1" and not record["promoted"]
+    assert record["review"]["timed_out"] and registry.get_champion(cfg) is None
+
+
 def test_a_drifted_drop_waits_for_the_reviewer_who_may_reject_it(tiny_config, demo_drops):
     refresh(str(demo_drops[0]), tiny_config())
     cfg = tiny_config("review.mode=pause", "review.timeout_s=600", "data.drift_threshold=0.0001")

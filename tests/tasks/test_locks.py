@@ -1,6 +1,7 @@
 """Drop claims: one holder at a time, on one host (file lock) and across hosts (Redis)."""
 
 import multiprocessing
+import threading
 import time
 import uuid
 
@@ -74,3 +75,19 @@ def test_a_redis_claim_is_a_lease_renewed_while_held_and_lost_when_the_holder_di
     with claim(key, cfg) as other:
         assert other is None
     assert not conn.exists(f"freshtune:claim:{key}")  # released on exit
+
+
+def test_a_claim_waited_for_is_taken_once_its_holder_lets_go(tiny_config):
+    cfg = tiny_config()
+    key = f"drop-{uuid.uuid4().hex[:8]}"
+    ctx = multiprocessing.get_context("fork")
+    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
+    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
+    holder.start()
+    assert ready.wait(30)
+    with claim(key, cfg, wait_s=0.5) as other:  # still held when the wait runs out
+        assert other is not None
+    threading.Timer(1, release.set).start()  # the duplicate stands down a second later
+    with claim(key, cfg, wait_s=30) as other:  # a resumed run waits out a duplicate
+        assert other is None
+    holder.join(10)

@@ -229,7 +229,7 @@ def test_unattended_review_of_an_undecided_candidate_follows_gate_undecided(poli
     scores = _scores(
         {"base": 0, "champion": 2, "candidate": 9}, {"champion": 9, "candidate": 9}, 10
     )
-    outcome = request_review("report", decide(scores, GATE), cfg)
+    outcome = request_review("report", decide(scores, GATE), "d" * 64, "1", cfg)
     assert outcome.approved is promoted and "earlier" in outcome.comment
 
 

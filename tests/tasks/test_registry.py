@@ -61,3 +61,32 @@ def test_champion_adapter_is_fetched_from_mlflow_when_not_local(tiny_config, tmp
     local = registry.local_adapter(cfg, champion)
     assert local == cfg.paths.adapters / "a"
     assert (local / "adapter_model.safetensors").read_bytes() == b"not really weights"
+
+
+def _snapshot(tmp_path: Path, digest: str):
+    from tasks.snapshot import Snapshot
+
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    (folder / "meta.json").write_text('{"curation": {"curate_kept": 10}}')
+    return Snapshot(digest, folder, 1, "month-01.jsonl")
+
+
+def test_a_flow_run_started_again_goes_on_in_its_cycle_run_and_abandons_others(
+    tiny_config, tmp_path: Path, monkeypatch
+):
+    cfg = tiny_config()
+    snapshot = _snapshot(tmp_path, "d" * 64)
+    mlc = registry.client(cfg)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "run-a")  # prefect.runtime outside a flow
+    killed = registry.open_cycle_run.fn(snapshot, None, cfg)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "run-b")
+    suspended = registry.open_cycle_run.fn(snapshot, None, cfg)
+    assert suspended != killed and mlc.get_run(killed).info.status == "FAILED"
+    stray = registry.open_run(cfg, snapshot.digest, {"freshtune.flow_run_id": "run-c"})
+    # run-b resumed after its review: from the top again, in the same MLflow run.
+    assert registry.open_cycle_run.fn(snapshot, None, cfg) == suspended
+    assert mlc.get_run(suspended).info.status == "RUNNING"
+    assert mlc.get_run(stray).info.status == "FAILED"
+    assert mlc.get_run(stray).data.tags["freshtune.abandoned"] == "true"
+    assert "freshtune.abandoned" not in mlc.get_run(suspended).data.tags
