@@ -2,9 +2,10 @@
 
 Run: python bench/data_gate.py [--rows 1000000] [--peer-rows 20000] [--json out.json]
                                [--against earlier.json]
-     (not run in CI). A million rows on 2 shared cores: 70-80 s and 2.5 GB peak resident
-     memory (the drop's 1.3 GB of rows, GX's 0.2 GB of code, curation's row copies); before
-     the gate read in blocks and validated in chunks, 70-90 s and 4.1 GB.
+     (not run in CI). A million rows on 2 shared cores: 65-85 s and 1.9 GB peak resident
+     memory (the drop's records as columns 0.55 GB, GX's and pandas' code 0.27 GB, the
+     curated rows as dicts 0.7 GB); with the records as dicts 2.5 GB, and before the gate read
+     in blocks and validated in chunks, 4.1 GB.
 
 Rows are synthetic chat pairs (random words from a 5,000-word vocabulary with 2% prices and
 data caps, 8-40 words per turn) with planted dirt: 2% exact duplicates, 2% near duplicates

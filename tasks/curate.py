@@ -23,12 +23,13 @@ from prefect.cache_policies import NO_CACHE
 from freshtune import faults
 from freshtune.config import DataSettings, FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks.columns import Lazy, blocks, flags, gc_paused, matches
+from tasks.columns import Lazy, blocks, flags, gc_paused, matches, release_memory
 from tasks.drift import DriftReport, decide_on_drift, measure_drift
 from tasks.ingest import StagedDrop, prompt_of, response_of
 from tasks.neardup import near_duplicates
 from tasks.ngrams import ngram_hashes, tokenise
 from tasks.pii import PLACEHOLDERS, may_hold_pii, scrub_text
+from tasks.records import Records, picked, prompt, response
 from tasks.snapshot import Snapshot, commit_snapshot, committed_snapshot, earlier_snapshots
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,11 @@ def _key(normalised: str | None) -> str:
 
 def row_key(record: Row, normalised: bool = False) -> str:
     """Key of the (prompt, response) pair; `normalised`: the row went through `_normalise`."""
-    pair = f"{prompt_of(record)}\x00{response_of(record)}"
+    return _pair_key(prompt_of(record), response_of(record), normalised)
+
+
+def _pair_key(prompt: str | None, response: str | None, normalised: bool = True) -> str:
+    pair = f"{prompt}\x00{response}"  # a missing turn counts as "None", as it always has
     return _key(pair) if normalised else text_key(pair)
 
 
@@ -204,9 +209,58 @@ class Earlier:
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response), for drift
 
 
+@dataclass
+class _Table:
+    """Curation's working rows, as columns by position in the input: message contents as
+    normalised (and later scrubbed), laid out as `records.texts`; each row's prompt, response
+    and prompt key; the whole rows that PII scrubbing changed. Steps pass on the positions
+    they keep, in input order; rows are built only for the survivors, at the end, so the
+    input's rows are never all copied."""
+
+    records: Records
+    texts: list[str]
+    prompts: list[str | None]
+    responses: list[str | None]
+    keys: list[str]
+    scrubbed: dict[int, Row] = field(default_factory=dict)
+
+    def id(self, i: int) -> Any:
+        return self.scrubbed[i]["id"] if i in self.scrubbed else self.records.ids[i]
+
+    def contents(self, i: int) -> list[str]:
+        return self.texts[self.records.bounds[i] : self.records.bounds[i + 1]]
+
+    def contents_of(self, kept: list[int]) -> tuple[list[str], np.ndarray]:
+        """The contents of rows `kept`, flat, and how many each row has."""
+        bounds, texts = self.records.bounds, self.texts
+        sizes = np.array([bounds[i + 1] - bounds[i] for i in kept], dtype=np.int64)
+        return [t for i in kept for t in texts[bounds[i] : bounds[i + 1]]], sizes
+
+    def row(self, i: int) -> Row:
+        """What `normalise_record` (and `_scrub`) made of input row `i`."""
+        if i in self.scrubbed:
+            return self.scrubbed[i]
+        roles = self.records.roles[i] or ()
+        messages = [{"role": r, "content": c} for r, c in zip(roles, self.contents(i))]
+        row = self.records.public(i, messages)
+        row["prompt_key"] = self.keys[i]
+        return row
+
+    def rescrubbed(self, i: int, row: Row) -> None:
+        """Row `i` as PII scrubbing left it: later rules see its new text."""
+        self.scrubbed[i] = row
+        bounds = self.records.bounds
+        self.texts[bounds[i] : bounds[i + 1]] = [m["content"] for m in row["messages"]]
+        self.prompts[i], self.responses[i] = prompt_of(row), response_of(row)
+        self.keys[i] = row["prompt_key"]
+
+
+Step = Callable[[_Table, list[int]], list[int]]
+
+
 @gc_paused()
 def curate(
-    records: list[Row],
+    records: Records | list[Row],
     seen_rows: set[str] = frozenset(),
     eval_prompts: set[str] = frozenset(),
     settings: DataSettings | None = None,
@@ -216,22 +270,35 @@ def curate(
     settings, earlier = settings or DataSettings(), earlier or Earlier()
     seen, eval_keys = set(seen_rows) | earlier.rows, set(eval_prompts) | earlier.eval_keys
     report = CurationReport(rows_in=len(records), removed=Counter(dict.fromkeys(RULES, 0)))
-    steps: list[tuple[str, Callable[[list[Row]], list[Row]]]] = [
-        ("normalise", lambda rows: _normalise(rows, report)),
-        ("exact_dedupe", lambda rows: _dedupe(rows, report, seen)),
-        ("near_dedupe", lambda rows: _drop_near_duplicates(rows, report, settings)),
-        ("pii_scrub", lambda rows: _scrub_rows(rows, report.pii)),
-        ("decontaminate", lambda rows: _decontaminate(rows, report, eval_keys, earlier, settings)),
-        ("quality", lambda rows: _quality(rows, report, settings)),
-        ("drift", lambda rows: _measure_drift(rows, report, earlier, settings)),
+    steps: list[tuple[str, Step]] = [
+        ("exact_dedupe", lambda t, kept: _dedupe(t, kept, report, seen)),
+        ("near_dedupe", lambda t, kept: _drop_near_duplicates(t, kept, report, settings)),
+        ("pii_scrub", lambda t, kept: _scrub_rows(t, kept, report.pii)),
+        ("decontaminate", lambda t, kept: _decontam(t, kept, report, eval_keys, earlier, settings)),
+        ("quality", lambda t, kept: _quality(t, kept, report, settings)),
+        ("drift", lambda t, kept: _measure_drift(t, kept, report, earlier, settings)),
     ]
-    rows = records
+    start = time.perf_counter()
+    table = _normalise(Records.of(records), report)
+    kept = list(range(len(records)))
+    report.seconds["normalise"] = round(time.perf_counter() - start, 3)
     for name, step in steps:
         start = time.perf_counter()
-        rows = step(rows)
+        kept = step(table, kept)
         report.seconds[name] = round(time.perf_counter() - start, 3)
-    report.rows_out = len(rows)
-    report.train_rows = sum(r["split"] == "train" for r in rows)
+    _count_out(report, table, kept)
+    start = time.perf_counter()
+    kept = np.array(kept, dtype=np.int64)  # the list's million ints go before the rows come
+    release_memory()  # what the rules freed, before the rows out are built
+    rows = [table.row(i) for i in map(int, kept)]  # one int at a time, not a million
+    report.seconds["rows_out"] = round(time.perf_counter() - start, 3)
+    return rows, report
+
+
+def _count_out(report: CurationReport, table: _Table, kept: list[int]) -> None:
+    splits = table.records.splits
+    report.rows_out = len(kept)
+    report.train_rows = sum(splits[i] == "train" for i in kept)
     report.eval_rows = report.rows_out - report.train_rows
     log.info(
         "curation: %d rows in, removed %s, PII scrubbed %s, %d out",
@@ -240,80 +307,90 @@ def curate(
         dict(report.pii),
         report.rows_out,
     )
-    return rows, report
 
 
 def _measure_drift(
-    rows: list[Row], report: CurationReport, earlier: Earlier, settings: DataSettings
-) -> list[Row]:
-    new_pairs = [(prompt_of(r) or "", response_of(r) or "") for r in rows]
+    table: _Table, kept: list[int], report: CurationReport, earlier: Earlier, settings: DataSettings
+) -> list[int]:
+    new_pairs = [(table.prompts[i] or "", table.responses[i] or "") for i in kept]
     report.drift = measure_drift(new_pairs, earlier.pairs, settings.drift_threshold)
-    return rows
+    return kept
 
 
-def _normalise(records: list[Row], report: CurationReport) -> list[Row]:
-    dirty = _any_per_row(records, needs_normalising)
+def _normalise(records: Records, report: CurationReport) -> _Table:
+    """Every row's contents normalised (`normalise_record`), and what later rules read."""
+    sizes = np.diff(np.array(records.bounds, dtype=np.int64))
+    dirty = _any_per_row(records.texts, sizes, needs_normalising)
     report.normalised += int(dirty.sum())
-    return [normalise_record(r, clean=not d) for r, d in zip(records, dirty)]
+    in_dirty_row = np.repeat(dirty, sizes).tolist()  # a dirty row has all its texts redone
+    texts = [normalise_text(t) if d else t for t, d in zip(records.texts, in_dirty_row)]
+    prompts = [prompt(r, texts[a:b]) for r, (a, b) in zip(records.roles, records.spans())]
+    responses = [response(r, texts[a:b]) for r, (a, b) in zip(records.roles, records.spans())]
+    return _Table(records, texts, prompts, responses, [_key(p) for p in prompts])
 
 
-def _any_per_row(rows: list[Row], flag: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """Whether `flag` holds for any message of each row, testing all contents in one call."""
-    sizes = np.array([len(r["messages"]) for r in rows], dtype=np.int64)
-    if not rows or not sizes.sum():
-        return np.zeros(len(rows), dtype=bool)
-    flags = flag([m["content"] for r in rows for m in r["messages"]])
+def _any_per_row(
+    texts: list[str], sizes: np.ndarray, flag: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """Whether `flag` holds for any message of each row (`sizes[i]` of the `texts` are row
+    i's), testing all texts in one call."""
+    if not len(sizes) or not sizes.sum():
+        return np.zeros(len(sizes), dtype=bool)
+    flags = flag(texts)
     hits = np.add.reduceat(flags.astype(np.int64), np.r_[0, np.cumsum(sizes)[:-1]])
     return (hits > 0) & (sizes > 0)
 
 
-def _drop(rows: list[Row], report: CurationReport, rule: str, bad: Callable[[Row], bool]):
-    kept = [r for r in rows if not bad(r)]
-    report.removed[rule] += len(rows) - len(kept)
-    return kept
-
-
-def _dedupe(rows: list[Row], report: CurationReport, seen: set[str]) -> list[Row]:
+def _dedupe(table: _Table, kept: list[int], report: CurationReport, seen: set[str]) -> list[int]:
     """Exact duplicates within the drop and against earlier snapshots (same split only)."""
+    splits, prompts, responses = table.records.splits, table.prompts, table.responses
     local: set[str] = set()
-    kept = []
-    for row in rows:
-        key = f"{row['split']}:{row_key(row, normalised=True)}"
+    out = []
+    for i in kept:
+        key = f"{splits[i]}:{_pair_key(prompts[i], responses[i])}"
         if key in local:
             report.removed["duplicate_in_drop"] += 1
         elif key in seen:
             report.removed["duplicate_of_earlier"] += 1
         else:
             local.add(key)
-            kept.append(row)
-    return kept
+            out.append(i)
+    return out
 
 
-def _drop_near_duplicates(rows: list[Row], report: CurationReport, settings: DataSettings):
+def _drop_near_duplicates(
+    table: _Table, kept: list[int], report: CurationReport, settings: DataSettings
+) -> list[int]:
     """Within the drop's training rows only: eval rows are deliberate paraphrases and pairs,
     and an earlier drop's row that differs in one number is a changed fact, not a copy."""
-    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    splits, prompts, responses = table.records.splits, table.prompts, table.responses
+    train = [i for i in kept if splits[i] == "train"]
 
     def texts(block: slice) -> list[str]:  # a block at a time: a million texts are 0.3 GB
-        return [f"{prompt_of(rows[i])}\n{response_of(rows[i])}" for i in train[block]]
+        return [f"{prompts[i]}\n{responses[i]}" for i in train[block]]
 
     dup = near_duplicates(
         Lazy(len(train), texts), settings.near_dup_threshold, settings.near_dup_num_perm
     )
-    drop = {train[j] for j in np.flatnonzero(dup)}
+    drop = {train[j] for j in np.flatnonzero(dup).tolist()}
     report.removed["near_duplicate"] += len(drop)
-    return [r for i, r in enumerate(rows) if i not in drop]
+    return [i for i in kept if i not in drop]
 
 
-def _scrub_rows(rows: list[Row], counts: Counter) -> list[Row]:
+def _scrub_rows(table: _Table, kept: list[int], counts: Counter) -> list[int]:
     """Every free-text field that reaches storage: messages, facts, source, and the id."""
-    labels = Lazy(len(rows), lambda block: [_labels(r) for r in rows[block]])
-    maybe = _any_per_row(rows, may_hold_pii) | may_hold_pii(labels)
-    return [_scrub(r, counts) if m else r for r, m in zip(rows, maybe)]
+    labels = Lazy(len(kept), lambda block: _labels(table.records, kept[block]))
+    maybe = _any_per_row(*table.contents_of(kept), may_hold_pii) | may_hold_pii(labels)
+    for i in np.asarray(kept)[maybe].tolist():
+        row = table.row(i)
+        if (scrubbed := _scrub(row, counts)) is not row:
+            table.rescrubbed(i, scrubbed)
+    return kept
 
 
-def _labels(row: Row) -> str:
-    return "\n".join([str(row.get("id") or ""), row.get("source") or "", *row.get("facts", [])])
+def _labels(records: Records, rows: list[int]) -> list[str]:
+    ids, sources, facts = (picked(c, rows) for c in (records.ids, records.sources, records.facts))
+    return ["\n".join([str(i or ""), s or "", *(f or ())]) for i, s, f in zip(ids, sources, facts)]
 
 
 def _scrub(row: Row, counts: Counter) -> Row:
@@ -329,23 +406,25 @@ def _scrub(row: Row, counts: Counter) -> Row:
     return {**scrubbed, "prompt_key": _key(prompt_of(scrubbed))}
 
 
-def _decontaminate(
-    rows: list[Row],
+def _decontam(
+    table: _Table,
+    kept: list[int],
     report: CurationReport,
     eval_keys: set[str],
     earlier: Earlier,
     settings: DataSettings,
-) -> list[Row]:
+) -> list[int]:
     """Training rows whose prompt overlaps an eval prompt (this drop's or earlier) go."""
-    evals = [r for r in rows if r["split"] == "eval"]
-    leaked = eval_keys | {r["prompt_key"] for r in evals}
-    reference = [prompt_of(r) or "" for r in evals] + earlier.eval_prompts
-    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
-    share = ngram_overlap([prompt_of(rows[i]) or "" for i in train], reference, settings)
+    splits, prompts, keys = table.records.splits, table.prompts, table.keys
+    evals = [i for i in kept if splits[i] == "eval"]
+    leaked = eval_keys | {keys[i] for i in evals}
+    reference = [prompts[i] or "" for i in evals] + earlier.eval_prompts
+    train = [i for i in kept if splits[i] == "train"]
+    share = ngram_overlap([prompts[i] or "" for i in train], reference, settings)
     bad = {i for i, s in zip(train, share) if s >= settings.decontam_threshold}
-    bad |= {i for i in train if rows[i]["prompt_key"] in leaked}
+    bad |= {i for i in train if keys[i] in leaked}
     report.removed["eval_leakage"] += len(bad)
-    return [r for i, r in enumerate(rows) if i not in bad]
+    return [i for i in kept if i not in bad]
 
 
 def ngram_overlap(texts: list[str], reference: list[str], settings: DataSettings) -> np.ndarray:
@@ -370,16 +449,19 @@ def ngram_overlap(texts: list[str], reference: list[str], settings: DataSettings
 _REFUSAL_HINTS = ("as an ai", "sorry", "afraid", "can't", "cannot", "unable", "not able")
 
 
-def _quality(rows: list[Row], report: CurationReport, settings: DataSettings) -> list[Row]:
-    kept = []
-    maybe_refusal = _may_refuse([response_of(r) or "" for r in rows])
-    for row, maybe in zip(rows, maybe_refusal):
-        rule = _quality_problem(row, settings, maybe)
+def _quality(
+    table: _Table, kept: list[int], report: CurationReport, settings: DataSettings
+) -> list[int]:
+    splits, responses = table.records.splits, table.responses
+    out = []
+    maybe_refusal = _may_refuse([responses[i] or "" for i in kept])
+    for i, maybe in zip(kept, maybe_refusal.tolist()):
+        rule = _quality_problem(responses[i], splits[i], table.contents(i), settings, maybe)
         if rule is None:
-            kept.append(row)
+            out.append(i)
         else:
             report.removed[rule] += 1
-    return _resolve_conflicts(kept, report)
+    return _resolve_conflicts(table, out, report)
 
 
 def _may_refuse(answers: list[str]) -> np.ndarray:
@@ -387,16 +469,22 @@ def _may_refuse(answers: list[str]) -> np.ndarray:
     return matches(answers, "|".join(re.escape(h) for h in _REFUSAL_HINTS), ignore_case=True)
 
 
-def _quality_problem(row: Row, settings: DataSettings, maybe_refusal: bool = True) -> str | None:
+def _quality_problem(
+    response: str | None,
+    split: str,
+    contents: list[str],
+    settings: DataSettings,
+    maybe_refusal: bool = True,
+) -> str | None:
     """The first quality rule a row breaks. Terse eval references ("5") are fine: they are
     scored by their facts, not learned; refusals matter only in what the model learns."""
-    answer = (response_of(row) or "").strip()
-    train = row["split"] == "train"
+    answer = (response or "").strip()
+    train = split == "train"
     if not answer:
         return "empty_answer"
     if train and len(answer) < settings.min_answer_chars:
         return "short_answer"
-    if sum(len(m["content"]) for m in row["messages"]) > settings.max_row_chars:
+    if sum(len(text) for text in contents) > settings.max_row_chars:
         return "long_row"
     if train and maybe_refusal and is_refusal(answer):
         return "refusal"
@@ -408,21 +496,22 @@ def is_refusal(answer: str) -> bool:
     return any(h in lower for h in _REFUSAL_HINTS) and _REFUSAL.search(answer) is not None
 
 
-def _resolve_conflicts(rows: list[Row], report: CurationReport) -> list[Row]:
+def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -> list[int]:
     """One prompt answered differently in one drop: keep the first, flag the rest for review."""
+    splits, responses, keys = table.records.splits, table.responses, table.keys
     first: dict[str, str] = {}
-    kept = []
-    for row in rows:
-        if row["split"] != "train":
-            kept.append(row)
+    out = []
+    for i in kept:
+        if splits[i] != "train":
+            out.append(i)
             continue
-        answer = _key(response_of(row))
-        if first.setdefault(row["prompt_key"], answer) != answer:
+        answer = _key(responses[i])
+        if first.setdefault(keys[i], answer) != answer:
             report.removed["conflicting_answer"] += 1
-            report.flagged.append(str(row["id"]))
+            report.flagged.append(str(table.id(i)))
         else:
-            kept.append(row)
-    return kept
+            out.append(i)
+    return out
 
 
 def earlier_data(snapshots: Iterable[Snapshot]) -> Earlier:

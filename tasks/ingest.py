@@ -1,6 +1,7 @@
 """Read a data drop (JSONL, CSV or Parquet) into uniform chat records, and fingerprint it.
 
-A record is `{"id", "messages": [{"role", "content"}...], "split", "source", "facts", "line"}`.
+A record is `{"id", "messages": [{"role", "content"}...], "split", "source", "facts", "line"}`;
+a drop's records are held as columns (`tasks/records.py`), a row built when asked for.
 Rows that are malformed in shape are kept (with `messages=None`) so that the Great
 Expectations gate reports them by line instead of the reader silently dropping them.
 """
@@ -31,6 +32,7 @@ from freshtune.files import file_digest
 from tasks.archive import is_archive, unpack
 from tasks.columns import gc_paused
 from tasks.quarantine import check_not_quarantined, quarantine
+from tasks.records import Records, plain_messages
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class ReadLimits:
 
 
 @gc_paused()
-def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, Any]]:
+def read_drop(path: Path, limits: ReadLimits | None = None) -> Records:
     """Parse a drop; a malformed file raises DropRejected naming the file, line and rule."""
     limits = limits or ReadLimits()
     suffix = path.suffix.lower()
@@ -115,7 +117,10 @@ def read_drop(path: Path, limits: ReadLimits | None = None) -> list[dict[str, An
     if not raw:
         what = "a CSV header but no rows" if suffix == ".csv" else "no rows"
         raise DropRejected(path, "empty", f"the file has {what}")
-    return [to_record(obj, line) for line, obj in raw]
+    records = Records()
+    for line, obj in raw:
+        add_record(records, obj, line)
+    return records.compact()
 
 
 def _blocks(path: Path, size: int) -> Iterator[tuple[int, bytes]]:
@@ -192,13 +197,13 @@ def _raise_scanned(path: Path, scan: _Scan, limits: ReadLimits) -> None:
         raise DropRejected(path, "line_size", detail, line)
 
 
-def _stream_jsonl(path: Path, limits: ReadLimits) -> list[dict[str, Any]]:
+def _stream_jsonl(path: Path, limits: ReadLimits) -> Records:
     """`read_drop` of a JSONL file holding one block of it at a time: each row becomes a
     record as it is parsed. A first pass checks the bytes, so the same problem is named as
     when the whole file was read at once; a bad character is named after every row parsed."""
     scan = _scan(path, limits)
     _raise_scanned(path, scan, limits)
-    records: list[dict[str, Any]] = []
+    records = Records()
     bad_char: DropRejected | None = None
     line_no = 0
     for offset, block in _blocks(path, limits.block_bytes):
@@ -214,13 +219,13 @@ def _stream_jsonl(path: Path, limits: ReadLimits) -> list[dict[str, Any]]:
             if bad_char is None and n in flagged and (where := _bad_string(obj)) is not None:
                 detail = f"{where} holds a control character or an unpaired surrogate"
                 bad_char = DropRejected(path, "characters", detail, n)
-            records.append(to_record(obj, n))
+            add_record(records, obj, n)
         line_no += text.count("\n")
     if bad_char is not None:
         raise bad_char
     if not records:
         raise DropRejected(path, "empty", "the file has no rows")
-    return records
+    return records.compact()
 
 
 def _check_size(path: Path, size: int, limits: ReadLimits) -> None:
@@ -467,32 +472,48 @@ def to_record(obj: Any, line: int) -> dict[str, Any]:
     `_schema` (why the row is malformed) and `_shape` are for the gate only; curation drops
     every `_` key before a snapshot is written.
     """
+    records = Records()
+    add_record(records, obj, line)
+    return records[0]
+
+
+_USER_ASSISTANT = ("user", "assistant")
+
+
+def add_record(records: Records, obj: Any, line: int) -> None:
+    """`to_record(obj, line)` appended to `records`, without building its dicts."""
     problem = schema_problem(obj)
     obj = obj if isinstance(obj, dict) else {}
-    messages = obj.get("messages")
-    if messages is None and "prompt" in obj and "response" in obj:
-        messages = [
-            {"role": "user", "content": obj["prompt"]},
-            {"role": "assistant", "content": obj["response"]},
-        ]
+    messages, odd, roles, texts = obj.get("messages"), None, None, []
+    converted = messages is None and "prompt" in obj and "response" in obj
+    # A null prompt or response passes the schema check and is caught here; messages in a
+    # row without a schema problem were type-checked already.
+    if converted:
+        prompt, response = obj["prompt"], obj["response"]
+        if isinstance(prompt, str) and isinstance(response, str):
+            roles, texts = _USER_ASSISTANT, [prompt, response]
+    elif (problem is None and "messages" in obj) or _is_chat(messages):
+        roles = tuple([m["role"] for m in messages])
+        texts = [m["content"] for m in messages]
+        odd = None if plain_messages(messages) else messages
+    shape = "chat" if "messages" in obj else "prompt_response" if converted else None
     facts = obj.get("facts") or []
-    # Messages in a row without a schema problem were type-checked already; a null prompt
-    # or response passes that check and is caught here.
-    chat = (problem is None and "messages" in obj) or _is_chat(messages)
-    return {
-        "id": None if obj.get("id") is None else str(obj["id"]),
-        "messages": messages if chat else None,
-        "split": _shared(obj.get("split")),
-        "source": str(obj.get("source") or ""),
-        "facts": [str(f) for f in facts] if isinstance(facts, list) else [],
+    records.add_fields(
+        None if obj.get("id") is None else str(obj["id"]),
+        odd,
+        roles,
+        texts,
+        _shared(obj.get("split")),
+        str(obj.get("source") or ""),
+        ([str(f) for f in facts] or None) if isinstance(facts, list) else None,
         # Eval rows may name their slice (current, hallucination, bias, general); bias rows
         # carry the id of their counterfactual pair.
-        "slice": str(obj.get("slice") or ""),
-        "pair": str(obj.get("pair") or ""),
-        "line": line,
-        "_schema": problem,
-        "_shape": "chat" if "messages" in obj else "prompt_response" if messages else None,
-    }
+        str(obj.get("slice") or ""),
+        str(obj.get("pair") or ""),
+        line,
+        problem,
+        shape,
+    )
 
 
 def _shared(value: Any) -> Any:
@@ -525,26 +546,39 @@ def response_of(record: dict[str, Any]) -> str | None:
     return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else None
 
 
-def assign_holdout(records: list[dict[str, Any]], fraction: float, seed: int) -> int:
+def assign_holdout(records: Records | list[dict[str, Any]], fraction: float, seed: int) -> int:
     """Without eval rows in the drop, hold out a seeded fraction; returns how many."""
-    if any(r["split"] == "eval" for r in records):
-        for record in records:
-            record["split"] = record["split"] or "train"
-        return 0
-    ids = sorted(range(len(records)), key=lambda i: str(records[i]["id"]))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, round(fraction * len(records)))])
-    for i, record in enumerate(records):
-        if record["split"] is None:
-            record["split"] = "eval" if i in held else "train"
-    return len(held)
+    table = isinstance(records, Records)
+    splits = records.splits if table else [r["split"] for r in records]
+    ids = records.ids if table else [r["id"] for r in records]
+    splits, held = _held_out(splits, ids, fraction, seed)
+    if table:
+        records.splits[:] = splits  # a Records row is a copy: the column is the record
+    else:
+        for record, split in zip(records, splits):
+            record["split"] = split
+    return held
+
+
+def _held_out(splits: list[Any], ids: list[Any], fraction: float, seed: int) -> tuple[list, int]:
+    """The splits after `assign_holdout`, and how many rows it held out."""
+    if any(split == "eval" for split in splits):
+        return [split or "train" for split in splits], 0
+    order = sorted(range(len(ids)), key=lambda i: str(ids[i]))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(fraction * len(ids)))])
+    new = [
+        split if split is not None else "eval" if i in held else "train"
+        for i, split in enumerate(splits)
+    ]
+    return new, len(held)
 
 
 @dataclass(frozen=True)
 class StagedDrop:
     file: Path
     digest: str
-    records: list[dict[str, Any]]
+    records: Records
     held_out: int
 
 
@@ -563,7 +597,7 @@ def stage(path: Path, digest: str, cfg: FreshtuneConfig) -> StagedDrop:
     return StagedDrop(path, digest, records, held)
 
 
-def _read_any(path: Path, staging: Path, limits: ReadLimits) -> list[dict[str, Any]]:
+def _read_any(path: Path, staging: Path, limits: ReadLimits) -> Records:
     """A data file as is; an archive's one data file via a staging copy, removed after."""
     if not is_archive(path):
         return read_drop(path, limits)

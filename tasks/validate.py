@@ -24,10 +24,11 @@ from prefect.cache_policies import NO_CACHE
 from freshtune import faults
 from freshtune.config import EXPECTATIONS_DIR, FreshtuneConfig
 from freshtune.errors import DropRejected
-from tasks.columns import gc_paused
-from tasks.ingest import StagedDrop, prompt_of, response_of
+from tasks.columns import gc_paused, release_memory
+from tasks.ingest import StagedDrop
 from tasks.pii import may_hold_pii, scrub_text
 from tasks.quarantine import failure_table, gate_dir, quarantine
+from tasks.records import Records
 
 log = logging.getLogger(__name__)
 
@@ -103,28 +104,30 @@ def load_suite(name: str, cfg: FreshtuneConfig) -> dict[str, Any]:
 FRAME_COLUMNS = ["id", "schema", "shape", "roles", "prompt", "response", "split", "scrubbed"]
 
 
-def _roles(records: list[dict[str, Any]]) -> list[str | None]:
+def _roles(records: Records) -> list[str | None]:
+    joined: dict[tuple[str, ...], str] = {}  # role tuples are shared: join each once
     return [
-        ",".join([m["role"] for m in r["messages"]]) if r["messages"] else None for r in records
+        (joined.get(roles) or joined.setdefault(roles, ",".join(roles))) if roles else None
+        for roles in records.roles
     ]
 
 
 # One builder per column, so a pass that needs few columns builds only those. Prompt and
 # response are scrubbed before GX sees them: its Data Docs show failing values verbatim.
-_BUILDERS: dict[str, Callable[[list[dict[str, Any]]], list[Any]]] = {
-    "id": lambda records: _scrub_all([r["id"] for r in records]),
-    "schema": lambda records: [r.get("_schema") for r in records],
-    "shape": lambda records: [r.get("_shape") for r in records],
+_BUILDERS: dict[str, Callable[[Records], list[Any]]] = {
+    "id": lambda records: _scrub_all(records.ids),
+    "schema": lambda records: list(records.schemas),
+    "shape": lambda records: list(records.shapes),
     "roles": _roles,
-    "prompt": lambda records: _scrub_all([prompt_of(r) for r in records]),
-    "response": lambda records: _scrub_all([response_of(r) for r in records]),
-    "split": lambda records: [r["split"] for r in records],
+    "prompt": lambda records: _scrub_all(records.prompts()),
+    "response": lambda records: _scrub_all(records.responses()),
+    "split": lambda records: list(records.splits),
     "scrubbed": lambda records: _scrubbed(records),
 }
 
 
 @gc_paused()
-def to_frame(records: list[dict[str, Any]], columns: Iterable[str] = FRAME_COLUMNS):
+def to_frame(records: Records, columns: Iterable[str] = FRAME_COLUMNS):
     """One row per record, indexed by its line in the file so failures name lines.
 
     `schema` says why a row is malformed (None when fine); `scrubbed` is the row's text after
@@ -135,7 +138,7 @@ def to_frame(records: list[dict[str, Any]], columns: Iterable[str] = FRAME_COLUM
 
     names = [c for c in FRAME_COLUMNS if c in set(columns)]
     data = {name: _BUILDERS[name](records) for name in names}
-    return pd.DataFrame(data, columns=names, index=[r["line"] for r in records])
+    return pd.DataFrame(data, columns=names, index=list(records.lines))
 
 
 def _scrub_all(texts: list[str | None]) -> list[str | None]:
@@ -143,8 +146,8 @@ def _scrub_all(texts: list[str | None]) -> list[str | None]:
     return [scrub_text(t) if m and t else t for t, m in zip(texts, maybe)]
 
 
-def _scrubbed(records: list[dict[str, Any]]) -> list[str]:
-    texts = ["\n".join([m["content"] for m in r["messages"] or []]) for r in records]
+def _scrubbed(records: Records) -> list[str]:
+    texts = ["\n".join(records.texts[a:b]) for a, b in records.spans()]
     maybe = may_hold_pii(texts)
     return [scrub_text(t) if m else t for t, m in zip(texts, maybe)]
 
@@ -196,7 +199,7 @@ class _Part:
 
 
 def run_suite(
-    records: list[dict[str, Any]],
+    records: Records | list[dict[str, Any]],
     suite: dict[str, Any],
     file: str,
     docs_dir: Path | None = None,
@@ -204,6 +207,7 @@ def run_suite(
 ) -> ValidationReport:
     """Validate with GX in ephemeral mode, per-row rules `chunk_rows` rows at a time (memory
     stays bounded), the rest over the whole drop; with `docs_dir`, GX writes Data Docs there."""
+    records = Records.of(records)
     context = _context(docs_dir)
     rows, whole = _parts(suite)
     for part in (rows, whole):
@@ -219,6 +223,8 @@ def run_suite(
             run = _run_part(whole, to_frame(records, columns), result_format, results)
     if docs_dir is not None and run is not None:
         _build_docs(context, suite, run, results)
+    _forget_batches(context, (rows, whole))
+    release_memory()  # pandas' string columns of the chunks: 0.1 GB kept
     failures = _with_ids([_failure(r) for r in results if not r.success], records)
     return ValidationReport(file, suite["name"], len(records), not failures, failures)
 
@@ -234,6 +240,15 @@ def _context(docs_dir: Path | None) -> Any:
     if docs_dir is not None:
         context.add_data_docs_site(site_name="gate", site_config=_docs_site(docs_dir))
     return context
+
+
+def _forget_batches(context: Any, parts: Iterable[_Part]) -> None:
+    """GX keeps the context (in its project manager) and each data source its last batch:
+    a chunk's frame and the whole drop's ids, 0.1 GB for a million rows, until the next
+    validation. Deleting the data sources lets them go now."""
+    for part in parts:
+        if part.definition is not None:
+            context.data_sources.delete(f"drop-{part.name}")
 
 
 def _parts(suite: dict[str, Any]) -> tuple[_Part, _Part]:
@@ -335,14 +350,11 @@ def _top_counts(counts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _collected() -> Iterator[None]:
     """GX leaves each run's frames in reference cycles: collect them after every run, with
     the drop's rows (millions of objects) frozen so that a collection does not walk them."""
-    import pyarrow as pa
-
     gc.freeze()
     try:
         yield
     finally:
         gc.unfreeze()
-        pa.default_memory_pool().release_unused()  # pandas' string columns: 0.1 GB kept
 
 
 def _docs_site(docs_dir: Path) -> dict[str, Any]:
@@ -393,12 +405,12 @@ def _failure(result: Any) -> Failure:
     )
 
 
-def _with_ids(failures: list[Failure], records: list[dict[str, Any]]) -> list[Failure]:
+def _with_ids(failures: list[Failure], records: Records) -> list[Failure]:
     """Each failure's sample lines' ids, scrubbed as the frame's id column is."""
     lines = {line for f in failures for line in f.lines}
     if not lines:
         return failures
-    found = {r["line"]: r["id"] for r in records if r["line"] in lines}
+    found = {line: i for line, i in zip(records.lines, records.ids) if line in lines}
     ids = dict(zip(found, _scrub_all(list(found.values()))))
     return [replace(f, ids=[str(ids.get(line)) for line in f.lines]) for f in failures]
 
@@ -409,7 +421,7 @@ def _shown(value: Any) -> str:
 
 
 def validate_records(
-    records: list[dict[str, Any]],
+    records: Records | list[dict[str, Any]],
     file: Path,
     cfg: FreshtuneConfig,
     results_dir: Path | None = None,
