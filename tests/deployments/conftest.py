@@ -42,9 +42,7 @@ class Stack:
         return result
 
     def settings(self) -> Any:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        return temporary_settings(updates={PREFECT_API_URL: self.prefect_url})
+        return servers.prefect_at(self.prefect_url)
 
     def runs_of(self, deployment: str) -> list[Any]:
         """Flow runs of `flow/deployment`, oldest first."""

@@ -82,14 +82,7 @@ class Cluster:
         raise TimeoutError(f"{deployment}: {[(r.name, r.state_name) for r in runs]}")
 
     def settings(self) -> Any:
-        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-        return temporary_settings(
-            updates={
-                PREFECT_API_URL: self.env["PREFECT_API_URL"],
-                PREFECT_API_AUTH_STRING: PREFECT_AUTH,
-            }
-        )
+        return servers.prefect_at(self.env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING=PREFECT_AUTH)
 
     def mlflow(self) -> Any:
         from mlflow import MlflowClient

@@ -33,7 +33,7 @@ from tasks.locks import claim
 from tasks.snapshot import list_snapshots
 from tests.helpers.disk import full_disk
 from tests.helpers.forked import forkserver, run_cli
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_port, prefect_at
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "faults.md"
 
@@ -411,7 +411,6 @@ _COMMANDS = {"prefect-down-drop": "drop", "prefect-down-watch": "watch"}
 def test_server_down(server, tiny_config, demo_drops, monkeypatch, tiny_model):
     from contextlib import ExitStack
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from typer.testing import CliRunner
 
     from freshtune.cli import app
@@ -430,7 +429,7 @@ def test_server_down(server, tiny_config, demo_drops, monkeypatch, tiny_model):
         else:
             dead = f"http://127.0.0.1:{port}/api"
             monkeypatch.setenv("PREFECT_API_URL", dead)
-            stack.enter_context(temporary_settings({PREFECT_API_URL: dead}))
+            stack.enter_context(prefect_at(dead))
         start = time.monotonic()
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and time.monotonic() - start < 30, result.output
@@ -517,7 +516,6 @@ def prefect_proxy(tmp_path_factory):
 
 @pytest.mark.parametrize("when", [s.id for s in PREFECT_OUTAGES])
 def test_prefect_outage(when, prefect_proxy, tiny_config, demo_drops, monkeypatch):
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     from freshtune import faults
 
@@ -525,7 +523,7 @@ def test_prefect_outage(when, prefect_proxy, tiny_config, demo_drops, monkeypatc
     monkeypatch.setenv("PREFECT_API_URL", api)
     cfg = tiny_config()
     # The engine's own state reports retry for a minute; the cycle must not wait on them.
-    with temporary_settings({PREFECT_API_URL: api, PREFECT_CLIENT_MAX_RETRIES: 0}):
+    with prefect_at(api, PREFECT_CLIENT_MAX_RETRIES=0):
         faults.when("review", prefect_proxy.cut)
         try:
             with pytest.raises(Exception) as caught:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
 BIN = Path(sys.executable).parent
@@ -331,3 +332,22 @@ class WebhookReceiver:
                 return found
             time.sleep(0.5)
         raise TimeoutError(f"{count} alert(s) with {containing!r}: got {self.received}")
+
+
+@contextmanager
+def prefect_at(api: str, **more: Any) -> Iterator[None]:
+    """This process's Prefect client pointed at `api` (plus other settings, by their
+    `PREFECT_*` names) for the block. Prefect's events worker is a process-wide service that
+    keeps the orchestration client it started with: it is drained on the way out, so the next
+    server this process talks to gets a worker of its own and its events are not lost."""
+    import prefect.settings as settings
+    from prefect.events.worker import EventsWorker
+
+    updates = {settings.PREFECT_API_URL: api}
+    updates.update({getattr(settings, name): value for name, value in more.items()})
+    EventsWorker.drain_all(timeout=30, at_exit=False)
+    try:
+        with settings.temporary_settings(updates=updates):
+            yield
+    finally:
+        EventsWorker.drain_all(timeout=30, at_exit=False)
