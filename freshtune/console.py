@@ -8,7 +8,6 @@ switch is an environment variable so that it reaches the code that draws the two
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
@@ -56,17 +55,18 @@ def terminal(log_file: Path, verbose: bool = False) -> Iterator[None]:
         _quiet_exit()
 
 
-_EXIT_QUIETED = False
-
-
 def _quiet_exit() -> None:
-    """Prefect stops its temporary server from an exit hook it registered during the run, and
-    logs that on the terminal after the quiet block is over. Exit hooks run last registered
-    first, so one registered now quiets Prefect's logger before that line."""
-    global _EXIT_QUIETED
-    if not _EXIT_QUIETED:
-        atexit.register(lambda: logging.getLogger("prefect").setLevel(logging.WARNING))
-        _EXIT_QUIETED = True
+    """Prefect stops its temporary server from an exit hook and logs that on the terminal,
+    after the quiet block is over: that one line is dropped (the server's start and stop are
+    Prefect's business, not the user's)."""
+    prefect_log = logging.getLogger("prefect")
+    if not any(isinstance(f, _ServerStopLine) for f in prefect_log.filters):
+        prefect_log.addFilter(_ServerStopLine())
+
+
+class _ServerStopLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Stopping temporary server")
 
 
 def _set_env(name: str, value: str) -> Callable[[], None]:
