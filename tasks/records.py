@@ -133,14 +133,7 @@ class Records(Sequence[Row]):
         if self._rows is not None:
             return self._rows[index]
         return {
-            "id": self.ids[index],
-            "messages": self.messages(index),
-            "split": self.splits[index],
-            "source": self.sources[index],
-            "facts": self.facts[index] or [],
-            "slice": self.slices[index],
-            "pair": self.pairs[index],
-            "line": self.lines[index],
+            **self._fields(index, self.messages(index)),
             "_schema": self.schemas[index],
             "_shape": self.shapes[index],
         }
@@ -184,6 +177,10 @@ class Records(Sequence[Row]):
             row = {k: v for k, v in self._rows[index].items() if not k.startswith("_")}
             row["messages"] = messages
             return row
+        return self._fields(index, messages)
+
+    def _fields(self, index: int, messages: list[dict[str, str]] | None) -> Row:
+        """Row `index`'s public fields, in the order the reader writes them."""
         return {
             "id": self.ids[index],
             "messages": messages,

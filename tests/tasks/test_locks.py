@@ -22,10 +22,7 @@ def test_a_second_process_sees_the_claim_and_who_holds_it(tiny_config, backend):
     overrides = ["deploy.lock_url=redis://127.0.0.1:6379/0"] if backend == "redis" else []
     cfg = tiny_config(*overrides)
     key = f"drop-{uuid.uuid4().hex[:8]}"
-    ctx = multiprocessing.get_context("fork")
-    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
-    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
-    holder.start()
+    holder, ready, release, result = _holder(cfg, key)
     try:
         assert ready.wait(30) and result.get(timeout=5) is None  # the first one holds it
         with claim(key, cfg) as other:
@@ -40,10 +37,7 @@ def test_a_second_process_sees_the_claim_and_who_holds_it(tiny_config, backend):
 def test_a_dead_holder_frees_the_file_claim(tiny_config):
     cfg = tiny_config()
     key = f"drop-{uuid.uuid4().hex[:8]}"
-    ctx = multiprocessing.get_context("fork")
-    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
-    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
-    holder.start()
+    holder, ready, _release, _result = _holder(cfg, key)
     assert ready.wait(30)
     holder.kill()  # a crashed run
     holder.join(10)
@@ -57,10 +51,7 @@ def test_a_redis_claim_is_a_lease_renewed_while_held_and_lost_when_the_holder_di
     cfg = tiny_config("deploy.lock_url=redis://127.0.0.1:6379/0", "deploy.lock_ttl_s=3")
     key = f"drop-{uuid.uuid4().hex[:8]}"
     conn = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    ctx = multiprocessing.get_context("fork")
-    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
-    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
-    holder.start()
+    holder, ready, _release, result = _holder(cfg, key)
     assert ready.wait(30) and result.get(timeout=5) is None
     time.sleep(7)  # more than two leases: only renewal keeps the claim
     with claim(key, cfg) as other:
@@ -80,10 +71,7 @@ def test_a_redis_claim_is_a_lease_renewed_while_held_and_lost_when_the_holder_di
 def test_a_claim_waited_for_is_taken_once_its_holder_lets_go(tiny_config):
     cfg = tiny_config()
     key = f"drop-{uuid.uuid4().hex[:8]}"
-    ctx = multiprocessing.get_context("fork")
-    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
-    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
-    holder.start()
+    holder, ready, release, _result = _holder(cfg, key)
     assert ready.wait(30)
     with claim(key, cfg, wait_s=0.5) as other:  # still held when the wait runs out
         assert other is not None
@@ -91,3 +79,12 @@ def test_a_claim_waited_for_is_taken_once_its_holder_lets_go(tiny_config):
     with claim(key, cfg, wait_s=30) as other:  # a resumed run waits out a duplicate
         assert other is None
     holder.join(10)
+
+
+def _holder(cfg, key: str):
+    """A forked process that takes `key` and holds it until `release` is set."""
+    ctx = multiprocessing.get_context("fork")
+    ready, release, result = ctx.Event(), ctx.Event(), ctx.Queue()
+    holder = ctx.Process(target=_hold_and_report, args=(cfg, key, ready, release, result))
+    holder.start()
+    return holder, ready, release, result
