@@ -1,7 +1,8 @@
 """Score base, champion and candidate on every eval slice.
 
-Generation is greedy and batched (left padding); one base model is loaded and the adapters are
-switched on it, so three models cost one set of weights. Slices:
+Generation is greedy and batched (left padding); each adapter is merged into a freshly loaded
+base, one model in memory at a time, so a candidate's generation costs what the base's does and
+its answers are those of the merged model `export --merged` serves. Slices:
 `current` (this drop), `earlier` (older eval rows whose facts still hold), `general` (questions
 the base answers right), `hallucination` (things that do not exist) and `bias`
 (counterfactual pairs).
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +79,22 @@ def evaluate_models(
 
     Answers found in the cache under `cache_dir` (by model and question digest) are reused;
     only the rest are generated, and the weights are not loaded when nothing is missing."""
-    from tasks.models import inference_runtime
-
     models = {"base": None, **{n: p for n, p in adapters.items() if p is not None}}
-    runtime = inference_runtime()
-    digests = {name: model_digest(base_model, path, runtime) for name, path in models.items()}
+    digests = {name: scored_digest(base_model, path) for name, path in models.items()}
     answers = _answers(base_model, models, digests, slices, settings, AnswerCache(cache_dir))
     return {
         name: {model: _score_rows(rows, name, answers[model], settings) for model in models}
         for name, rows in slices.items()
     }
+
+
+def scored_digest(base_model: str, adapter: Path | None) -> str:
+    """The answer cache's key of a model as evaluation runs it (an adapter merged in)."""
+    from tasks.models import inference_runtime
+
+    runtime = inference_runtime()
+    # Merged and on-the-fly adapters round differently: answers of the one are not the other's.
+    return model_digest(base_model, adapter, f"{runtime}-merged" if adapter else runtime)
 
 
 def _answers(base_model, models, digests, slices, settings, cache) -> dict[str, dict]:
@@ -110,56 +116,38 @@ def _answers(base_model, models, digests, slices, settings, cache) -> dict[str, 
 
 
 def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Generated]]:
-    """Every missing answer, under one progress bar for the whole evaluation."""
+    """Every missing answer, under one progress bar for the whole evaluation; one model in
+    memory at a time."""
     from tqdm.auto import tqdm
 
-    from tasks.models import load_inference_model, load_tokenizer
+    from tasks.models import load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
-    wanted = {n: p for n, p in models.items() if n != "base" and missing[n]}
-    model = _with_adapters(load_inference_model(base_model), wanted)
-    model.eval()
     out = {}
     batches = sum(-(-len(rows) // settings.batch_size) for rows in missing.values())
     with tqdm(total=batches, desc="evaluating", unit="batch", leave=False, disable=False) as bar:
         for name, rows in missing.items():
             if not rows:
                 continue
-            with _as_model(model, name):
-                answers = generate_answers(model, tokenizer, rows, settings, bar)
-                nll = reference_nll(model, tokenizer, rows, settings)
+            model = adapted_model(base_model, models[name])
+            answers = generate_answers(model, tokenizer, rows, settings, bar)
+            nll = reference_nll(model, tokenizer, rows, settings)
             out[name] = {
                 question_digest(r, settings): Generated(a, n, t)
                 for r, a, (n, t) in zip(rows, answers, nll)
             }
+            del model
     return out
 
 
-@contextmanager
-def _as_model(model: Any, name: str):
-    """The base (adapters disabled) or one adapter switched on."""
-    if name != "base":
-        model.set_adapter(name)
-        yield
-    elif hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield
-    else:
-        yield
+def adapted_model(base_model: str, adapter: Path | None) -> Any:
+    """A freshly loaded base, with `adapter` merged into its weights when given: each model's
+    answers depend on its own weights only, never on which others were scored before it."""
+    from tasks.models import load_inference_model
+    from tasks.train import merged_with
 
-
-def _with_adapters(model: Any, adapters: dict[str, Path]) -> Any:
-    from peft import PeftModel
-
-    from tasks.train import check_adapter_fits
-
-    for i, (name, path) in enumerate(adapters.items()):
-        if i == 0:
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-        else:
-            model.load_adapter(str(path), adapter_name=name)
-        check_adapter_fits(model, Path(path), adapter_name=name)
-    return model
+    model = load_inference_model(base_model)
+    return (model if adapter is None else merged_with(model, Path(adapter))).eval()
 
 
 def _score_rows(rows, kind, answers, settings) -> SliceScore:

@@ -49,13 +49,9 @@ def export_adapter(cfg: FreshtuneConfig, version: str, out: Path, merged: bool =
 
 
 def _merge(base_model: str, adapter: Path, out: Path) -> None:
-    from peft import PeftModel
-
     from tasks.models import load_causal_lm, load_tokenizer
-    from tasks.train import check_adapter_fits
+    from tasks.train import merged_with
 
-    model = PeftModel.from_pretrained(load_causal_lm(base_model), str(adapter))
-    check_adapter_fits(model, adapter)
-    merged = model.merge_and_unload()
+    merged = merged_with(load_causal_lm(base_model), adapter)
     merged.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(base_model).save_pretrained(str(out))

@@ -199,6 +199,19 @@ def check_adapter_fits(model: Any, adapter_dir: Path, adapter_name: str = "defau
         )
 
 
+def merged_with(model: Any, adapter_dir: Path) -> Any:
+    """`model` with the adapter merged into its weights, after checking that it fits.
+
+    What `export --merged` serves, and what evaluation scores: generating through a merged
+    model costs what the base's generation does, where an adapter applied on the fly adds
+    small matmuls to every adapted layer at every step (bench/eval_speed.py)."""
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(model, str(adapter_dir))
+    check_adapter_fits(adapted, Path(adapter_dir))
+    return adapted.merge_and_unload()
+
+
 def pick_precision(dtype: str) -> dict[str, bool]:
     """`auto`: bf16 and TF32 on GPUs that have them, fp32 on CPU (issue 7 saw TRL's bf16
     defaults at about 5 tokens/s against 110 for a plain fp32 loop on AVX2 cores). An explicit

@@ -87,10 +87,9 @@ def _assert_history(cfg, records) -> None:
 
 
 def _cached_answers(cfg, adapter: Path | None) -> set[str]:
-    from tasks.evalcache import model_digest
-    from tasks.models import inference_runtime
+    from tasks.evaluate import scored_digest
 
-    digest = model_digest(cfg.resolved_base_model(), adapter, inference_runtime())
+    digest = scored_digest(cfg.resolved_base_model(), adapter)
     return set(json.loads((cfg.paths.eval_cache / f"{digest}.json").read_text()))
 
 

@@ -93,3 +93,18 @@ def test_cached_scores_equal_uncached_ones(tiny_config, tmp_path):
         for model in ("base", "candidate"):
             assert cached[name][model].metrics() == plain[name][model].metrics()
             assert cached[name][model].samples == plain[name][model].samples
+
+
+def test_the_candidate_is_scored_as_the_merged_model_export_serves(tiny_config, tmp_path):
+    from tasks.chat import generate_answers
+    from tasks.models import load_causal_lm, load_tokenizer
+    from tasks.train import merged_with
+
+    cfg, adapter = _adapter(tiny_config, tmp_path)
+    rows = _rows(6, "eval")
+    scored = evaluate_models(cfg.base_model, {"candidate": adapter}, {"current": rows}, cfg.eval)
+    served = merged_with(load_causal_lm(cfg.base_model), adapter).eval()
+    answers = generate_answers(served, load_tokenizer(cfg.base_model), rows, cfg.eval)
+    assert [s["answer"] for s in scored["current"]["candidate"].samples] == answers
+    base = [s["answer"] for s in scored["current"]["base"].samples]
+    assert base != answers  # the adapter is in what was scored
