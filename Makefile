@@ -35,9 +35,13 @@ browser:
 	       || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; }; } \
 	  || echo "chromium not installed: the browser tests will be skipped (apt-get install chromium)"
 
+# Two pytest-xdist workers: much of the suite waits on servers, workers and subprocesses, so two
+# share the 2 cores of CI's machine (TEST_WORKERS=0 runs it in one process). A module's tests stay
+# in one worker (tests/conftest.py), the heavy modules first, in collection order.
+TEST_WORKERS ?= 2
 test: setup browser  ## the whole suite, as CI runs it
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # On a CUDA machine: the one-shot GPU check (bench/gpu_check.py), at most 8 minutes, results
 # under $$OUT (default ./gpu-check-out). PY=python3 runs it with an interpreter that already has

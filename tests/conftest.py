@@ -52,13 +52,17 @@ def prefect_harness():
         yield
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need a CUDA device: skipped elsewhere (make gpu-check runs them)."""
+    """Groups for pytest-xdist's loadgroup (`make test`): a module's tests run in one worker, so
+    its module and session fixtures start their servers once; every test on the deployed
+    `stack` shares one worker too, since the stack is built once per worker. And `gpu` tests
+    need a CUDA device: skipped elsewhere (make gpu-check runs them)."""
     import torch
 
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs it)")
     for item in items:
-        if item.get_closest_marker("gpu") is not None:
+        group = "stack" if "stack" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(skip)

@@ -84,7 +84,7 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         env = servers.quiet_env(
             PREFECT_API_URL=prefect_url,
             MLFLOW_TRACKING_URI=mlflow_url,
-            FRESHTUNE_LOCK_URL="redis://127.0.0.1:6379/0",
+            FRESHTUNE_LOCK_URL=servers.redis_url(),
             PREFECT_HOME=str(root / "client"),
         )
         stack = Stack(prefect_url, mlflow_url, env, overrides, cfg, root)

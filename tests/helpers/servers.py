@@ -89,6 +89,13 @@ def stop(proc: subprocess.Popen, grace: float = 15) -> None:
         proc.wait()
 
 
+def redis_url() -> str:
+    """The machine's Redis, one database per pytest-xdist worker (`make test` runs two): tests
+    running side by side never see each other's claims."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw-1")
+    return f"redis://127.0.0.1:6379/{int(worker.removeprefix('gw')) + 1}"
+
+
 def quiet_env(**extra: str) -> dict[str, str]:
     env = {
         **os.environ,
@@ -141,7 +148,8 @@ def mlflow_server(
     `admin` as its admin user when given); yields its URL."""
     port = port or free_port(host)
     root.mkdir(parents=True, exist_ok=True)
-    env = quiet_env()
+    # As docker/compose.yaml runs it: without the job runner's 7 polling huey processes.
+    env = quiet_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     auth_args = []
     if admin is not None:
         ini = root / "basic_auth.ini"

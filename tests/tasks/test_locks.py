@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from tasks.locks import claim
+from tests.helpers import servers
 
 
 def _hold_and_report(cfg, key, ready, release, result):
@@ -19,7 +20,7 @@ def _hold_and_report(cfg, key, ready, release, result):
 
 @pytest.mark.parametrize("backend", ["file", "redis"])
 def test_a_second_process_sees_the_claim_and_who_holds_it(tiny_config, backend):
-    overrides = ["deploy.lock_url=redis://127.0.0.1:6379/0"] if backend == "redis" else []
+    overrides = [f"deploy.lock_url={servers.redis_url()}"] if backend == "redis" else []
     cfg = tiny_config(*overrides)
     key = f"drop-{uuid.uuid4().hex[:8]}"
     holder, ready, release, result = _holder(cfg, key)
@@ -48,9 +49,9 @@ def test_a_dead_holder_frees_the_file_claim(tiny_config):
 def test_a_redis_claim_is_a_lease_renewed_while_held_and_lost_when_the_holder_dies(tiny_config):
     import redis
 
-    cfg = tiny_config("deploy.lock_url=redis://127.0.0.1:6379/0", "deploy.lock_ttl_s=3")
+    cfg = tiny_config(f"deploy.lock_url={servers.redis_url()}", "deploy.lock_ttl_s=3")
     key = f"drop-{uuid.uuid4().hex[:8]}"
-    conn = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    conn = redis.Redis.from_url(servers.redis_url())
     holder, ready, _release, result = _holder(cfg, key)
     assert ready.wait(30) and result.get(timeout=5) is None
     time.sleep(7)  # more than two leases: only renewal keeps the claim

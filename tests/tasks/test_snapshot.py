@@ -7,6 +7,7 @@ import pytest
 
 from tasks.curate import curate
 from tasks.snapshot import commit_snapshot, list_snapshots
+from tests.helpers import servers
 from tests.helpers.rows import chat_row
 
 
@@ -14,7 +15,7 @@ from tests.helpers.rows import chat_row
 def test_drops_committed_at_once_get_distinct_sequence_numbers(tiny_config, backend):
     import uuid
 
-    overrides = ["deploy.lock_url=redis://127.0.0.1:6379/0"] if backend == "redis" else []
+    overrides = [f"deploy.lock_url={servers.redis_url()}"] if backend == "redis" else []
     cfg = tiny_config(*overrides, f"tracking.experiment=seq-{uuid.uuid4().hex[:6]}")
     start = threading.Barrier(4)
     committed, errors = [], []
