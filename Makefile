@@ -37,11 +37,11 @@ browser:
 
 # Two pytest-xdist workers: much of the suite waits on servers, workers and subprocesses, so two
 # share the 2 cores of CI's machine (TEST_WORKERS=0 runs it in one process). A module's tests stay
-# in one worker (tests/conftest.py), the heavy modules first, in collection order.
+# in one worker (tests/helpers/xdist.py), handed out in collection order: the long ones first.
 TEST_WORKERS ?= 2
 test: setup browser  ## the whole suite, as CI runs it
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder
 
 # On a CUDA machine: the one-shot GPU check (bench/gpu_check.py), at most 8 minutes, results
 # under $$OUT (default ./gpu-check-out). PY=python3 runs it with an interpreter that already has

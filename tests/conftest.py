@@ -11,6 +11,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,17 +53,28 @@ def prefect_harness():
         yield
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test`'s workers take whole modules (tests/helpers/xdist.py)."""
+    from tests.helpers import xdist
+
+    return xdist.scheduler(config, log)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A test on the deployed stack must be in a module that shares the stack's worker."""
+    from tests.helpers.xdist import STACK_MODULES, module_of
+
+    if "stack" in item.fixturenames and module_of(item.nodeid) not in STACK_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} uses `stack`: add its module to STACK_MODULES")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's loadgroup (`make test`): a module's tests run in one worker, so
-    its module and session fixtures start their servers once; every test on the deployed
-    `stack` shares one worker too, since the stack is built once per worker. And `gpu` tests
-    need a CUDA device: skipped elsewhere (make gpu-check runs them)."""
+    """`gpu` tests need a CUDA device: skipped elsewhere (make gpu-check runs them)."""
     import torch
 
+    if torch.cuda.is_available():
+        return
     skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs it)")
     for item in items:
-        group = "stack" if "stack" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
