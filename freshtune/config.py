@@ -272,7 +272,9 @@ class DataSettings(_Strict):
 
 class EvalSettings(_Strict):
     max_new_tokens: int = Field(32, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(
+        64, ge=1, description="questions generated at once (bench/eval_speed.py: 64 vs 16)"
+    )
     max_questions: int | None = Field(None, ge=1, description="cap per slice; None scores all")
     general_file: Path | None = Field(
         None, description="general questions the base answers right; None: the shipped set"
