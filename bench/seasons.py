@@ -854,6 +854,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.render:  # the report and plots again from a saved run (no training)
         result = json.loads(args.render.read_text())
+        if any("outcomes" not in m for m in result["months"]):
+            sys.exit(f"{args.render}: written before per-question outcomes were kept; rerun")
         result["claims"] = claims(result["months"], result["config"]["relevance"])
         write(result)
         return result
