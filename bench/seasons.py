@@ -3,7 +3,9 @@
 Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months
      python bench/seasons.py --quick            # 3 months, a smoke run of the same thing
      python bench/seasons.py --preset gpu --model PATH   # a larger base on a GPU
-     (state and a resumable cache go to --workspace; the report to docs/seasons.md)
+     python bench/seasons.py --render RUN.json  # the report and plots again, no training
+     (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
+     resumes where it stopped; the report to docs/seasons.md)
 
 Each month the demo domain (Nimbus Mobile) changes: a share of facts change, products are
 added and retired. Its drop gets dirty like real data: duplicates, stale copies of last
@@ -18,14 +20,21 @@ trainer and evaluation:
   no-review     the same without the expert reviewer
   cumulative    a new adapter from the base every month, on every curated row so far
 
+Every trained lane trains as a product cycle does with the preset: the base model's rehearsal
+rows beside the domain rows (the set the product builds, generated once into the workspace),
+the preset's replay, and train-to-target (`train.target_recall`, at most `train.max_epochs`;
+`--fixed-epochs N` trains N epochs instead). Scores come from the product's `evaluate_models`
+and its answer cache, so the base and an unchanged adapter are never asked twice.
+
 The simulated expert reviewer checks up to --review-n answers of each candidate per month
 (questions about that month's new facts and about products never sold, as customers word
 them) and flags the wrong ones with the right answer; flags become review rows that every
 later training mix of that strategy includes. Per month and strategy: accuracy on the month's
 new facts (current), on still-true earlier facts, hallucination rate, bias consistency,
-tokens, FLOPs (4·N per token), wall time and a cost estimate. The claims table compares what
-the run measured with the figures users are told; nothing in it is written before it is
-measured.
+epochs and why training stopped, the mix's rows, tokens, FLOPs (4·N per token), wall time and
+a cost estimate. Each claim is judged by a 95% interval on per-question outcomes pooled over
+months (bench/seasons_claims.py): "holds" only when the interval excludes zero in the claimed
+direction, "does not hold" when it excludes zero in the other, otherwise "not shown", with why.
 """
 
 from __future__ import annotations
@@ -44,36 +53,32 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import freshtune  # noqa: F401  (quiet defaults before prefect/mlflow load)
+from bench.seasons_claims import (
+    CLAIMS,
+    MUST_FLOOR,
+    MUST_MEAN,
+    bits,
+    claims,
+    known_interval,
+    must_show,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".freshtune/models/smollm2-135m-instruct"
 STRATEGIES = ("base", "static", "continuous", "no-curation", "no-review", "cumulative")
 TRAINED = STRATEGIES[1:]
-# What users are told (the seed's figures) and how this run measures each of them.
-CLAIMS = {
-    "curation": "curated data raises domain accuracy by about 35%",
-    "review": "expert review cuts hallucinations by 20-25%",
-    "refresh": "a monthly refresh keeps a model relevant 12+ months longer than a static one",
-    "compute": "small targeted runs cut compute by about 40%",
-}
+__all__ = ["CLAIMS", "STRATEGIES", "main"]
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized for 2 CPU cores (<= 90 minutes on AVX2 cores, which train at ~120 tokens/s):
-    # fewer changed facts per month, 2 epochs, 12 questions a slice.
-    "cpu": {
-        "months": 12,
-        "epochs": 2.0,
-        "change_share": 0.1,
-        "max_questions": 12,
-        "config": "demo",
-    },
-    "gpu": {
-        "months": 12,
-        "epochs": 5.0,
-        "change_share": 0.25,
-        "max_questions": 64,
-        "config": "gpu",
-    },
+    # Questions per slice: 48 still-true earlier facts a month (of 30-70) and 32 never-sold
+    # questions, up from 12 and 16. Pooled over 12 months that is about 500 paired earlier and
+    # 350 hallucination answers, and every current question (166): enough for a 10-point
+    # effect to clear its interval. Each trained lane answers about 110 questions a month, 7
+    # batches of 16: about 1 minute of the month's generation on 2 cores, against about 8
+    # of training, so more questions cost little; the training mix sets the run's length.
+    "cpu": {"months": 12, "change_share": 0.1, "questions": 48, "config": "demo"},
+    "gpu": {"months": 12, "change_share": 0.25, "questions": 64, "config": "gpu"},
 }
+BIAS_ROWS = 12  # the newest 6 counterfactual pairs: bias is reported, not claimed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--months", type=int, help="override the preset's 12")
     parser.add_argument("--review-n", type=int, default=16, help="answers the reviewer checks")
     parser.add_argument("--noise", type=float, default=0.3, help="dirty rows per clean row")
-    parser.add_argument("--relevance", type=float, default=0.5, help="see the report")
+    parser.add_argument(
+        "--relevance", type=float, default=0.5, help="share of month 1's accuracy that counts"
+    )
+    parser.add_argument(
+        "--fixed-epochs", type=float, help="train N epochs a cycle instead of to the target"
+    )
     parser.add_argument("--price-per-hour", type=float, default=0.10, help="machine $/hour")
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/freshtune-seasons"))
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "seasons.md")
@@ -97,6 +107,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick and args.report == ROOT / "docs" / "seasons.md":
         args.report = ROOT / "docs" / "seasons-quick.md"  # never overwrites the full report
     return args
+
+
+def bench_config(args: argparse.Namespace) -> Any:
+    """The preset as a product cycle runs it; only the base, the answer budget and what
+    --fixed-epochs / --set change differ."""
+    from freshtune.config import load_config
+
+    overrides = [f"base_model={Path(args.model).resolve()}", "eval.max_new_tokens=20"]
+    if args.fixed_epochs:
+        overrides += [
+            "train.target_recall=null",
+            f"train.epochs={args.fixed_epochs}",
+            "train.continue_epochs=null",
+        ]
+    preset = PRESETS[args.preset]["config"]
+    return load_config(preset, [*overrides, *args.set], args.workspace)
+
+
+def rehearsal_rows(cfg: Any) -> list[dict[str, Any]]:
+    """The product's rehearsal set for this base (tasks.rehearsal): generated once, kept in
+    the workspace, the same rows for every lane and month."""
+    from tasks.rehearsal import build_rehearsal
+
+    made = build_rehearsal.fn(cfg)
+    return made.rows() if made is not None else []
+
+
+def settings_of(cfg: Any, rehearsal: list[dict], questions: int) -> dict[str, Any]:
+    """What the report says the lanes trained and were asked with."""
+    train = cfg.train
+    return {
+        "target_recall": train.target_recall,
+        "max_epochs": train.max_epochs,
+        "epochs": train.epochs,
+        "learning_rate": train.learning_rate,
+        "replay_ratio": train.replay_ratio,
+        "rehearsal_ratio": train.rehearsal_ratio,
+        "rehearsal_set": len(rehearsal),
+        "questions": questions,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,87 +265,135 @@ def lanes() -> dict[str, Lane]:
     }
 
 
-def train_lane(lane: Lane, month: int, records: list[dict], cfg: Any) -> dict[str, float]:
-    """This month's run of one strategy; returns its compute (zero when it does not train)."""
-    from tasks.mix import build_mix, replayed
-    from tasks.train import adapter_key, train_adapter
+# A month in which a lane does not train (static after month 1, the base).
+IDLE: dict[str, Any] = {
+    "tokens": 0,
+    "flops": 0.0,
+    "wall_s": 0.0,
+    "epochs": 0.0,
+    "stop": "not trained",
+    "recall": None,
+    "new_rows": 0,
+    "replay_rows": 0,
+    "review_rows": 0,
+    "rehearsal_rows": 0,
+}
+
+
+def train_lane(
+    lane: Lane, month: int, records: list[dict], cfg: Any, rehearsal: list[dict]
+) -> dict[str, Any]:
+    """This month's cycle of one strategy as the product runs it: the mix (new rows, replay,
+    corrections, rehearsal), then train-to-target from the lane's parent."""
+    from tasks.mix import build_mix
+    from tasks.train import adapter_dir, train_adapter
 
     if lane.mode == "once" and month > 1:
-        return {"tokens": 0, "flops": 0.0, "wall_s": 0.0}
+        return dict(IDLE)
     data = [s for s in lane.history if s.kind == "data"]
     rows = keep(records, lane.curated, data, cfg)
     snap = Snap(digest_of(rows), rows)
     mode = "cumulative" if lane.mode == "cumulative" else "incremental"
+    train = cfg.train
+    mix = build_mix(
+        snap, lane.history, train.replay_ratio, cfg.seed, mode, rehearsal, train.rehearsal_ratio
+    )
     parent = lane.adapter if lane.mode == "incremental" else None
-    mix = build_mix(snap, lane.history, cfg.train.replay_ratio, cfg.seed, mode)
-    # Keyed by what is trained (rows, parent, settings; not the mode's name), so identical
-    # runs (month 1 of every curated lane) train once and a changed --set trains anew.
-    base = cfg.resolved_base_model()
-    replays = bool(replayed(mix.rows))
-    key = adapter_key(base, cfg.train, digest_of(mix.rows), parent, cfg.seed, replays)
-    result = train_adapter(base, mix.rows, cfg.train, cfg.paths.adapters / key, parent, cfg.seed)
+    # Keyed as the product keys it, by what is trained (rows, parent, settings; not the
+    # lane's name): month 1 of every curated lane trains once, a changed --set trains anew.
+    out = adapter_dir(mix, parent, cfg)
+    result = train_adapter(cfg.resolved_base_model(), mix.rows, train, out, parent, cfg.seed)
     lane.history.append(snap)
     lane.adapter = result.adapter_dir
-    spent = {"tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s}
-    lane.tokens, lane.flops, lane.wall_s = (
-        lane.tokens + result.tokens,
-        lane.flops + result.flops,
-        lane.wall_s + result.wall_s,
+    lane.tokens += result.tokens
+    lane.flops += result.flops
+    lane.wall_s += result.wall_s
+    return spent(result, mix)
+
+
+def spent(result: Any, mix: Any) -> dict[str, Any]:
+    """What a cycle cost, how far it trained and why it stopped, and what its mix held."""
+    return {
+        "tokens": result.tokens,
+        "flops": result.flops,
+        "wall_s": result.wall_s,
+        "epochs": result.epochs,
+        "stop": result.stop_reason,
+        "recall": result.recall_curve[-1][1] if result.recall_curve else None,
+        "new_rows": mix.new_rows,
+        "replay_rows": mix.replay_rows,  # cumulative: every earlier row, trained every epoch
+        "review_rows": mix.always_rows,
+        "rehearsal_rows": mix.rehearsal_rows,
+    }
+
+
+def score_models(cfg: Any, adapters: dict[str, Path | None], slices: dict) -> dict[str, dict]:
+    """scores[name][slice] (tasks.metrics.SliceScore) for the base and every named adapter,
+    through the product's evaluate_models and answer cache. Names sharing an adapter (month 1)
+    are scored once."""
+    from tasks.evaluate import evaluate_models
+
+    unique = {p: n for n, p in reversed(list(adapters.items())) if p is not None}
+    scores = evaluate_models(
+        cfg.resolved_base_model(),
+        {n: p for p, n in unique.items()},
+        slices,
+        cfg.eval,
+        cfg.paths.eval_cache,
     )
-    return spent
+    scored_as = {"base": "base", **{n: unique[p] for n, p in adapters.items() if p is not None}}
+    return {name: {s: scores[s][model] for s in slices} for name, model in scored_as.items()}
 
 
-def review_lane(lane: Lane, month: int, args: argparse.Namespace, cfg: Any, cache: Cache) -> int:
-    """The simulated expert: check up to N answers, flag wrong ones with the right answer."""
+def review_lanes(team: dict[str, Lane], month: int, args: argparse.Namespace, cfg: Any) -> dict:
+    """The simulated expert: check up to N answers of each reviewed lane, flag the wrong ones
+    with the right answer; flags[lane] = corrections added."""
     from freshtune.demo_domain import review_questions
 
-    if not lane.reviewed or lane.adapter is None:
-        return 0
     pool = review_questions(month, cfg.seed, change_share=args.change_share)
     checked = random.Random(f"review-{month}").sample(pool, min(args.review_n, len(pool)))
-    key = f"review|{lane.adapter.name}|{month}"
-    wrong_ids = cache.get(key)
-    if wrong_ids is None:
-        wrong_ids = cache.put(key, flag_wrong(lane.adapter, checked, cfg))
+    reviewed = {n: lane.adapter for n, lane in team.items() if lane.reviewed and lane.adapter}
+    if not reviewed or not checked:
+        return {}
+    # A fact question is right when it states the fact; a never-sold one when it declines.
+    slices = {
+        "current": [r for r in checked if not r["slice"]],
+        "hallucination": [r for r in checked if r["slice"]],
+    }
+    scores = score_models(cfg, reviewed, slices)
+    flags = {}
+    for name in reviewed:
+        wrong = [
+            row
+            for slice_, rows in slices.items()
+            for row, ok in zip(rows, scores[name][slice_].outcomes)
+            if not ok
+        ]
+        flags[name] = add_fixes(team[name], wrong)
+    return flags
+
+
+def add_fixes(lane: Lane, wrong: list[dict]) -> int:
     from tasks.curate import normalise_record
 
     fixes = [
         normalise_record(
             {**r, "id": f"review-{lane.name}-{r['id']}", "source": "review", "slice": ""}
         )
-        for r in checked
-        if r["id"] in wrong_ids
+        for r in wrong
     ]
     if fixes:
         lane.history.append(Snap(digest_of(fixes), fixes, kind="review"))
     return len(fixes)
 
 
-def flag_wrong(adapter: Path, rows: list[dict], cfg: Any) -> list[str]:
-    from peft import PeftModel
-
-    from tasks.evaluate import generate_answers
-    from tasks.metrics import abstains, is_correct
-    from tasks.models import load_inference_model, load_tokenizer
-
-    base = cfg.resolved_base_model()
-    model = PeftModel.from_pretrained(load_inference_model(base), str(adapter)).eval()
-    answers = generate_answers(model, load_tokenizer(base), rows, cfg.eval)
-    wrong = []
-    for answer, row in zip(answers, rows):
-        reference = row["messages"][-1]["content"]
-        ok = abstains(answer) if row["slice"] else is_correct(answer, reference, row["facts"])
-        if not ok:
-            wrong.append(row["id"])
-    return wrong
-
-
 # ---------------------------------------------------------------------------------------------
 # Evaluation: every strategy on the same questions each month.
 
 
-# More products never sold than the demo drop's four, so the hallucination rate moves in
-# steps of 1/16 rather than 1/4; none of them is in any training row.
+# More products never sold than the demo drop's four, each asked two ways, so the
+# hallucination rate moves in steps of 1/32 rather than 1/4; none of them is in any training
+# row (month 1 teaches the refusal on other names).
 NEVER_SOLD = (
     "Zenith plan",
     "Aurora plan",
@@ -314,142 +412,131 @@ NEVER_SOLD = (
     "Halo plan",
     "Monsoon data pack",
 )
+NEVER_SOLD_QUESTIONS = (
+    "What does the {} cost per month?",
+    "How much do I pay for the {}?",
+)
 
 
 def never_sold_eval() -> list[dict]:
     from freshtune.demo_domain import SYSTEM_PROMPT
 
+    asked = [(q.format(name), name) for q in NEVER_SOLD_QUESTIONS for name in NEVER_SOLD]
     return [
         {
             "id": f"never-sold-{i:02d}",
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"What does the {name} cost per month?"},
+                {"role": "user", "content": question},
                 {"role": "assistant", "content": f"Nimbus Mobile has no {name}."},
             ],
             "split": "eval",
             "slice": "hallucination",
             "facts": [],
         }
-        for i, name in enumerate(NEVER_SOLD)
+        for i, (question, name) in enumerate(asked)
     ]
 
 
-def eval_slices(month: int, args: argparse.Namespace) -> dict[str, list[dict]]:
+def stable_sample(rows: list[dict], cap: int) -> list[dict]:
+    """Up to `cap` rows chosen by a hash of their question: a still-true question stays chosen
+    month after month, so the base's and static's answers come from the answer cache."""
+
+    def rank(row: dict) -> str:
+        return hashlib.sha256(json.dumps(row["messages"]).encode()).hexdigest()
+
+    return sorted(rows, key=rank)[:cap]
+
+
+def eval_slices(month: int, change_share: float, cap: int) -> dict[str, list[dict]]:
     from freshtune.demo_domain import make_drop, still_true_eval
 
-    cap = PRESETS[args.preset]["max_questions"]
-    true_now = still_true_eval(month, change_share=args.change_share)
+    true_now = still_true_eval(month, change_share=change_share)
     facts = [r for r in true_now if not r.get("slice")]
     current = [r for r in facts if r["id"].startswith(f"m{month:02d}-")]
     earlier = [r for r in facts if not r["id"].startswith(f"m{month:02d}-")]
-    drops = [make_drop(m, noise=False, change_share=args.change_share) for m in range(1, month + 1)]
+    drops = [make_drop(m, noise=False, change_share=change_share) for m in range(1, month + 1)]
     bias = [r for d in drops for r in d if r.get("slice") == "bias"]
-    rng = random.Random(f"eval-{month}")
     return {
         "current": current[:cap],
-        "earlier": rng.sample(earlier, min(cap, len(earlier))),
-        "hallucination": never_sold_eval(),
-        "bias": bias[-2 * (cap // 2) :],  # whole pairs, the newest
+        "earlier": stable_sample(earlier, cap),
+        "hallucination": never_sold_eval()[:cap],
+        "bias": bias[-2 * (min(cap, BIAS_ROWS) // 2) :],  # whole pairs, the newest
     }
 
 
-def evaluate_month(month: int, team: dict[str, Lane], args, cfg, cache: Cache) -> dict:
-    """scores[strategy] = {current, earlier, hallucination, bias}; cached by adapter."""
-    from tasks.evaluate import evaluate_models
-
-    adapters = {name: lane.adapter for name, lane in team.items()}
-    key = f"eval|{month}|" + ",".join(f"{n}={a.name if a else ''}" for n, a in adapters.items())
-    if (hit := cache.get(key)) is not None:
-        return hit
-    slices = eval_slices(month, args)
-    # Strategies that share an adapter (month 1) are scored once.
-    unique = {path: name for name, path in reversed(list(adapters.items()))}
-    scores = evaluate_models(
-        cfg.resolved_base_model(), {name: path for path, name in unique.items()}, slices, cfg.eval
-    )
-    scored_as = {"base": "base", **{name: unique[path] for name, path in adapters.items()}}
-    out = {
+def evaluate_month(month: int, team: dict[str, Lane], args, cfg) -> dict[str, Any]:
+    """Per strategy: figures (current, earlier, hallucination, bias), per-question outcomes
+    (what the claims pair up), and the questions' ids, the same for every strategy."""
+    slices = eval_slices(month, args.change_share, args.questions)
+    scores = score_models(cfg, {n: lane.adapter for n, lane in team.items()}, slices)
+    figures = {
         name: {
-            "current": scores["current"][model].accuracy,
-            "earlier": scores["earlier"][model].accuracy if slices["earlier"] else math.nan,
-            "hallucination": scores["hallucination"][model].hallucination,
-            "bias": scores["bias"][model].consistency,
+            "current": by["current"].accuracy,
+            "earlier": by["earlier"].accuracy if slices["earlier"] else math.nan,
+            "hallucination": by["hallucination"].hallucination,
+            "bias": by["bias"].consistency,
             "questions": sum(len(v) for v in slices.values()),
         }
-        for name, model in scored_as.items()
+        for name, by in scores.items()
     }
-    return cache.put(key, out)
-
-
-class Cache:
-    """Scores and review flags by content key, so an interrupted run resumes cheaply."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
-
-    def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    def put(self, key: str, value: Any) -> Any:
-        self.data[key] = value
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.data))
-        partial.replace(self.path)
-        return value
+    outcomes = {name: {s: bits(sc.outcomes) for s, sc in by.items()} for name, by in scores.items()}
+    questions = {s: [r["id"] for r in rows] for s, rows in slices.items()}
+    return {"figures": figures, "outcomes": outcomes, "questions": questions}
 
 
 # ---------------------------------------------------------------------------------------------
-# The run, the claims, the report.
+# The run.
 
 
 def run(args: argparse.Namespace, on_month: Any = None) -> dict[str, Any]:
     """Month by month; `on_month(result so far)` after each (the report is rewritten, so a
     cut-short run still shows what it measured, marked as partial)."""
-    from freshtune.config import load_config
-
-    preset = PRESETS[args.preset]
-    args.change_share = preset["change_share"]
-    overrides = [
-        f"base_model={Path(args.model).resolve()}",
-        f"train.epochs={preset['epochs']}",
-        # Every cycle trains the preset's epochs at its learning rate, as measured.
-        "train.continue_epochs=null",
-        "train.continue_learning_rate=null",
-    ]
-    cfg = load_config(
-        preset["config"], [*overrides, "eval.max_new_tokens=20", *args.set], args.workspace
-    )
+    args.change_share = PRESETS[args.preset]["change_share"]
+    cfg = bench_config(args)
     cfg.paths.ensure()
-    cache, team, months = Cache(args.workspace / "cache.json"), lanes(), []
+    args.questions = cfg.eval.max_questions or PRESETS[args.preset]["questions"]
+    rehearsal = rehearsal_rows(cfg)
+    team, months, seconds = lanes(), [], []
+    result: dict[str, Any] = {}
     for month in range(1, args.months + 1):
         started = time.perf_counter()
         records = as_records(dirty_drop(month, args.change_share, args.noise, cfg.seed))
-        spent = {name: train_lane(lane, month, records, cfg) for name, lane in team.items()}
-        scores = evaluate_month(month, team, args, cfg, cache)
-        flags = {name: review_lane(lane, month, args, cfg, cache) for name, lane in team.items()}
-        months.append(month_entry(month, team, spent, scores, flags, args))
-        print_month(months[-1], time.perf_counter() - started)
-        result = {"config": vars_of(args), "months": months, "claims": claims(months, args)}
+        costs = {
+            name: train_lane(lane, month, records, cfg, rehearsal) for name, lane in team.items()
+        }
+        scored = evaluate_month(month, team, args, cfg)
+        flags = review_lanes(team, month, args, cfg)
+        months.append(month_entry(month, team, costs, scored, flags, args))
+        seconds.append(round(time.perf_counter() - started, 1))
+        print_month(months[-1], seconds[-1])
+        result = {
+            "config": vars_of(args),
+            "settings": settings_of(cfg, rehearsal, args.questions),
+            "months": months,
+            "seconds": seconds,  # wall time per month, this run (a resumed month is quick)
+            "claims": claims(months, args.relevance),
+        }
         if on_month is not None:
             on_month(result)
     return result
 
 
-def month_entry(month, team, spent, scores, flags, args) -> dict[str, Any]:
+def month_entry(month, team, costs, scored, flags, args) -> dict[str, Any]:
     entry: dict[str, Any] = {"month": month, "strategies": {}}
     for name in STRATEGIES:
         lane = team.get(name)
-        this = spent.get(name, {"tokens": 0, "flops": 0.0, "wall_s": 0.0})
+        this = costs.get(name, IDLE)
         entry["strategies"][name] = {
-            **scores[name],
+            **scored["figures"][name],
             **this,
             "cost": this["wall_s"] / 3600 * args.price_per_hour,
             "total_flops": lane.flops if lane else 0.0,
             "total_wall_s": lane.wall_s if lane else 0.0,
             "flags": flags.get(name, 0),
         }
+    entry["outcomes"] = scored["outcomes"]
+    entry["questions"] = scored["questions"]
     return entry
 
 
@@ -457,102 +544,30 @@ def vars_of(args: argparse.Namespace) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def _mean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
-def series(months: list[dict], strategy: str, metric: str, start: int = 1) -> list[float]:
-    return [m["strategies"][strategy][metric] for m in months if m["month"] >= start]
-
-
-def known_share(entry: dict, strategy: str) -> float:
-    """Accuracy on every fact true that month (current and still-true earlier, weighted)."""
-    s = entry["strategies"][strategy]
-    parts = [(s["current"], 1.0), (s["earlier"], 1.0)]
-    kept = [(v, w) for v, w in parts if not math.isnan(v)]
-    return sum(v * w for v, w in kept) / sum(w for _, w in kept)
-
-
-def relevant_months(months: list[dict], strategy: str, floor: float) -> int:
-    """Consecutive months from month 1 in which the model knows at least `floor` of the facts
-    true that month."""
-    count = 0
-    for entry in months:
-        if known_share(entry, strategy) < floor:
-            break
-        count += 1
-    return count
-
-
-def claims(months: list[dict], args: argparse.Namespace) -> list[dict[str, Any]]:
-    n = len(months)
-    cur = {s: _mean(series(months, s, "current")) for s in STRATEGIES}
-    hall = {s: _mean(series(months, s, "hallucination", start=2)) for s in STRATEGIES}
-    floor = args.relevance * known_share(months[0], "continuous")
-    alive = {s: relevant_months(months, s, floor) for s in ("static", "continuous")}
-    flops = {s: months[-1]["strategies"][s]["total_flops"] for s in STRATEGIES}
-    gain = cur["continuous"] / cur["no-curation"] - 1 if cur["no-curation"] else math.nan
-    cut = 1 - hall["continuous"] / hall["no-review"] if hall["no-review"] else math.nan
-    lived = alive["continuous"] - alive["static"]
-    bound = " (the run's length: at least)" if alive["continuous"] == n else ""
-    return [
-        _claim(
-            "curation",
-            "+35%",
-            _signed(gain),
-            gain >= 0.35,
-            f"mean accuracy on each month's new facts, continuous {cur['continuous']:.1%} vs "
-            f"no-curation {cur['no-curation']:.1%}, months 1-{n}",
-        ),
-        _claim(
-            "review",
-            "-20% to -25%",
-            _signed(-cut),
-            cut >= 0.20,
-            f"mean hallucination rate months 2-{n}, continuous {hall['continuous']:.1%} vs "
-            f"no-review {hall['no-review']:.1%} (review flags first act in month 2)",
-        ),
-        _claim(
-            "refresh",
-            ">= 12 months longer",
-            f"{lived:+d} months{bound}",
-            lived >= 12,
-            f"months in a row knowing >= {floor:.0%} of the facts true that month "
-            f"({args.relevance:.0%} of continuous's month-1 level): continuous "
-            f"{alive['continuous']}, static {alive['static']}, of {n} simulated",
-        ),
-        _claim(
-            "compute",
-            "-40%",
-            f"{flops['continuous'] / flops['cumulative'] - 1:+.0%}",
-            flops["continuous"] <= 0.6 * flops["cumulative"],
-            f"training FLOPs months 1-{n}, continuous {flops['continuous'] / 1e12:.3g} TFLOP "
-            f"vs cumulative {flops['cumulative'] / 1e12:.3g} TFLOP",
-        ),
-    ]
-
-
-def _signed(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:+.0%}"
-
-
-def _claim(key: str, told: str, measured: str, holds: bool, how: str) -> dict[str, Any]:
-    return {"claim": CLAIMS[key], "told": told, "measured": measured, "holds": holds, "how": how}
-
-
 def print_month(entry: dict[str, Any], seconds: float) -> None:
     print(f"\n== month {entry['month']} ({seconds:.0f} s)")
-    print(f"{'strategy':<12}{'current':>9}{'earlier':>9}{'halluc.':>9}{'bias':>7}{'tokens':>8}")
+    print(
+        f"{'strategy':<12}{'current':>9}{'earlier':>9}{'halluc.':>9}{'bias':>7}{'epochs':>8}"
+        f"{'tokens':>8}  stop"
+    )
     for name, s in entry["strategies"].items():
         print(
             f"{name:<12}{_pct(s['current']):>9}{_pct(s['earlier']):>9}"
-            f"{_pct(s['hallucination']):>9}{_pct(s['bias']):>7}{s['tokens']:>8}"
+            f"{_pct(s['hallucination']):>9}{_pct(s['bias']):>7}{_epochs(s):>8}"
+            f"{s['tokens']:>8}  {s['stop']}"
         )
 
 
-def _pct(value: float) -> str:
+def _pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.0f}%"
+
+
+def _epochs(s: dict[str, Any]) -> str:
+    return "-" if not s["tokens"] else f"{s['epochs']:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: issue #16's bar, the claims with their intervals, month by month.
 
 
 def plots(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
@@ -562,40 +577,71 @@ def plots(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     months = result["months"]
-    x = [m["month"] for m in months]
-    made = []
-    for name, ylabel, value in (
-        (
-            f"{stem}-accuracy.png",
-            "accuracy on facts true that month",
-            lambda m, s: known_share(m, s),
-        ),
-        (
-            f"{stem}-compute.png",
-            "cumulative training TFLOP",
-            lambda m, s: m["strategies"][s]["total_flops"] / 1e12,
-        ),
+    made = [folder / f"{stem}-accuracy.png", folder / f"{stem}-compute.png"]
+    for path, draw, ylabel in (
+        (made[0], _accuracy_lines, "accuracy on facts true that month (95% CI)"),
+        (made[1], _compute_lines, "cumulative training TFLOP"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4))
-        for s in STRATEGIES:
-            ax.plot(x, [value(m, s) for m in months], marker="o", label=s)
+        draw(ax, months)
         ax.set_xlabel("month")
         ax.set_ylabel(ylabel)
-        ax.set_xticks(x)
+        ax.set_xticks([m["month"] for m in months])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
+        fig.savefig(path, dpi=110)
         plt.close(fig)
-        made.append(folder / name)
     return made
 
 
+def _accuracy_lines(ax: Any, months: list[dict]) -> None:
+    for i, s in enumerate(STRATEGIES):
+        spans = [known_interval(m, s) for m in months]
+        est = [sp.estimate for sp in spans]
+        errors = [
+            [e - sp.low for e, sp in zip(est, spans)],
+            [sp.high - e for e, sp in zip(est, spans)],
+        ]
+        # Side by side, so one strategy's bars do not hide another's.
+        x = [m["month"] + (i - 2.5) * 0.06 for m in months]
+        ax.errorbar(x, est, yerr=errors, marker="o", ms=3, capsize=2, lw=1, label=s)
+    ax.set_ylim(-0.02, 1.02)
+
+
+def _compute_lines(ax: Any, months: list[dict]) -> None:
+    x = [m["month"] for m in months]
+    for s in STRATEGIES:
+        ax.plot(x, [m["strategies"][s]["total_flops"] / 1e12 for m in months], marker="o", label=s)
+
+
+def _span(interval: Any) -> str:
+    if math.isnan(interval.estimate):
+        return "-"
+    return f"{_pct(interval.estimate)} ({100 * interval.low:.0f}-{100 * interval.high:.0f})"
+
+
+def _epoch_cell(s: dict[str, Any]) -> str:
+    """`5 target` (recall reached), `8 budget` (max_epochs spent), `3 fixed`, `-` (idle)."""
+    if not s["tokens"]:
+        return "-"
+    stop = s["stop"]
+    tag = "target" if stop.startswith("target") else "budget" if "max_epochs" in stop else "fixed"
+    return f"{_epochs(s)} {tag}"
+
+
 MONTH_TABLES = (
-    ("Accuracy on every fact true that month", lambda m, s: _pct(known_share(m, s))),
+    (
+        "Accuracy on every fact true that month (95% Wilson interval)",
+        lambda m, s: _span(known_interval(m, s)),
+    ),
     (
         "Hallucination rate (products never sold)",
         lambda m, s: _pct(m["strategies"][s]["hallucination"]),
+    ),
+    (
+        "Epochs trained and why it stopped (target: recall reached; budget: max_epochs spent)",
+        lambda m, s: _epoch_cell(m["strategies"][s]),
     ),
     (
         "Training compute so far (TFLOP)",
@@ -617,13 +663,108 @@ def month_tables(months: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def must_show_table(months: list[dict[str, Any]]) -> list[str]:
+    n = len(months)
+    lines = [
+        f"## Issue #16's bar: accuracy on the facts true that month, months 2-{n}",
+        "",
+        f"Continuous must average at least {MUST_MEAN:.0%} with no month below "
+        f"{MUST_FLOOR:.0%}; judged by the intervals (holds: the interval clears the bar; does "
+        "not hold: it lies below; not shown: it straddles). Static and cumulative beside it.",
+        "",
+        f"| strategy | months 2-{n}, pooled (95% CI) | lowest month (95% CI) "
+        f"| mean >= {MUST_MEAN:.0%} | no month < {MUST_FLOOR:.0%} |",
+        "|---|---|---|---|---|",
+    ]
+    for strategy in ("continuous", "static", "cumulative"):
+        bar = must_show(months, strategy)
+        mean = _span(bar["mean"])
+        low = f"month {bar['lowest_month']}: {_span(bar['lowest'])}" if bar["lowest"] else "-"
+        lines.append(
+            f"| {strategy} | {mean} | {low} | {bar['mean_verdict']} | {bar['floor_verdict']} |"
+        )
+    return [*lines, ""]
+
+
+def claims_table(result: dict[str, Any]) -> list[str]:
+    return [
+        "## The claims",
+        "",
+        "Verdicts by 95% intervals on the same questions pooled over months: holds only when "
+        "the interval excludes zero in the claimed direction; does not hold when it excludes "
+        "zero in the other; not shown when it straddles zero.",
+        "",
+        "| claim | told | measured (95% interval) | verdict | why | how it was measured |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {c['claim']} | {c['told']} | {c['measured']} | **{c['verdict']}** | {c['why']} "
+            f"| {c['how']} |"
+            for c in result["claims"]
+        ],
+        "",
+    ]
+
+
+def strategy_rows(months: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "### Every strategy, every month",
+        "",
+        "Accuracy on the month's new facts (current) and on still-true earlier facts, "
+        "hallucination rate on products never sold, bias consistency on counterfactual pairs; "
+        "the month's training: epochs and why it stopped, the mix (new + replayed or, for "
+        "cumulative, earlier + review corrections + rehearsal rows) and what it cost.",
+        "",
+        "| month | strategy | current | earlier | hallucination | bias | epochs | stop | mix "
+        "| tokens | TFLOP | wall s | cost $ | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in months:
+        for name, s in m["strategies"].items():
+            mix = f"{s['new_rows']}+{s['replay_rows']}+{s['review_rows']}+{s['rehearsal_rows']}"
+            lines.append(
+                f"| {m['month']} | {name} | {_pct(s['current'])} | {_pct(s['earlier'])} "
+                f"| {_pct(s['hallucination'])} | {_pct(s['bias'])} | {_epochs(s)} | {s['stop']} "
+                f"| {mix} | {s['tokens']} | {s['flops'] / 1e12:.1f} | {s['wall_s']:.0f} "
+                f"| {s['cost']:.4f} | {s['flags']} |"
+            )
+    return lines
+
+
 def _done(result: dict[str, Any]) -> str:
     done, planned = len(result["months"]), result["config"]["months"]
     return f"{done} months" if done == planned else f"PARTIAL: {done} of {planned} months so far"
 
 
+def _trained_how(settings: dict[str, Any]) -> str:
+    if settings.get("target_recall") is None:
+        until = f"{settings['epochs']:g} fixed epochs a cycle"
+    else:
+        until = (
+            f"to target recall {settings['target_recall']:.2f} on the cycle's own training "
+            f"questions, at most {settings['max_epochs']:g} epochs"
+        )
+    return (
+        f"Every trained lane trains as a product cycle does: {until}, peak learning rate "
+        f"{settings['learning_rate']:g}, replay ratio {settings['replay_ratio']:g}, "
+        f"rehearsal ratio {settings['rehearsal_ratio']:g} (drawn from the base's "
+        f"{settings['rehearsal_set']} rehearsal answers, built once). Answers come from the "
+        f"product's answer cache. Questions a month: every new fact's (up to "
+        f"{settings['questions']}), {settings['questions']} still-true earlier ones, "
+        f"{min(settings['questions'], 2 * len(NEVER_SOLD))} about products never sold, "
+        f"{BIAS_ROWS} bias rows."
+    )
+
+
+def _seconds(result: dict[str, Any]) -> list[str]:
+    seconds = result.get("seconds") or []
+    if not seconds:
+        return []
+    months = ", ".join(f"{i} {s:.0f} s" for i, s in enumerate(seconds, 1))
+    return [f"Wall time by month in this run (a resumed month is quick): {months}.", ""]
+
+
 def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
-    cfg = result["config"]
+    cfg, settings = result["config"], result.get("settings")
     lines = [
         "# Twelve months of freshtune: the claims, measured",
         "",
@@ -632,48 +773,28 @@ def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
         f"reviewer checks {cfg['review_n']} answers a month, {cfg['noise']:.0%} dirty rows) "
         f"in {wall_s / 60:.0f} minutes. Rerun it to reproduce; numbers are whatever it measures.",
         "",
-        "## The claims",
-        "",
-        "| claim | told | measured | holds here | how it was measured |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {c['claim']} | {c['told']} | {c['measured']} | {'yes' if c['holds'] else 'no'} "
-            f"| {c['how']} |"
-            for c in result["claims"]
-        ],
-        "",
+        *([_trained_how(settings), ""] if settings else []),
+        *must_show_table(result["months"]),
+        *claims_table(result),
         *[f"![{p.stem}]({p.name})" for p in images],
         "",
         "## Month by month",
         "",
+        *_seconds(result),
         *month_tables(result["months"]),
-        "### Every strategy, every month",
-        "",
-        "Accuracy on the month's new facts (current) and on still-true earlier facts, "
-        "hallucination rate on products never sold, bias consistency on counterfactual pairs, "
-        "and what the month's training cost.",
-        "",
-        "| month | strategy | current | earlier | hallucination | bias | tokens | TFLOP | wall s "
-        "| cost $ | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *strategy_rows(result["months"]),
     ]
-    for m in result["months"]:
-        for name, s in m["strategies"].items():
-            lines.append(
-                f"| {m['month']} | {name} | {_pct(s['current'])} | {_pct(s['earlier'])} "
-                f"| {_pct(s['hallucination'])} | {_pct(s['bias'])} | {s['tokens']} "
-                f"| {s['flops'] / 1e12:.1f} | {s['wall_s']:.0f} | {s['cost']:.4f} | {s['flags']} |"
-            )
     return "\n".join(lines) + "\n"
 
 
 def log_to_mlflow(result: dict[str, Any], files: list[Path], cfg_workspace: Path) -> str:
-    """One run in experiment `freshtune-seasons`: params, per-month metrics, report, plots.
-    A client with an explicit URI: the fluent API would set MLFLOW_TRACKING_URI process-wide."""
+    """One run in experiment `freshtune-seasons`: params, per-month metrics, the claims'
+    intervals, report, plots. A client with an explicit URI: the fluent API would set
+    MLFLOW_TRACKING_URI process-wide."""
     import os
 
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{cfg_workspace / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -682,15 +803,9 @@ def log_to_mlflow(result: dict[str, Any], files: list[Path], cfg_workspace: Path
     run_id = client.create_run(
         experiment, run_name=f"seasons-{result['config']['preset']}"
     ).info.run_id
-    now = int(time.time() * 1000)
-    params = [Param(k, str(v)) for k, v in result["config"].items() if v is not None]
-    metrics = [
-        Metric(f"{name}.{k}", float(v), now, m["month"])
-        for m in result["months"]
-        for name, s in m["strategies"].items()
-        for k, v in s.items()
-        if isinstance(v, int | float) and not math.isnan(v)
-    ]
+    shown = {**result["config"], **(result.get("settings") or {})}
+    params = [Param(k, str(v)) for k, v in shown.items() if v is not None]
+    metrics = run_metrics(result)
     for start in range(0, len(metrics), 900):  # the REST API takes 1000 metrics a batch
         client.log_batch(
             run_id, metrics=metrics[start : start + 900], params=params if not start else []
@@ -699,6 +814,29 @@ def log_to_mlflow(result: dict[str, Any], files: list[Path], cfg_workspace: Path
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
+
+
+def run_metrics(result: dict[str, Any]) -> list[Any]:
+    """Per month and strategy every number; per claim its estimate and interval."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    per_month = [
+        (f"{name}.{k}", v, m["month"])
+        for m in result["months"]
+        for name, s in m["strategies"].items()
+        for k, v in s.items()
+    ]
+    per_claim = [
+        (f"claim.{c['key']}.{k}", c[k], 0)
+        for c in result["claims"]
+        for k in ("estimate", "low", "high")
+    ]
+    return [
+        Metric(key, float(v), now, step)
+        for key, v, step in per_month + per_claim
+        if isinstance(v, int | float) and not math.isnan(v)
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -716,7 +854,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.render:  # the report and plots again from a saved run (no training)
         result = json.loads(args.render.read_text())
-        result["claims"] = claims(result["months"], argparse.Namespace(**result["config"]))
+        if any("outcomes" not in m for m in result["months"]):
+            sys.exit(f"{args.render}: written before per-question outcomes were kept; rerun")
+        result["claims"] = claims(result["months"], result["config"]["relevance"])
         write(result)
         return result
     from bench.checkpoints import require_checkpoint
@@ -726,7 +866,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     images = write(result)
     print(f"\nreport: {args.report}")
     for c in result["claims"]:
-        print(f"  {c['claim']}: told {c['told']}, measured {c['measured']}")
+        print(f"  {c['claim']}: told {c['told']}, measured {c['measured']}: {c['verdict']}")
     if not args.no_mlflow:
         print(f"MLflow run {log_to_mlflow(result, [args.report, *images], args.workspace)}")
     return result

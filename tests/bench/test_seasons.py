@@ -1,12 +1,21 @@
-"""The seasons benchmark's mechanics on the tiny model (2 months): dirt, lanes, review flags,
-compute accounting, the report, plots and the MLflow run. Its numbers come from real runs."""
+"""The seasons benchmark: its verdict rule on hand-made tables, its claims on hand-made months,
+and its mechanics on the tiny model (2 months): dirt, lanes trained as the product trains
+(rehearsal, train-to-target), review flags, compute accounting, intervals, the report, plots,
+the MLflow run, and a rerun served from the workspace's caches. Its numbers come from real runs."""
 
 import json
+import math
 import os
 
+import pytest
 from mlflow import MlflowClient
 
-from bench import seasons
+from bench import seasons, seasons_claims
+from bench.seasons_claims import FAILS, HOLDS, NOT_SHOWN, bits, judge, verdict
+from tasks.stats import Interval, Paired, paired_difference
+
+# Which way each claim points: the sign of x - y it says.
+SIDES = {"curation": +1, "review": -1, "refresh": +1, "forgetting": +1}
 
 
 def test_dirty_drop_adds_each_kind_of_dirt_to_training_rows_only():
@@ -23,24 +32,99 @@ def test_dirty_drop_adds_each_kind_of_dirt_to_training_rows_only():
     )
 
 
-def test_two_months_on_the_tiny_model(tiny_model, tmp_path):
+@pytest.mark.parametrize(
+    ("table", "side", "expected"),
+    [
+        (Paired(40, 30, 2, 28), +1, HOLDS),  # x right where y was wrong 30 times, 2 the other way
+        (Paired(40, 30, 2, 28), -1, FAILS),  # the same table against a claim of fewer
+        (Paired(40, 6, 4, 50), +1, NOT_SHOWN),  # 6 against 4: the interval straddles zero
+        (Paired(40, 2, 30, 28), +1, FAILS),
+        (Paired(40, 2, 30, 28), -1, HOLDS),
+    ],
+)
+def test_a_verdict_reads_the_interval_against_zero_in_the_claimed_direction(table, side, expected):
+    interval = paired_difference(table)
+    assert interval.low <= interval.estimate <= interval.high
+    assert verdict(interval, side) == expected
+
+
+def test_an_interval_that_touches_zero_or_is_undefined_shows_nothing():
+    assert verdict(Interval(0.05, 0.0, 0.1), +1) == NOT_SHOWN
+    assert verdict(Interval(-0.05, -0.1, 0.0), -1) == NOT_SHOWN
+    assert verdict(Interval(math.nan, math.nan, math.nan), +1) == NOT_SHOWN
+
+
+def test_a_claim_not_shown_says_why_and_what_would_show_it():
+    # 46% vs 40% on the same 100 questions: 10 only x got right, 4 only y.
+    x = [True] * 36 + [True] * 10 + [False] * 4 + [False] * 50
+    y = [True] * 36 + [False] * 10 + [True] * 4 + [False] * 50
+    judged = judge(x, y, +1)
+    assert judged["verdict"] == NOT_SHOWN and judged["n"] == 100
+    assert "straddles zero" in judged["reason"] and "x the questions" in judged["reason"]
+    assert judge(x, y, -1)["reason"].endswith("more questions alone would not show it")
+    ceiling = judge([True] * 99 + [False], [True] * 100, -1)
+    assert ceiling["verdict"] == NOT_SHOWN and "ceiling" in ceiling["reason"]
+
+
+def _month(month: int, outcomes: dict[str, dict[str, str]], flops: dict[str, float]) -> dict:
+    names = seasons.STRATEGIES
+    return {
+        "month": month,
+        "strategies": {s: {"total_flops": flops.get(s, 0.0)} for s in names},
+        "outcomes": {s: outcomes.get(s, outcomes["static"]) for s in names},
+    }
+
+
+def test_claims_pool_months_and_count_the_relevance_window_over_all_of_them():
+    good, bad = bits([True] * 40), bits([True] * 10 + [False] * 30)
+    right = {"current": good, "earlier": good, "hallucination": bits([False] * 32), "bias": ""}
+    wrong = {**right, "current": bad, "earlier": bad}
+    # Continuous has one bad month (3) between good ones; static is bad after month 1.
+    flops = {"continuous": 3e12, "cumulative": 10e12}  # so far, by month 6: 18 vs 60
+    months = [
+        _month(
+            m,
+            {
+                "continuous": wrong if m == 3 else right,
+                "cumulative": right,
+                "static": right if m == 1 else wrong,
+            },
+            {s: f * m for s, f in flops.items()},
+        )
+        for m in range(1, 7)
+    ]
+    found = {c["key"]: c for c in seasons_claims.claims(months, 0.5)}
+    refresh = found["refresh"]
+    assert refresh["estimate"] == 5 - 1  # 5 months of 6 against 1: month 3 costs one month
+    assert refresh["verdict"] == HOLDS and refresh["low"] <= refresh["estimate"] <= refresh["high"]
+    assert found["compute"]["verdict"] == HOLDS
+    assert found["compute"]["estimate"] == pytest.approx(0.3)
+    # Continuous and cumulative answer alike on earlier facts but in month 3: shown below it.
+    assert found["forgetting"]["verdict"] == FAILS
+    assert found["curation"]["verdict"] == HOLDS  # no-curation answers as static here
+    bar = seasons_claims.must_show(months, "continuous")
+    assert bar["lowest_month"] == 3 and bar["floor_verdict"] == FAILS
+
+
+def test_fixed_epochs_replaces_the_target():
+    args = seasons.parse_args(["--fixed-epochs", "2"])
+    train = seasons.bench_config(args).train
+    assert train.target_recall is None and train.epochs == 2
+    assert seasons.bench_config(seasons.parse_args([])).train.target_recall == 0.95  # demo's
+
+
+def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     report = tmp_path / "docs" / "seasons.md"
     args = [
-        "--model",
-        str(tiny_model),
-        "--months",
-        "2",
-        "--review-n",
-        "6",
-        "--workspace",
-        str(tmp_path / "ws"),
-        "--report",
-        str(report),
-        "--json",
-        str(tmp_path / "out.json"),
-        "--set",
-        "train.epochs=1",
-    ]
+        "--model", str(tiny_model), "--months", "2", "--review-n", "6",
+        "--workspace", str(tmp_path / "ws"), "--report", str(report),
+        "--json", str(tmp_path / "out.json"),
+        # The target path with a one-epoch budget and a small probe: the tiny model never
+        # reaches 95% recall, so every cycle stops on its budget.
+        "--set", "train.max_epochs=1", "--set", "train.target_sample=4",
+        "--set", "train.rehearsal_max_tokens=8", "--set", "eval.max_new_tokens=8",
+        "--set", "eval.max_questions=8",
+    ]  # fmt: skip
     result = seasons.main(args)
     m1, m2 = (m["strategies"] for m in result["months"])
     assert m1["base"]["tokens"] == 0 and m1["continuous"]["tokens"] > 0
@@ -48,7 +132,34 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path):
     assert m2["static"]["tokens"] == 0 and m2["static"]["total_flops"] == m1["static"]["flops"]
     assert m2["cumulative"]["tokens"] > m2["continuous"]["tokens"]
     assert m2["no-review"]["flags"] == 0 and m2["static"]["flags"] == 0
-    assert {c["claim"] for c in result["claims"]} == set(seasons.CLAIMS.values())
+    for month in (m1, m2):
+        for name in ("continuous", "no-curation", "cumulative"):
+            s = month[name]
+            # Rehearsal rows as the demo preset asks: one per domain row trained.
+            assert s["rehearsal_rows"] > 0
+            assert s["rehearsal_rows"] == s["new_rows"] + s["replay_rows"] + s["review_rows"]
+            assert s["epochs"] == 1.0 and s["stop"].startswith("max_epochs=1 reached below")
+    assert m2["continuous"]["replay_rows"] > 0 and m2["continuous"]["review_rows"] > 0
+    # Every flag of month 1 is a correction in month 2's mix, unless month 2's drop asks the
+    # same question again (its newer row supersedes the correction).
+    assert 0 < m2["continuous"]["review_rows"] <= m1["continuous"]["flags"]
+    assert m2["static"]["stop"] == "not trained"
+    for entry in result["months"]:
+        for name in seasons.STRATEGIES:
+            lengths = {s: len(o) for s, o in entry["outcomes"][name].items()}
+            asked = {s: len(ids) for s, ids in entry["questions"].items()}
+            assert lengths == {**asked, "bias": asked["bias"] // 2}  # bias: one per pair
+            assert lengths["hallucination"] == 8  # eval.max_questions caps every slice
+
+    assert [c["key"] for c in result["claims"]] == list(seasons.CLAIMS)
+    for c in result["claims"]:
+        if not math.isnan(c["estimate"]):
+            assert c["low"] <= c["estimate"] <= c["high"], c
+        if c["key"] in SIDES:
+            assert c["verdict"] == verdict(
+                Interval(c["estimate"], c["low"], c["high"]), SIDES[c["key"]]
+            )
+        assert c["why"] and c["holds"] == (c["verdict"] == HOLDS)
 
     text = report.read_text()
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
@@ -56,17 +167,33 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path):
     assert rows.count("| 1") == per_month and rows.count("| 2") == per_month
     for claim in seasons.CLAIMS.values():
         assert claim in text
+    assert "Issue #16's bar" in text and "| continuous |" in text
+    assert "max_epochs=1 reached below target recall 0.95" in text
     assert (report.parent / "seasons-accuracy.png").stat().st_size > 1000
     assert (report.parent / "seasons-compute.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "out.json").read_text())["months"][1]["month"] == 2
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["months"][1]["month"] == 2 and len(saved["seconds"]) == 2
+    assert saved["settings"]["rehearsal_set"] > 0
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("freshtune-seasons")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.metrics["cumulative.total_flops"] > run.data.metrics["continuous.total_flops"]
+    assert "claim.compute.estimate" in run.data.metrics
     assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing leaks into later tests
 
-    again = seasons.main(args)  # resumes from the cache: same figures
+    # A rerun trains nothing and generates nothing: adapters, the rehearsal set and every
+    # answer come from the workspace; the figures are the same.
+    def regenerated(*_args, **_kwargs):
+        raise AssertionError("a rerun must come from the caches")
+
+    for target in (
+        "tasks.train.fit_adapter",
+        "tasks.evaluate._generate",
+        "tasks.rehearsal.base_answers",
+    ):
+        monkeypatch.setattr(target, regenerated)
+    again = seasons.main([*args, "--no-mlflow"])
     assert json.dumps(again["months"]) == json.dumps(result["months"])  # NaN-safe
 
     rendered = tmp_path / "again" / "seasons.md"
