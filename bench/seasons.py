@@ -1,7 +1,7 @@
 """Twelve months of a changing domain: do the claims made for fine-tuning hold here?
 
-Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months
-     python bench/seasons.py --quick            # 3 months, a smoke run of the same thing
+Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months (~3 h)
+     python bench/seasons.py --quick            # 3 months, a smoke run of the same (~35 min)
      python bench/seasons.py --preset gpu --model PATH   # a larger base on a GPU
      python bench/seasons.py --render RUN.json  # the report and plots again, no training
      (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
@@ -70,11 +70,15 @@ TRAINED = STRATEGIES[1:]
 __all__ = ["CLAIMS", "STRATEGIES", "main"]
 PRESETS: dict[str, dict[str, Any]] = {
     # Questions per slice: 48 still-true earlier facts a month (of 30-70) and 32 never-sold
-    # questions, up from 12 and 16. Pooled over 12 months that is about 500 paired earlier and
-    # 350 hallucination answers, and every current question (166): enough for a 10-point
-    # effect to clear its interval. Each trained lane answers about 110 questions a month, 7
-    # batches of 16: about 1 minute of the month's generation on 2 cores, against about 8
-    # of training, so more questions cost little; the training mix sets the run's length.
+    # questions, up from 12 and 16; every new fact's two questions (10-16 a month, 34 in
+    # month 1). Pooled over 12 months that is about 500 paired earlier answers, 350
+    # hallucination answers and 166 current ones: a 10-point effect clears its interval when a
+    # fifth of the answers differ. Scoring and review took about 2 minutes a month on 2 cores
+    # (the --quick run of 2026-12-05, month 3) against about 11 of training, so more questions
+    # cost little: the training sets the run's length. That run: --quick about 35 minutes
+    # uncontended; 12 months projected from its epochs (continuing cycles 2-3, cumulative 5,
+    # no-curation its 8-epoch budget) at 230 tokens/s: about 2.1M tokens, 3 hours, half of
+    # them the cumulative baseline.
     "cpu": {"months": 12, "change_share": 0.1, "questions": 48, "config": "demo"},
     "gpu": {"months": 12, "change_share": 0.25, "questions": 64, "config": "gpu"},
 }
