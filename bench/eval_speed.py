@@ -15,13 +15,16 @@ settings and the same adapter:
 
   on-the-fly@16  PeftModel with the adapter active, batches of 16 (freshtune before this bench)
   merged@B       a fresh base with the adapter merged in (merge_and_unload), batches of B
+  merged-bf16@B  the same in bfloat16 (`eval.dtype: bfloat16`) at the largest B: fast on cores
+                 with AMX or AVX512-BF16, its answers are the bf16 model's, not float32's
   base@B         the base alone at the largest B (the floor)
 
 The adapter's B matrices are small random values, so answers stay close to the base's
 (lengths, and so the work, comparable). Rounds are interleaved; the table shows each
 contender's median seconds (loading included), questions per second, the ratio to
-on-the-fly@16, and how many answers equal on-the-fly@16's (merging and batching change float
-rounding, not the model).
+on-the-fly@16, how many answers equal on-the-fly@16's (merging and batching change float
+rounding, not the model), and the seconds of the reference-NLL pass (perplexity) that
+evaluation runs after the answers.
 """
 
 from __future__ import annotations
@@ -86,50 +89,63 @@ def contenders(batch_sizes: list[int]) -> list[tuple[str, str, int]]:
     """(name, how the model is built, batch size)."""
     merged = [(f"merged@{b}", "merged", b) for b in batch_sizes]
     widest = max(batch_sizes)
-    return [(REFERENCE, "on-the-fly", 16), *merged, (f"base@{widest}", "base", widest)]
+    return [
+        (REFERENCE, "on-the-fly", 16),
+        *merged,
+        (f"merged-bf16@{widest}", "merged-bf16", widest),
+        (f"base@{widest}", "base", widest),
+    ]
 
 
 def load(how: str, model_dir: str, adapter: Path) -> Any:
+    """The model a contender generates with: evaluation's own (merged, or the base alone), or
+    the adapter applied on the fly, as evaluation did before."""
     from tasks.evaluate import adapted_model
-    from tasks.models import load_inference_model
 
-    if how == "base":
-        return load_inference_model(model_dir)
-    if how == "merged":
-        return adapted_model(model_dir, adapter)
+    if how != "on-the-fly":
+        dtype = "bfloat16" if how.endswith("-bf16") else "auto"
+        return adapted_model(model_dir, adapter if how.startswith("merged") else None, dtype)
     from peft import PeftModel
+
+    from tasks.models import load_inference_model
 
     return PeftModel.from_pretrained(load_inference_model(model_dir), str(adapter)).eval()
 
 
-def timed(how, model_dir, adapter, rows, settings) -> tuple[float, list[str]]:
-    from tasks.chat import generate_answers
+def timed(how, model_dir, adapter, rows, settings) -> tuple[float, float, list[str]]:
+    """Seconds to load and answer, seconds of the reference-NLL pass that follows (perplexity;
+    evaluation runs both), and the answers."""
+    from tasks.chat import generate_answers, reference_nll
     from tasks.models import load_tokenizer
 
     started = time.perf_counter()
-    model = load(how, model_dir, adapter)  # loading is part of what a cycle pays
-    answers = generate_answers(model, load_tokenizer(model_dir), rows, settings)
-    return time.perf_counter() - started, answers
+    model, tokenizer = load(how, model_dir, adapter), load_tokenizer(model_dir)
+    answers = generate_answers(model, tokenizer, rows, settings)
+    answered = time.perf_counter()
+    reference_nll(model, tokenizer, rows, settings)
+    return answered - started, time.perf_counter() - answered, answers
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from freshtune.config import load_config
 
-    settings = load_config(args.config, [], Path(tempfile.mkdtemp())).eval
+    settings = load_config(args.config, [f"base_model={args.model}"], Path(tempfile.mkdtemp())).eval
     rows, field = questions(), contenders([int(b) for b in args.batch_sizes.split(",")])
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in field}
+    nll: dict[str, list[float]] = {name: [] for name, _, _ in field}
     answers: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         adapter = make_adapter(args.model, args.rank, Path(scratch) / "adapter")
         for _ in range(args.rounds):
             for name, how, batch in field:
                 at = settings.model_copy(update={"batch_size": batch})
-                spent, answers[name] = timed(how, args.model, adapter, rows, at)
+                spent, scored, answers[name] = timed(how, args.model, adapter, rows, at)
                 seconds[name].append(spent)
-    return figures(seconds, answers, len(rows), args)
+                nll[name].append(scored)
+    return figures(seconds, nll, answers, len(rows), args)
 
 
-def figures(seconds, answers, n: int, args) -> dict[str, Any]:
+def figures(seconds, nll, answers, n: int, args) -> dict[str, Any]:
     median = {c: statistics.median(s) for c, s in seconds.items()}
     reference = answers[REFERENCE]
     return {
@@ -138,6 +154,7 @@ def figures(seconds, answers, n: int, args) -> dict[str, Any]:
         "rounds": args.rounds,
         "seconds": seconds,
         "median_s": median,
+        "nll_median_s": {c: statistics.median(s) for c, s in nll.items()},
         "vs_reference": {c: s / median[REFERENCE] for c, s in median.items()},
         "same_answers": {c: sum(x == y for x, y in zip(a, reference)) for c, a in answers.items()},
     }
@@ -149,10 +166,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     n = result["questions"]
     print(f"{n} questions, LoRA rank {args.rank}, median of {args.rounds} interleaved rounds")
-    print(f"{'contender':<15}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}")
+    print(
+        f"{'contender':<18}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}"
+        f"{'NLL pass s':>12}"
+    )
     for name, s in result["median_s"].items():
-        same = f"{result['same_answers'][name]}/{n}"
-        print(f"{name:<15}{s:>9.1f}{n / s:>8.2f}{result['vs_reference'][name]:>17.2f}x{same:>14}")
+        same, ratio = f"{result['same_answers'][name]}/{n}", result["vs_reference"][name]
+        nll = result["nll_median_s"][name]
+        print(f"{name:<18}{s:>9.1f}{n / s:>8.2f}{ratio:>17.2f}x{same:>14}{nll:>12.1f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

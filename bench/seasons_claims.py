@@ -175,10 +175,7 @@ def curation_claim(months: list[dict]) -> dict[str, Any]:
     told_points = 0.35 * judged["rates"][1]
     where = _where(told_points, judged)
     judged["reason"] += f"; the told +35% is {pts(told_points)} points here, {where}"
-    measured = (
-        f"{pts(judged['estimate'])} points ({pts(judged['low'])} to {pts(judged['high'])}); "
-        f"{_rel(rel)} relative ({_rel(rel_low)} to {_rel(rel_high)})"
-    )
+    measured = f"{_points(judged)}; {_rel(rel)} relative ({_rel(rel_low)} to {_rel(rel_high)})"
     how = (
         f"accuracy on each month's new facts, the same {judged['n']} questions pooled over "
         f"months 1-{len(months)}: continuous {_pct(judged['rates'][0])} vs no-curation "
@@ -197,16 +194,18 @@ def review_claim(months: list[dict]) -> dict[str, Any]:
     judged["reason"] += (
         f"; the told cut is {pts(told[0])} to {pts(told[1])} points here, {_where(told[0], judged)}"
     )
-    measured = (
-        f"{pts(judged['estimate'])} points ({pts(judged['low'])} to {pts(judged['high'])}); "
-        f"{_rel(rel[0])} relative"
-    )
+    measured = f"{_points(judged)}; {_rel(rel[0])} relative"
     how = (
         f"hallucination rate on products never sold, months 2-{len(months)} ({judged['n']} "
         f"paired answers; review rows first train in month 2): continuous "
         f"{_pct(judged['rates'][0])} vs no-review {_pct(judged['rates'][1])}"
     )
     return _claim("review", "-20% to -25% (relative)", measured, judged, how)
+
+
+def _points(judged: dict[str, Any]) -> str:
+    """The estimate and its interval in points: "+1.7 points (-8.5 to +12.1)"."""
+    return f"{pts(judged['estimate'])} points ({pts(judged['low'])} to {pts(judged['high'])})"
 
 
 def _where(told: float, judged: dict[str, Any]) -> str:
@@ -288,7 +287,7 @@ def forgetting_claim(months: list[dict]) -> dict[str, Any]:
     judged = judge(x, pooled(months, "cumulative", "earlier", start=2), +1)
     if judged["verdict"] == NOT_SHOWN:
         judged["reason"] += "; equal accuracy is consistent with 'at or above', not shown by it"
-    measured = f"{pts(judged['estimate'])} points ({pts(judged['low'])} to {pts(judged['high'])})"
+    measured = _points(judged)
     how = (
         f"accuracy on still-true earlier facts, months 2-{len(months)} ({judged['n']} paired "
         f"questions): continuous {_pct(judged['rates'][0])} vs cumulative "
