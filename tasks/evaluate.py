@@ -80,7 +80,9 @@ def evaluate_models(
     Answers found in the cache under `cache_dir` (by model and question digest) are reused;
     only the rest are generated, and the weights are not loaded when nothing is missing."""
     models = {"base": None, **{n: p for n, p in adapters.items() if p is not None}}
-    digests = {name: scored_digest(base_model, path) for name, path in models.items()}
+    digests = {
+        name: scored_digest(base_model, path, settings.dtype) for name, path in models.items()
+    }
     answers = _answers(base_model, models, digests, slices, settings, AnswerCache(cache_dir))
     return {
         name: {model: _score_rows(rows, name, answers[model], settings) for model in models}
@@ -88,11 +90,11 @@ def evaluate_models(
     }
 
 
-def scored_digest(base_model: str, adapter: Path | None) -> str:
+def scored_digest(base_model: str, adapter: Path | None, dtype: str = "auto") -> str:
     """The answer cache's key of a model as evaluation runs it (an adapter merged in)."""
     from tasks.models import inference_runtime
 
-    runtime = inference_runtime()
+    runtime = inference_runtime(dtype)
     # Merged and on-the-fly adapters round differently: answers of the one are not the other's.
     return model_digest(base_model, adapter, f"{runtime}-merged" if adapter else runtime)
 
@@ -129,7 +131,7 @@ def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Gene
         for name, rows in missing.items():
             if not rows:
                 continue
-            model = adapted_model(base_model, models[name])
+            model = adapted_model(base_model, models[name], settings.dtype)
             answers = generate_answers(model, tokenizer, rows, settings, bar)
             nll = reference_nll(model, tokenizer, rows, settings)
             out[name] = {
@@ -140,13 +142,13 @@ def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Gene
     return out
 
 
-def adapted_model(base_model: str, adapter: Path | None) -> Any:
+def adapted_model(base_model: str, adapter: Path | None, dtype: str = "auto") -> Any:
     """A freshly loaded base, with `adapter` merged into its weights when given: each model's
     answers depend on its own weights only, never on which others were scored before it."""
     from tasks.models import load_inference_model
     from tasks.train import merged_with
 
-    model = load_inference_model(base_model)
+    model = load_inference_model(base_model, dtype)
     return (model if adapter is None else merged_with(model, Path(adapter))).eval()
 
 

@@ -239,7 +239,22 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True, **extra
     )
+    _contiguous_head(model)
     return model if device is None or quantization == "nf4" else model.to(device)
+
+
+def _contiguous_head(model: Any) -> None:
+    """Hand the output projection a contiguous input.
+
+    Generation's prefill and the reference-NLL pass project a slice of the last hidden states
+    (`logits_to_keep`); on the CPU, torch's linear over such a strided view of shape
+    [64, 20, 576] with SmolLM2's 49152-word head took 4.4 s in bf16 where the same values,
+    contiguous, took 0.07 s (0.6 s vs 0.3 s in float32)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(
+            lambda _module, args: tuple(getattr(a, "contiguous", lambda a=a: a)() for a in args)
+        )
 
 
 def _nf4_config(compute_dtype: Any) -> Any:
@@ -260,23 +275,26 @@ def _nf4_config(compute_dtype: Any) -> Any:
     )
 
 
-def load_inference_model(name_or_path: str) -> Any:
-    """The base for scoring and reviews: bf16 on a GPU that has it, float32 on the CPU.
+def load_inference_model(name_or_path: str, dtype: str = "auto") -> Any:
+    """The base for scoring and reviews, in `inference_runtime(dtype)`'s precision.
 
     Always the unquantised base, also for adapters trained with QLoRA: what is scored is what
     `export --merged` serves."""
-    device, dtype = inference_runtime().split("-")
-    return load_causal_lm(name_or_path, dtype=dtype, device=device)
+    device, precision = inference_runtime(dtype).split("-")
+    return load_causal_lm(name_or_path, dtype=precision, device=device)
 
 
-def inference_runtime() -> str:
+def inference_runtime(dtype: str = "auto") -> str:
     """Where and in what precision scoring runs ("cuda-bfloat16", "cpu-float32"): greedy
-    answers depend on it, so it is part of an answer's cache key."""
+    answers depend on it, so it is part of an answer's cache key. `auto` is bf16 on a GPU that
+    has it and float32 on the CPU; `bfloat16` is honoured on the CPU too (`eval.dtype`)."""
     import torch
 
     if not torch.cuda.is_available():
-        return "cpu-float32"
-    return f"cuda-{'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'}"
+        return f"cpu-{'float32' if dtype == 'auto' else dtype}"
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return f"cuda-{dtype}"
 
 
 def load_tokenizer(

@@ -1,8 +1,9 @@
 """Train to a target: stop a cycle once the month's facts are learned, not after a fixed count.
 
-A seeded sample of the cycle's own new training questions (never an evaluation row) is asked
-at every epoch boundary; when the share answered right reaches `train.target_recall` the
-Trainer stops, else it runs to `train.max_epochs`. The recall curve goes to the step metrics,
+A seeded sample of the cycle's own new training questions (never an evaluation row), and with
+`train.target_replay_sample` of the earlier rows it replays, is asked at every epoch boundary;
+when the share answered right reaches `train.target_recall` the Trainer stops, else it runs to
+`train.max_epochs`. The recall curve goes to the step metrics,
 the Trainer's log history (so it survives a resume) and the adapter's train_result.json.
 """
 
@@ -30,7 +31,8 @@ class Probe:
 
 
 def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) -> Probe | None:
-    """The questions that say whether this cycle learned its facts; None: fixed epochs."""
+    """The questions that say whether this cycle learned its facts, and with
+    `target_replay_sample`, still knows the earlier ones it replays; None: fixed epochs."""
     if settings.target_recall is None:
         return None
     own = [r for r in rows if r.get("origin") in PROBE_ORIGINS] or [
@@ -38,7 +40,10 @@ def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) 
     ]
     if not own:
         return None
-    picked = random.Random(f"probe-{seed}").sample(own, min(settings.target_sample, len(own)))
+    rng = random.Random(f"probe-{seed}")
+    picked = rng.sample(own, min(settings.target_sample, len(own)))
+    replay = [r for r in rows if r.get("origin") == "replay"]
+    picked += rng.sample(replay, min(settings.target_replay_sample, len(replay)))
     # Long enough for the longest reference answer to be restated, short enough to be cheap.
     words = max(len((response_of(r) or "").split()) for r in picked)
     budget = min(settings.max_length // 2, 2 * words + 8)

@@ -66,6 +66,7 @@ KEYED_WHEN_SET = {
     "quantization": "none",
     "target_recall": None,
     "target_sample": 32,
+    "target_replay_sample": 0,
     "base_kl": 0.0,
 }
 LORA_KEYED_WHEN_SET = {"use_dora": False}

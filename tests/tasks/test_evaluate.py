@@ -108,3 +108,29 @@ def test_the_candidate_is_scored_as_the_merged_model_export_serves(tiny_config, 
     assert [s["answer"] for s in scored["current"]["candidate"].samples] == answers
     base = [s["answer"] for s in scored["current"]["base"].samples]
     assert base != answers  # the adapter is in what was scored
+
+
+def test_reference_nll_in_batches_equals_each_answer_scored_alone(tiny_config):
+    """Left padding and the vocabulary projection over answer positions only change nothing:
+    each row's summed NLL is that of the row run alone, by the plain definition."""
+    import torch
+
+    from tasks.chat import IGNORE, encode_chat, reference_nll
+    from tasks.models import load_inference_model, load_tokenizer
+
+    cfg = tiny_config("eval.batch_size=4")
+    model, tokenizer = load_inference_model(cfg.base_model), load_tokenizer(cfg.base_model)
+    long = chat_row("long", "Which plans are there, and what does each cost?", "A " * 30, "eval")
+    rows = [*_rows(3, "eval"), long]
+    batched = reference_nll(model, tokenizer, rows, cfg.eval)
+
+    for row, (nll, tokens) in zip(rows, batched):
+        enc = encode_chat(tokenizer, row["messages"], 512)
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :-1]
+        labels = torch.tensor(enc["labels"][1:])
+        alone = torch.nn.functional.cross_entropy(
+            logits, labels, ignore_index=IGNORE, reduction="sum"
+        )
+        assert tokens == int((labels != IGNORE).sum()) > 0
+        assert abs(nll - float(alone)) < 1e-3 * max(1.0, float(alone))

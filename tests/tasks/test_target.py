@@ -48,6 +48,17 @@ def test_the_probe_samples_only_the_cycles_own_rows():
     assert build_probe(rows, SETTINGS, seed=0) is None  # no target: fixed epochs
 
 
+def test_the_probe_asks_replayed_rows_only_when_told_to():
+    rows = _rows(40) + _rows(30, "replay") + _rows(30, "rehearsal")
+    settings = SETTINGS.model_copy(
+        update={"target_recall": 0.9, "target_sample": 20, "target_replay_sample": 8}
+    )
+    origins = [r["origin"] for r in build_probe(rows, settings, seed=0).rows]
+    assert origins.count("new") == 20 and origins.count("replay") == 8 and len(origins) == 28
+    few = build_probe(_rows(40) + _rows(3, "replay"), settings, seed=0)
+    assert [r["origin"] for r in few.rows].count("replay") == 3  # all there are
+
+
 def _known_rows(tiny_model: Path) -> list[dict]:
     """Rows whose key fact is a word the model already answers with: learned from the start."""
     from freshtune.config import EvalSettings
