@@ -1,7 +1,7 @@
 """Twelve months of a changing domain: do the claims made for fine-tuning hold here?
 
 Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months (~3 h)
-     python bench/seasons.py --quick            # 3 months, a smoke run of the same (~35 min)
+     python bench/seasons.py --quick            # 3 months, a smoke run of the same (~35 min fp32)
      python bench/seasons.py --preset gpu --model PATH   # a larger base on a GPU
      python bench/seasons.py --render RUN.json  # the report and plots again, no training
      (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
@@ -78,7 +78,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # cost little: the training sets the run's length. That run: --quick about 35 minutes
     # uncontended; 12 months projected from its epochs (continuing cycles 2-3, cumulative 5,
     # no-curation its 8-epoch budget) at 230 tokens/s: about 2.1M tokens, 3 hours, half of
-    # them the cumulative baseline.
+    # them the cumulative baseline. With replay_ratio 2.0 and the replay-aware target (the
+    # demo's since then) a continuing month trains about 26k tokens: about 2.5M tokens in all,
+    # so 12 months within 2 hours needs about 350 tokens/s (bf16 on AMX cores, --set
+    # train.dtype=bfloat16 --set eval.dtype=bfloat16, or a GPU).
     "cpu": {"months": 12, "change_share": 0.1, "questions": 48, "config": "demo"},
     "gpu": {"months": 12, "change_share": 0.25, "questions": 64, "config": "gpu"},
 }
