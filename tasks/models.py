@@ -191,6 +191,12 @@ def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     not_dense = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
     if not_dense:
         raise RuntimeError(f"{name}: parameters left quantized after loading: {not_dense[:5]}")
+    # Once, under a loaded suite, saving failed on a (49152, 576) tensor left on the meta
+    # device: the tied head. Tie it again, and name anything still unloaded.
+    model.tie_weights()
+    on_meta = [n for n, t in model.state_dict().items() if t.is_meta]
+    if on_meta:
+        raise RuntimeError(f"{name}: tensors not loaded from the GGUF: {on_meta[:5]}")
     # The weights are plain tensors now; save_pretrained refuses while a quantizer is attached.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
