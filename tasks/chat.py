@@ -57,19 +57,22 @@ def _append(tokenizer: Any, text: str, ids: list[int], labels: list[int], train:
     labels += piece if train else [IGNORE] * len(piece)
 
 
-def collate(pad_id: int) -> Callable[[list[dict]], dict]:
-    """Right-pad a batch to its longest row; padding is masked out of the loss."""
+def collate(pad_id: int, left: bool = False) -> Callable[[list[dict]], dict]:
+    """Pad a batch to its longest row, on the right (training) or the left (so that every
+    answer ends the sequence); padding is masked out of the loss."""
     import torch
 
     def _collate(batch: list[dict]) -> dict:
         width = max(len(row["input_ids"]) for row in batch)
-        pad = [width - len(row["input_ids"]) for row in batch]
+
+        def padded(values: list[int], fill: int) -> list[int]:
+            pad = [fill] * (width - len(values))
+            return pad + values if left else values + pad
+
         return {
-            "input_ids": torch.tensor([r["input_ids"] + [pad_id] * p for r, p in zip(batch, pad)]),
-            "labels": torch.tensor([r["labels"] + [IGNORE] * p for r, p in zip(batch, pad)]),
-            "attention_mask": torch.tensor(
-                [[1] * len(r["input_ids"]) + [0] * p for r, p in zip(batch, pad)]
-            ),
+            "input_ids": torch.tensor([padded(r["input_ids"], pad_id) for r in batch]),
+            "labels": torch.tensor([padded(r["labels"], IGNORE) for r in batch]),
+            "attention_mask": torch.tensor([padded([1] * len(r["input_ids"]), 0) for r in batch]),
         }
 
     return _collate
@@ -136,16 +139,18 @@ def reference_nll(
     import torch
 
     encoded = [encode_chat(tokenizer, r["messages"], 512) for r in rows]
+    pad = collate(tokenizer.pad_token_id, left=True)
     out: list[tuple[float, int]] = []
     for start in range(0, len(encoded), settings.batch_size):
-        ids, labels, mask = _left_padded(encoded[start : start + settings.batch_size], tokenizer)
-        # the first scored position is predicted by the token before it
-        keep = int((labels != IGNORE).int().argmax(dim=1).min()) if ids.shape[1] else 0
-        keep = ids.shape[1] - max(keep - 1, 0)
+        batch = pad(encoded[start : start + settings.batch_size])
+        ids, labels = batch["input_ids"], batch["labels"]
+        # Logits from the position before the earliest answer token of the batch onwards.
+        first = int((labels != IGNORE).int().argmax(dim=1).min())
+        keep = ids.shape[1] - max(first - 1, 0)
         with torch.inference_mode():
             logits = model(
                 input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
+                attention_mask=batch["attention_mask"].to(model.device),
                 logits_to_keep=keep,
             ).logits[:, :-1]
         target = labels[:, ids.shape[1] - keep + 1 :].to(logits.device)
@@ -155,16 +160,3 @@ def reference_nll(
         counts = (target != IGNORE).sum(dim=1)
         out += [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)]
     return out
-
-
-def _left_padded(batch: list[dict], tokenizer: Any) -> tuple[Any, Any, Any]:
-    """input_ids, labels and attention mask of `batch`, padded on the left to its longest row."""
-    import torch
-
-    width = max(len(row["input_ids"]) for row in batch)
-    pad = [width - len(row["input_ids"]) for row in batch]
-    return (
-        torch.tensor([[tokenizer.pad_token_id] * p + r["input_ids"] for r, p in zip(batch, pad)]),
-        torch.tensor([[IGNORE] * p + r["labels"] for r, p in zip(batch, pad)]),
-        torch.tensor([[0] * p + [1] * len(r["input_ids"]) for r, p in zip(batch, pad)]),
-    )

@@ -24,7 +24,6 @@ def test_every_contender_is_timed_and_compared_with_the_reference(tiny_model, tm
     )
     names = ["on-the-fly@16", "merged@8", "merged@32", "merged-bf16@32", "base@32"]
     assert list(out["median_s"]) == names == list(out["nll_median_s"])
-    assert out["vs_reference"]["on-the-fly@16"] == 1.0
     assert all(s > 0 for s in [*out["median_s"].values(), *out["nll_median_s"].values()])
     # merging and batching change rounding, not the model: float32 answers agree
     assert out["same_answers"]["merged@32"] >= 0.9 * out["questions"]
