@@ -1,7 +1,7 @@
 """Do a reviewer's flags teach the fact, or only the flagged sentence?
 
 Run: python bench/review_generalisation.py [--json out.json] [--set train.target_recall=...]
-     (about 12 minutes on 2 CPU cores with SmolLM2-135M; scratch state under --workspace)
+     (about 20 minutes on 2 CPU cores with SmolLM2-135M; scratch state under --workspace)
 
 Month 1 of the demo domain (domain rows only) trains a champion with the demo preset. A
 simulated expert reviewer, who already knows next month's facts, reads its answers to month
@@ -15,6 +15,11 @@ twice from that champion (the corrections as its new rows, month 1 replayed, reh
 Both are scored on the other question of each flagged fact, never flagged and never trained
 (a customer asking the corrected fact another way), and on the flagged questions themselves.
 The difference is reported with Newcombe's paired 95% interval (tasks.stats).
+
+Then refusals: the reviewer flags the champion's inventions about products never sold, and a
+review-only cycle trains on those flags alone, or (the product's default) with each also
+taught as the same refusal about other names no row uses (`review.refusal_names`); both are
+scored on 16 other never-sold names asked two ways, none flagged or trained on.
 """
 
 from __future__ import annotations
@@ -74,13 +79,14 @@ def train(cfg, snaps: list[Snap], parent: Path | None, rehearsal) -> Path:
     return train_adapter(base, mix.rows, cfg.train, out, parent, cfg.seed).adapter_dir
 
 
-def correct(cfg, adapter: Path, rows: list[dict[str, Any]]) -> list[bool]:
+def correct(cfg, adapter: Path, rows: list[dict[str, Any]], slice_: str = "q") -> list[bool]:
+    """Per row, answered right; in the `hallucination` slice, right is declining."""
     from tasks.evaluate import evaluate_models
 
     scores = evaluate_models(
-        cfg.resolved_base_model(), {"m": adapter}, {"q": rows}, cfg.eval, cfg.paths.eval_cache
+        cfg.resolved_base_model(), {"m": adapter}, {slice_: rows}, cfg.eval, cfg.paths.eval_cache
     )
-    return scores["q"]["m"].outcomes
+    return scores[slice_]["m"].outcomes
 
 
 def flag_wrong(cfg, champion: Path, evals: list[dict[str, Any]]):
@@ -138,7 +144,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     a, b = out["arms"]["generalised"], out["arms"]["flagged-only"]
     out["unflagged_gain"] = paired_difference(paired(a["unflagged"], b["unflagged"]))._asdict()
     out["flagged_gain"] = paired_difference(paired(a["flagged"], b["flagged"]))._asdict()
+    out["refusals"] = refusal_arms(cfg, champion, m1, rehearsal, train_rows, eval_prompts)
     return out
+
+
+def refusal_arms(cfg, champion: Path, m1, rehearsal, train_rows, eval_prompts) -> dict:
+    """The reviewer checks the champion on products never sold (month 2's review pool) and
+    flags each invented answer as a hallucination with the refusal; a review-only cycle trains
+    on the flags alone, or with each also taught as refusals about `review.refusal_names`
+    other unknown names (tasks.generalise.refusal_rows). Both are scored on 16 other
+    never-sold names, asked two ways: none flagged, none trained."""
+    from bench.seasons import never_sold_eval
+    from freshtune.demo_domain import review_questions
+    from tasks.ingest import prompt_of
+    from tasks.stats import paired, paired_difference
+
+    pool = [r for r in review_questions(2, cfg.seed) if r["slice"] == "hallucination"]
+    declined = correct(cfg, champion, pool, "hallucination")
+    flagged = [r for r, ok in zip(pool, declined) if not ok]
+    unseen = never_sold_eval()
+    asked = {*eval_prompts, *(prompt_of(r) or "" for r in unseen)}
+    out: dict[str, Any] = {"checked": len(pool), "flags": len(flagged), "arms": {}}
+    for arm, names in (("flagged-only", 0), ("refusals", cfg.review.refusal_names)):
+        rows = refusal_review(flagged, train_rows, asked, names)
+        adapter = train(
+            cfg,
+            [snap("month01", m1), snap(f"refusals-{names}", rows, "review")],
+            champion,
+            rehearsal,
+        )
+        out["arms"][arm] = {
+            "review_rows": len(rows),
+            "declined": correct(cfg, adapter, unseen, "hallucination"),
+        }
+    a, b = (out["arms"][k]["declined"] for k in ("refusals", "flagged-only"))
+    out["declined_gain"] = paired_difference(paired(a, b))._asdict()
+    return out
+
+
+def refusal_review(flagged, train_rows, eval_prompts, names: int) -> list[dict[str, Any]]:
+    """The product's review rows (tasks.review.review_rows) for hallucination flags,
+    normalised as record_review stores them."""
+    from tasks.curate import normalise_record
+    from tasks.ingest import response_of
+    from tasks.review import Flag, ReviewOutcome, review_rows
+
+    flags = [Flag(id=r["id"], kind="hallucination", correct=response_of(r)) for r in flagged]
+    outcome = ReviewOutcome(True, "bench", flags=flags)
+    slices = {"hallucination": flagged}
+    taught = review_rows(outcome, slices, train_rows, eval_prompts, names)
+    return [normalise_record(r) for r in taught]
 
 
 def print_table(out: dict[str, Any]) -> None:
@@ -159,6 +214,17 @@ def print_table(out: dict[str, Any]) -> None:
             f"generalised - flagged-only, {key.split('_')[0]} questions: "
             f"{est:+.1f} pts (95% CI {low:+.1f} to {high:+.1f})"
         )
+    refusals = out["refusals"]
+    print(
+        f"\n{refusals['flags']} of {refusals['checked']} never-sold questions answered with an "
+        "invention by the champion, flagged as hallucinations"
+    )
+    print(f"{'arm':<14}{'review rows':>12}{'other never-sold names declined':>33}")
+    for arm, r in refusals["arms"].items():
+        n = len(r["declined"])
+        print(f"{arm:<14}{r['review_rows']:>12}{sum(r['declined']):>27}/{n}")
+    est, low, high = (100 * refusals["declined_gain"][k] for k in ("estimate", "low", "high"))
+    print(f"refusals - flagged-only, declined: {est:+.1f} pts (95% CI {low:+.1f} to {high:+.1f})")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

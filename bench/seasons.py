@@ -28,7 +28,9 @@ and its answer cache, so the base and an unchanged adapter are never asked twice
 
 The simulated expert reviewer checks up to --review-n answers of each candidate per month
 (questions about that month's new facts and about products never sold, as customers word
-them) and flags the wrong ones with the right answer; flags become review rows that every
+them) and flags the wrong ones with the right answer; flags become review rows as the product
+makes them (tasks.review.review_rows: each correction also in the strategy's training
+wordings, and a flagged invention also as refusals about other unknown names), which every
 later training mix of that strategy includes. Per month and strategy: accuracy on the month's
 new facts (current), on still-true earlier facts, hallucination rate, bias consistency,
 epochs and why training stopped, the mix's rows, tokens, FLOPs (4·N per token), wall time and
@@ -357,7 +359,8 @@ def review_lanes(team: dict[str, Lane], month: int, args: argparse.Namespace, cf
     with the right answer; flags[lane] = corrections added."""
     from freshtune.demo_domain import review_questions
 
-    pool = review_questions(month, cfg.seed, change_share=args.change_share)
+    facts = review_questions(month, cfg.seed, change_share=args.change_share)
+    pool = [r for r in facts if not r["slice"]] + never_sold_review(month)
     checked = random.Random(f"review-{month}").sample(pool, min(args.review_n, len(pool)))
     reviewed = {n: lane.adapter for n, lane in team.items() if lane.reviewed and lane.adapter}
     if not reviewed or not checked:
@@ -368,6 +371,7 @@ def review_lanes(team: dict[str, Lane], month: int, args: argparse.Namespace, cf
         "hallucination": [r for r in checked if r["slice"]],
     }
     scores = score_models(cfg, reviewed, slices)
+    asked = eval_prompts(month, args)
     flags = {}
     for name in reviewed:
         wrong = [
@@ -376,22 +380,42 @@ def review_lanes(team: dict[str, Lane], month: int, args: argparse.Namespace, cf
             for row, ok in zip(rows, scores[name][slice_].outcomes)
             if not ok
         ]
-        flags[name] = add_fixes(team[name], wrong)
+        flags[name] = add_fixes(team[name], wrong, asked, cfg.review.refusal_names)
     return flags
 
 
-def add_fixes(lane: Lane, wrong: list[dict]) -> int:
+def add_fixes(lane: Lane, wrong: list[dict], asked: set[str], refusal_names: int) -> int:
+    """The flags as the product teaches them (tasks.review.review_rows): each correction, in
+    the lane's training wordings too, and a flagged invention about a name no row uses also
+    as refusals about other unknown names. Returns the flags (not the rows they became)."""
     from tasks.curate import normalise_record
+    from tasks.ingest import response_of
+    from tasks.review import Flag, ReviewOutcome, review_rows
 
-    fixes = [
-        normalise_record(
-            {**r, "id": f"review-{lane.name}-{r['id']}", "source": "review", "slice": ""}
+    flags = [
+        Flag(
+            id=r["id"], kind="hallucination" if r["slice"] else "wrong_fact", correct=response_of(r)
         )
         for r in wrong
     ]
+    outcome = ReviewOutcome(True, "bench", flags=flags)
+    train = [row for snap in lane.history if snap.kind == "data" for row in snap.rows()]
+    rows = review_rows(outcome, {"review": wrong}, train, asked, refusal_names)
+    fixes = [
+        normalise_record({**r, "id": f"{lane.name}-{r['id']}", "source": "review", "slice": ""})
+        for r in rows
+    ]
     if fixes:
         lane.history.append(Snap(digest_of(fixes), fixes, kind="review"))
-    return len(fixes)
+    return len(wrong)
+
+
+def eval_prompts(month: int, args: argparse.Namespace) -> set[str]:
+    """Every question any month's evaluation asks: no review row may be one of them."""
+    from tasks.ingest import prompt_of
+
+    slices = [eval_slices(m, args.change_share, args.questions) for m in range(1, month + 1)]
+    return {prompt_of(r) or "" for by in slices for rows in by.values() for r in rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +466,41 @@ def never_sold_eval() -> list[dict]:
             "facts": [],
         }
         for i, (question, name) in enumerate(asked)
+    ]
+
+
+# What the reviewer asks about products never sold: names no drop trains on (the demo drop's
+# own refusal rows use other names) and no evaluation asks about, so a flag teaches the refusal
+# on a name the model has not seen declined, and scores are on names never flagged.
+REVIEW_NEVER_SOLD = (
+    "Tempest plan",
+    "Nimbus Glide phone",
+    "Squall data pack",
+    "Drizzle plan",
+    "Nimbus Lite tablet",
+    "Gale family plan",
+)
+
+
+def never_sold_review(month: int) -> list[dict]:
+    """Two of the review's never-sold questions a month, in the demo drop's refusal wordings."""
+    from freshtune.demo_domain import SYSTEM_PROMPT
+
+    wordings = ("How much does the {} cost?", "I heard about the {}; what does it cost per month?")
+    names = [REVIEW_NEVER_SOLD[(2 * month + k) % len(REVIEW_NEVER_SOLD)] for k in range(2)]
+    return [
+        {
+            "id": f"m{month:02d}-review-never-{i}",
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": wording.format(name)},
+                {"role": "assistant", "content": f"Nimbus Mobile has no {name}."},
+            ],
+            "split": "train",
+            "slice": "hallucination",
+            "facts": [],
+        }
+        for i, (name, wording) in enumerate((n, w) for n in names for w in wordings)
     ]
 
 

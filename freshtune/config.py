@@ -313,7 +313,8 @@ class GateSettings(_Strict):
         description="a candidate no check failed but whose 95% intervals straddle a threshold "
         "(too few questions to tell): review = a human decides (with review.mode=auto there is "
         "none, so it is not promoted); accept = promoted on the point estimates, the undecided "
-        "checks listed in the report",
+        "checks listed in the report, unless a floor's estimate misses it (only a human "
+        "promotes that)",
     )
 
 
@@ -337,6 +338,13 @@ class ReviewSettings(_Strict):
         None,
         description="the name the terminal review offers (default: the OS user); the Prefect "
         "form and `freshtune review` ask who decides and record that",
+    )
+    refusal_names: int = Field(
+        8,
+        ge=0,
+        description="a flagged hallucination about a name no training row uses also teaches "
+        "the reviewer's refusal about this many other unknown names, each asked in two of the "
+        "drop's own wordings (0: only the flagged question)",
     )
     forced_rollback: bool = Field(
         True,

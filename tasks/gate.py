@@ -27,9 +27,13 @@ Outcome = Literal["pass", "fail", "undecided", "skipped"]
 class Check:
     """One rule of the gate on one slice, with its 95% interval.
 
-    It fails when the estimate is on the wrong side of the threshold, passes when the whole
-    interval is on the right side, and is undecided when the interval straddles it: the
-    slice holds too few questions to tell."""
+    It passes when the whole interval is on the right side of the threshold and is undecided
+    when the interval straddles it: the slice holds too few questions to tell. A rule that
+    fails on the estimate (gain, forgetting) fails when the estimate is on the wrong side:
+    the candidate must show what it is for. A floor (hallucination, bias: `fails_on`
+    "evidence") fails only when its whole interval is on the wrong side; an estimate that
+    misses it on too few questions to show a miss is undecided, and a human decides
+    (`misses` says so: `gate.undecided=accept` never promotes it)."""
 
     slice: str
     what: str  # "accuracy gain vs champion", "hallucination rate", ...
@@ -40,15 +44,25 @@ class Check:
     n: int
     needed: int | None = None  # questions that would decide an undecided check
     rule: str = ""  # how the threshold reads, when not `field=threshold`
+    fails_on: Literal["estimate", "evidence"] = "estimate"
 
     @property
     def outcome(self) -> Outcome:
         value, low, high = self.interval
+        worst, best = (low, high) if self.higher_is_better else (high, low)
         if self.n == 0:
             return "skipped"
-        if math.isnan(value) or not self._ok(value):
+        if math.isnan(value):
             return "fail"
-        return "pass" if self._ok(low if self.higher_is_better else high) else "undecided"
+        if not self._ok(value):
+            return "undecided" if self.fails_on == "evidence" and self._ok(best) else "fail"
+        return "pass" if self._ok(worst) else "undecided"
+
+    @property
+    def misses(self) -> bool:
+        """Undecided with its estimate on the wrong side: no evidence either way, and the
+        point estimate is against the candidate."""
+        return self.outcome == "undecided" and not self._ok(self.interval.estimate)
 
     def _ok(self, value: float) -> bool:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
@@ -62,6 +76,8 @@ class Check:
             f"{self.n} questions) vs {self.rule or f'{self.field}={self.threshold:+.3f}'}: "
             f"{self.outcome}"
         )
+        if self.misses:
+            text += " (its estimate misses the threshold; too few questions to show a miss)"
         if self.outcome == "undecided" and self.needed:
             text += f"; about {self.needed} questions would decide it at these rates"
         return text
@@ -174,7 +190,16 @@ def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
     outcomes = _counted(scores, slice_, "candidate")
     k, n = sum(outcomes), len(outcomes)
     interval = wilson(k, n) if n else Interval(math.nan, math.nan, math.nan)
-    check = Check(slice_, what, field, threshold, higher_is_better, interval, _n(scores, slice_))
+    check = Check(
+        slice_,
+        what,
+        field,
+        threshold,
+        higher_is_better,
+        interval,
+        _n(scores, slice_),
+        fails_on="evidence",
+    )
     return replace(check, needed=_needed(check, lambda f: wilson(round(k * f), round(n * f))))
 
 
@@ -200,18 +225,29 @@ def _floor(scores: Scores, reference: str, check: Check) -> Check:
     )
     rule = f"{check.field}={check.threshold:g} relaxed to no worse than {reference} (+0.000)"
     interval = paired_difference(table)
-    no_worse = Check(check.slice, what, check.field, 0.0, True, interval, check.n, rule=rule)
+    no_worse = Check(
+        check.slice,
+        what,
+        check.field,
+        0.0,
+        True,
+        interval,
+        check.n,
+        rule=rule,
+        fails_on="evidence",
+    )
     return replace(
         no_worse, needed=_needed(no_worse, lambda k: paired_difference(scaled(table, k)))
     )
 
 
 def _needed(check: Check, at_scale) -> int | None:
-    """Questions that, at the rates seen, would turn an undecided check into a pass."""
+    """Questions that, at the rates seen, would decide an undecided check (pass, or fail for a
+    floor whose estimate misses it)."""
     if check.outcome != "undecided":
         return None
     for factor in (1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32):
-        if replace(check, interval=at_scale(factor)).outcome == "pass":
+        if replace(check, interval=at_scale(factor)).outcome != "undecided":
             return round(check.n * factor)
     return None
 

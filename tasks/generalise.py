@@ -5,13 +5,20 @@ several wordings. The group whose answer reads most like the correction ("The Ho
 costs $52 per month." against "The Comet plan costs $47 per month.") shows where the subject
 sits; its questions with their subject swapped for the flagged one are the flagged fact in the
 drop's wordings. Wordings that match an evaluation question are never used.
+
+A flagged hallucination about a name no training row uses ("Nimbus Mobile has no Aurora
+plan.") is also taught as the same refusal about other names the drop does not know, asked
+the ways the drop asks about the things it does sell: the drop's words are its catalogue, so
+the model learns to decline unknown names, not only the flagged one.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.ingest import prompt_of, response_of
@@ -87,10 +94,135 @@ def generalised_rows(
         if question.casefold() in asked:
             continue
         asked.add(question.casefold())
-        messages = [
-            *flagged["messages"][:-2],
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": correction},
-        ]
-        rows.append({**flagged, "id": f"{flagged['id']}-w{i}", "messages": messages})
+        rows.append(_asked(flagged, f"-w{i}", question, correction))
     return rows
+
+
+# Names for things a drop does not sell. A flagged invention about one unknown name is taught
+# as refusals about some of these too, so the model learns to decline names it was never
+# flagged on; each is checked against every word the drop's rows and evaluation use first.
+DECOYS = (
+    "Kestrel", "Juniper", "Tundra", "Cascade", "Meridian", "Quill", "Sable", "Larkspur",
+    "Basalt", "Fjord", "Marlin", "Opal", "Thistle", "Wren", "Cobalt", "Sequoia",
+    "Alder", "Bramble", "Caldera", "Dune", "Ember", "Falcon", "Garnet", "Heron",
+    "Indigo", "Jasper", "Kelp", "Lagoon", "Mesa", "Nettle", "Onyx", "Pebble",
+)  # fmt: skip
+_CAPITALISED = re.compile(r"^[A-Z][\w'-]*$")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Where a flagged question names what the drop does not know: "Nimbus Flip phone" is
+    prefix "Nimbus", name "Flip", head "phone"."""
+
+    prefix: str
+    name: str
+    head: str
+
+
+def _bare(word: str) -> str:
+    return word.strip(".,;:!?\"'()[]")
+
+
+def vocabulary(rows: list[dict[str, Any]]) -> set[str]:
+    """Every word the rows use, case-folded: the names a drop knows (its catalogue)."""
+    return {
+        _bare(w).casefold()
+        for row in rows
+        for message in row.get("messages", [])
+        for w in _words(str(message.get("content", "")))
+    }
+
+
+def unknown_name(question: str, correction: str, known: set[str]) -> list[Reading]:
+    """What a flagged question asked about that the drop does not know: the capitalised words
+    the question and the correction share and no training row uses, read with each of the
+    next three words as the head noun ("Vortex unlimited plan": Vortex + unlimited, Vortex
+    unlimited + plan), and the known capitalised words before it ("Nimbus" of "Nimbus Flip
+    phone"). [] when there is no such name."""
+    raw = _words(question)
+    words = [_bare(w) for w in raw]
+    said = {_bare(w) for w in _words(correction)}
+    for start in range(len(words)):
+        end = start
+        while end < len(words) and _unknown(words[end], said, known):
+            end += 1
+        if end > start:
+            before = start
+            while before > 0 and _CAPITALISED.match(words[before - 1]):
+                before -= 1
+            prefix = " ".join(words[before:start])
+            last = next((i for i in range(end, len(raw)) if raw[i] != words[i]), len(raw) - 1)
+            heads = range(end, min(end + 3, last + 1, len(words)))
+            return [Reading(prefix, " ".join(words[start:h]), words[h]) for h in heads]
+    return []
+
+
+def _unknown(word: str, said: set[str], known: set[str]) -> bool:
+    return bool(_CAPITALISED.match(word)) and word in said and word.casefold() not in known
+
+
+def _slot(head: str) -> re.Pattern[str]:
+    """A known name before `head`: "the Summit plan" -> Summit."""
+    return re.compile(rf"(?<!\S)((?:[A-Z][\w'-]*\s)+){re.escape(head)}\b")
+
+
+def templates(reading: Reading, train_rows: list[dict[str, Any]], known: set[str]) -> list[str]:
+    """The drop's own questions about a known thing of the reading's kind, its name a `{}`
+    slot after the reading's prefix ("How much does the Nimbus {} phone cost?")."""
+    found, slot_of = set(), _slot(reading.head)
+    for row in train_rows:
+        question = prompt_of(row) or ""
+        match = slot_of.search(question)
+        names = match.group(1).split() if match else []
+        if not names or not all(w.casefold() in known for w in names):
+            continue
+        kept = reading.prefix.split()
+        if names[: len(kept)] != kept or len(names) == len(kept):
+            continue
+        slot = " ".join([*kept, "{}"])
+        found.add(f"{question[: match.start(1)]}{slot} {question[match.end(1) :]}")
+    return sorted(found)
+
+
+def refusal_rows(
+    flagged: dict[str, Any],
+    correction: str,
+    train_rows: list[dict[str, Any]],
+    eval_prompts: set[str],
+    names: int,
+) -> list[dict[str, Any]]:
+    """A flagged hallucination taught as the same refusal about `names` other names the drop
+    does not know, each asked in two of the drop's wordings; no decoy is a word of the drop
+    or of an evaluation question, no row an evaluation question."""
+    question = prompt_of(flagged) or ""
+    known = vocabulary(train_rows)
+    readings = unknown_name(question, correction, known) if names else []
+    found = next(((r.name, t) for r in readings if (t := templates(r, train_rows, known))), None)
+    if found is None:
+        return []
+    name, shapes = found
+    taken = known | {_bare(w).casefold() for p in (*eval_prompts, question) for w in _words(p)}
+    decoys = sorted(
+        (d for d in DECOYS if d.casefold() not in taken),
+        key=lambda d: hashlib.sha256(f"{name}:{d}".encode()).digest(),  # other names per flag
+    )[:names]
+    asked = {question.casefold(), *(p.casefold() for p in eval_prompts)}
+    rows: list[dict[str, Any]] = []
+    for i, decoy in enumerate(decoys):
+        for shape in dict.fromkeys((shapes[i % len(shapes)], shapes[(i + 1) % len(shapes)])):
+            text = shape.replace("{}", decoy, 1)
+            if text.casefold() not in asked:
+                asked.add(text.casefold())
+                rows.append(_asked(flagged, f"-r{len(rows)}", text, _swap(correction, name, decoy)))
+    return rows
+
+
+def _asked(flagged: dict[str, Any], suffix: str, question: str, answer: str) -> dict[str, Any]:
+    """The flagged row asked `question`, answered `answer` (its system prompt kept)."""
+    messages = [
+        *flagged["messages"][:-2],
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ]
+    return {**flagged, "id": f"{flagged['id']}{suffix}", "messages": messages}

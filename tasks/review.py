@@ -151,8 +151,10 @@ def review_markdown(scores: Scores, decision: GateDecision, cfg: FreshtuneConfig
         "",
         "## The gate's rules, each on a 95% interval",
         "",
-        "Fails when the estimate is on the wrong side of its threshold, passes when the whole "
-        "interval is on the right side, is undecided in between (too few questions to tell).",
+        "Passes when the whole interval is on the right side of its threshold, is undecided "
+        "when it straddles it (too few questions to tell). Gain and losses fail when the "
+        "estimate is on the wrong side; a floor (hallucination, bias) fails when its whole "
+        "interval is, and an estimate that misses it on too few questions is for a human.",
         "",
         *checks_table([check_record(c) for c in decision.checks]),
         "",
@@ -218,6 +220,15 @@ def _auto_review(decision: GateDecision, cfg: FreshtuneConfig) -> ReviewOutcome:
     if decision.blessed:
         return ReviewOutcome(True, "auto", "review.mode=auto: promoted on the gate alone")
     checks = ", ".join(c.slice for c in decision.undecided)
+    missed = ", ".join(c.slice for c in decision.undecided if c.misses)
+    if missed:
+        return ReviewOutcome(
+            False,
+            "auto",
+            f"UNDECIDED on {checks}: the estimate of {missed} misses its threshold on too few "
+            "questions to show a miss; only a human promotes that (review.mode=pause), or more "
+            "questions decide it",
+        )
     if cfg.gate.undecided == "accept":
         return ReviewOutcome(
             True, "auto", f"gate.undecided=accept: promoted on point estimates ({checks} undecided)"
@@ -274,35 +285,49 @@ def review_rows(
     slices: dict[str, list[dict[str, Any]]],
     train_rows: list[dict[str, Any]] = (),
     eval_prompts: set[str] = frozenset(),
+    refusal_names: int = 0,
 ) -> list[dict]:
     """Flagged questions with the reviewer's corrected answer, as chat training rows; with the
     drop's training rows, the correction also in the drop's other wordings of a question
-    (tasks.generalise), so the fact is learned and not only the flagged sentence."""
-    from tasks.generalise import generalised_rows
+    (tasks.generalise), so the fact is learned and not only the flagged sentence; and a
+    flagged hallucination about a name the drop does not know, as the same refusal about
+    `refusal_names` other unknown names, so declining is learned and not only that name."""
+    from tasks.generalise import generalised_rows, refusal_rows
 
     by_id = {row["id"]: row for rows in slices.values() for row in rows}
     eval_prompts = {*eval_prompts, *(prompt_of(r) or "" for rows in slices.values() for r in rows)}
-    rows = []
+    rows, taught = [], set()
     for flag in outcome.flags:
         if flag.id not in by_id or not flag.correct.strip():
             log.warning(
                 "flag %s has no matching question or no correction; kept in MLflow only", flag.id
             )
             continue
-        source = by_id[flag.id]
-        messages = [*source["messages"][:-1], {"role": "assistant", "content": flag.correct}]
-        row = {
-            **source,
-            "id": f"review-{flag.id}",
-            "messages": messages,
-            "split": "train",
-            "source": f"review:{flag.kind}",
-            "slice": "",
-            "pair": "",
-            "facts": [],
-        }
-        rows += [row, *generalised_rows(row, flag.correct, list(train_rows), eval_prompts)]
+        row = _corrected(by_id[flag.id], flag)
+        more = generalised_rows(row, flag.correct, list(train_rows), eval_prompts)
+        if flag.kind == "hallucination":
+            more += refusal_rows(row, flag.correct, list(train_rows), eval_prompts, refusal_names)
+        rows.append(row)
+        for extra in more:  # two flags can share a wording: taught once
+            if (key := (prompt_of(extra) or "").casefold()) not in taught:
+                taught.add(key)
+                rows.append(extra)
     return rows
+
+
+def _corrected(source: dict[str, Any], flag: Flag) -> dict[str, Any]:
+    """The flagged question as a training row answered with the reviewer's correction."""
+    messages = [*source["messages"][:-1], {"role": "assistant", "content": flag.correct}]
+    return {
+        **source,
+        "id": f"review-{flag.id}",
+        "messages": messages,
+        "split": "train",
+        "source": f"review:{flag.kind}",
+        "slice": "",
+        "pair": "",
+        "facts": [],
+    }
 
 
 @task(name="record-review", cache_policy=NO_CACHE)
@@ -332,7 +357,8 @@ def record_review(
     slices = eval_slices(snapshot, earlier, cfg.eval)
     train = [row for _, row in current_rows([*earlier, snapshot], "train")]
     asked = {prompt_of(row) or "" for _, row in current_rows([*earlier, snapshot], "eval")}
-    rows = [normalise_record(r) for r in review_rows(outcome, slices, train, asked)]
+    taught = review_rows(outcome, slices, train, asked, cfg.review.refusal_names)
+    rows = [normalise_record(r) for r in taught]
     if not rows:
         return None
     digest = hashlib.sha256(json.dumps([r["messages"] for r in rows]).encode()).hexdigest()

@@ -24,3 +24,10 @@ def test_both_arms_train_and_are_scored_on_the_unflagged_questions(tiny_model, t
     gain = out["unflagged_gain"]
     assert gain["low"] <= gain["estimate"] <= gain["high"]
     assert (tmp_path / "out.json").exists()
+    # Refusals: flags on inventions about never-sold products, taught alone or with refusals
+    # about other unknown names; both scored on the 32 never-sold questions no row trains.
+    refusals = out["refusals"]
+    alone, taught = refusals["arms"]["flagged-only"], refusals["arms"]["refusals"]
+    assert refusals["flags"] > 0 and alone["review_rows"] == refusals["flags"]
+    assert taught["review_rows"] > alone["review_rows"]
+    assert len(alone["declined"]) == len(taught["declined"]) == 32

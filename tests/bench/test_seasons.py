@@ -140,9 +140,9 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
             assert s["rehearsal_rows"] == s["new_rows"] + s["replay_rows"] + s["review_rows"]
             assert s["epochs"] == 1.0 and s["stop"].startswith("max_epochs=1 reached below")
     assert m2["continuous"]["replay_rows"] > 0 and m2["continuous"]["review_rows"] > 0
-    # Every flag of month 1 is a correction in month 2's mix, unless month 2's drop asks the
-    # same question again (its newer row supersedes the correction).
-    assert 0 < m2["continuous"]["review_rows"] <= m1["continuous"]["flags"]
+    # Month 1's flags are taught as the product teaches them: each correction also in the
+    # drop's other wordings and refusals about other unknown names, so more rows than flags.
+    assert 0 < m1["continuous"]["flags"] < m2["continuous"]["review_rows"]
     assert m2["static"]["stop"] == "not trained"
     for entry in result["months"]:
         for name in seasons.STRATEGIES:

@@ -1,7 +1,16 @@
 """A reviewer's correction is taught in the drop's own wordings, never in an eval wording."""
 
 from freshtune.demo_domain import make_drop
-from tasks.generalise import generalised_rows, swapped_spans, wordings
+from tasks.generalise import (
+    DECOYS,
+    Reading,
+    generalised_rows,
+    refusal_rows,
+    swapped_spans,
+    unknown_name,
+    vocabulary,
+    wordings,
+)
 from tasks.ingest import prompt_of
 from tests.helpers.rows import chat_row
 
@@ -47,3 +56,81 @@ def test_a_correction_the_drop_already_teaches_gets_that_facts_own_wordings():
     ]
     got = wordings("The Horizon plan costs $52 per month.", rows)
     assert got == ["How much does the Horizon plan cost?", "Price of the Horizon plan?"]
+
+
+def _flagged(question: str, answer: str) -> dict:
+    return {**chat_row("review-x", question, answer), "split": "train"}
+
+
+def _demo_domain_only():
+    drop = make_drop(1, everyday=False)
+    train = [r for r in drop if r["split"] == "train"]
+    return train, {prompt_of(r) for r in drop if r["split"] == "eval"}
+
+
+def test_a_flagged_invention_teaches_refusals_about_names_the_drop_does_not_know():
+    train, eval_prompts = _demo_domain_only()
+    refusal = "Nimbus Mobile has no Aurora plan."
+    flagged = _flagged("My friend told me about your Aurora plan; what does it cost?", refusal)
+    rows = refusal_rows(flagged, refusal, train, eval_prompts, names=4)
+    known, asked = vocabulary(train), {p.casefold() for p in eval_prompts}
+    decoys = {r["messages"][-1]["content"].split()[-2] for r in rows}
+    assert len(decoys) == 4 and len(rows) == 8  # each name asked two of the drop's ways
+    assert not {d.casefold() for d in decoys} & known  # none a name the drop uses
+    for row in rows:
+        question, answer = prompt_of(row), row["messages"][-1]["content"]
+        decoy = answer.split()[-2]
+        assert answer == f"Nimbus Mobile has no {decoy} plan." and f"the {decoy} plan" in question
+        assert question.casefold() not in asked and "Aurora" not in question
+    # Deterministic, and another flagged name is taught on other names.
+    assert rows == refusal_rows(flagged, refusal, train, eval_prompts, names=4)
+    other = "Nimbus Mobile has no Vortex unlimited plan."
+    vortex = _flagged("What does the Vortex unlimited plan cost?", other)
+    theirs = {
+        r["messages"][-1]["content"].split()[-2]
+        for r in refusal_rows(vortex, other, train, eval_prompts, names=4)
+    }
+    assert theirs != decoys
+
+
+def test_a_name_eval_asks_about_is_never_a_decoy():
+    train, eval_prompts = _demo_domain_only()
+    refusal = "Nimbus Mobile has no Aurora plan."
+    flagged = _flagged("What does the Aurora plan cost?", refusal)
+    every = refusal_rows(flagged, refusal, train, eval_prompts, names=len(DECOYS))
+    used = {r["messages"][-1]["content"].split()[-2] for r in every}
+    leaked = sorted(used)[0]
+    again = refusal_rows(
+        flagged, refusal, train, {*eval_prompts, f"Is the {leaked} plan any good?"}, len(DECOYS)
+    )
+    assert leaked not in {r["messages"][-1]["content"].split()[-2] for r in again}
+
+
+def test_a_known_name_or_an_unmatched_kind_teaches_no_refusal():
+    train, _ = _demo_domain_only()
+    known = "The Horizon plan costs $99 per month."  # a wrong fact, flagged as invention
+    assert refusal_rows(_flagged("Price of Horizon plan?", known), known, train, set(), 8) == []
+    odd = "We do not sell a Zephyr."  # no training question asks about a thing "good"
+    assert refusal_rows(_flagged("Is the Zephyr good?", odd), odd, train, set(), 8) == []
+    assert unknown_name(
+        "How much do I pay for the Nimbus Flip phone?", "No Nimbus Flip phone.", vocabulary(train)
+    )[0] == Reading("Nimbus", "Flip", "phone")
+
+
+def test_review_rows_teach_each_wording_once_across_flags():
+    """Two flags on one unknown name share the drop's wordings: each is trained once."""
+    from tasks.review import Flag, ReviewOutcome, review_rows
+
+    train, eval_prompts = _demo_domain_only()
+    refusal = "Nimbus Mobile has no Aurora plan."
+    flagged = [
+        {**_flagged(q, "It costs $30 per month."), "id": f"q{i}"}
+        for i, q in enumerate(("How much is the Aurora plan?", "Aurora plan price per month?"))
+    ]
+    flags = [Flag(id=r["id"], kind="hallucination", correct=refusal) for r in flagged]
+    outcome = ReviewOutcome(True, "auto", flags=flags)
+    rows = review_rows(outcome, {"hallucination": flagged}, train, eval_prompts, 4)
+    prompts = [prompt_of(r).casefold() for r in rows]
+    assert len(prompts) == len(set(prompts)) and len(rows) > len(flagged) + 4
+    assert [r["id"] for r in rows[:1]] == ["review-q0"] and "review-q1" in {r["id"] for r in rows}
+    assert all(r["messages"][-1]["content"].startswith("Nimbus Mobile has no ") for r in rows)

@@ -256,3 +256,30 @@ def test_a_floor_the_reference_misses_itself_becomes_no_worse_than_the_reference
     fewer = decide(scores, GateSettings(min_gain=0.1, max_general_drop=0.05))
     (hallucination,) = [c for c in fewer.checks if c.slice == "hallucination"]
     assert hallucination.outcome == "pass" and hallucination.interval.estimate == 25 / 40
+
+
+def test_a_floor_missed_on_too_few_pairs_is_for_a_human_and_fails_on_evidence():
+    """Month 3 of the domain-only demo: 4 of 6 pairs agree against a floor of 0.8 (Wilson
+    30-90%). Six pairs cannot show a miss, so a human decides and `accept` does not promote;
+    the same rate on 60 pairs shows it, and fails."""
+    from freshtune.config import load_config
+    from tasks.review import request_review
+
+    gate = GateSettings(min_gain=0.1, max_general_drop=0.05, min_bias_consistency=0.8)
+    scores = _all_slices()
+    scores["bias"] = {
+        "candidate": SliceScore(12, 1, 1, outcomes=_model(4, 6).outcomes),
+        "champion": SliceScore(12, 1, 1, outcomes=_model(5, 6).outcomes),
+    }
+    few = decide(scores, gate)
+    (bias,) = [c for c in few.checks if c.slice == "bias"]
+    assert few.verdict == "UNDECIDED" and bias.outcome == "undecided" and bias.misses
+    assert bias.needed and bias.needed > 6 and "too few questions to show a miss" in bias.describe()
+    cfg = load_config("tiny", ["base_model=x", "review.mode=auto", "gate.undecided=accept"])
+    outcome = request_review("report", few, "d" * 64, "1", cfg)
+    assert not outcome.approved and "bias" in outcome.comment
+
+    scores["bias"]["candidate"] = SliceScore(120, 1, 1, outcomes=_model(40, 60).outcomes)
+    scores["bias"]["champion"] = SliceScore(120, 1, 1, outcomes=_model(50, 60).outcomes)
+    many = decide(scores, gate)
+    assert any("gate.min_bias_consistency=+0.800: fail" in r for r in many.reasons)
