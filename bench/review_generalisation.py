@@ -144,42 +144,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     a, b = out["arms"]["generalised"], out["arms"]["flagged-only"]
     out["unflagged_gain"] = paired_difference(paired(a["unflagged"], b["unflagged"]))._asdict()
     out["flagged_gain"] = paired_difference(paired(a["flagged"], b["flagged"]))._asdict()
-    out["refusals"] = refusal_arms(cfg, champion, m1, rehearsal, train_rows, eval_prompts)
+    facts = [r for r in m1 if r["split"] == "eval" and not r.get("slice")]
+    out["refusals"] = refusal_arms(cfg, champion, m1, rehearsal, (train_rows, eval_prompts), facts)
     return out
 
 
-def refusal_arms(cfg, champion: Path, m1, rehearsal, train_rows, eval_prompts) -> dict:
+def refusal_arms(cfg, champion: Path, m1, rehearsal, drop, facts) -> dict:
     """The reviewer checks the champion on products never sold (month 2's review pool) and
     flags each invented answer as a hallucination with the refusal; a review-only cycle trains
-    on the flags alone, or with each also taught as refusals about `review.refusal_names`
-    other unknown names (tasks.generalise.refusal_rows). Both are scored on 16 other
-    never-sold names, asked two ways: none flagged, none trained."""
+    on the flags alone (`flagged-only`), or with each also taught as refusals about 2 or
+    `review.refusal_names` other unknown names (`refusals-N`, tasks.generalise.refusal_rows).
+    Each is scored on 16 other never-sold names, asked two ways (none flagged, none trained),
+    and on month 1's fact questions: a refusal taught in the wordings of real products must
+    not be said of them."""
     from bench.seasons import never_sold_eval
     from freshtune.demo_domain import review_questions
     from tasks.ingest import prompt_of
-    from tasks.stats import paired, paired_difference
 
+    train_rows, eval_prompts = drop
     pool = [r for r in review_questions(2, cfg.seed) if r["slice"] == "hallucination"]
     declined = correct(cfg, champion, pool, "hallucination")
     flagged = [r for r, ok in zip(pool, declined) if not ok]
     unseen = never_sold_eval()
     asked = {*eval_prompts, *(prompt_of(r) or "" for r in unseen)}
     out: dict[str, Any] = {"checked": len(pool), "flags": len(flagged), "arms": {}}
-    for arm, names in (("flagged-only", 0), ("refusals", cfg.review.refusal_names)):
+    for names in dict.fromkeys((0, 2, cfg.review.refusal_names)):
         rows = refusal_review(flagged, train_rows, asked, names)
-        adapter = train(
-            cfg,
-            [snap("month01", m1), snap(f"refusals-{names}", rows, "review")],
-            champion,
-            rehearsal,
-        )
-        out["arms"][arm] = {
+        review = snap(f"refusals-{names}", rows, "review")
+        adapter = train(cfg, [snap("month01", m1), review], champion, rehearsal)
+        out["arms"]["flagged-only" if names == 0 else f"refusals-{names}"] = {
+            "names": names,
             "review_rows": len(rows),
             "declined": correct(cfg, adapter, unseen, "hallucination"),
+            "facts": correct(cfg, adapter, facts),
         }
-    a, b = (out["arms"][k]["declined"] for k in ("refusals", "flagged-only"))
-    out["declined_gain"] = paired_difference(paired(a, b))._asdict()
+    out["gains"] = gains_over(out["arms"], "flagged-only", ("declined", "facts"))
     return out
+
+
+def gains_over(arms: dict[str, dict], reference: str, keys: tuple[str, ...]) -> dict:
+    """Per arm and key, the paired difference from `reference` on the same questions."""
+    from tasks.stats import paired, paired_difference
+
+    return {
+        arm: {k: paired_difference(paired(r[k], arms[reference][k]))._asdict() for k in keys}
+        for arm, r in arms.items()
+        if arm != reference
+    }
 
 
 def refusal_review(flagged, train_rows, eval_prompts, names: int) -> list[dict[str, Any]]:
@@ -209,22 +220,27 @@ def print_table(out: dict[str, Any]) -> None:
             f"{sum(r['flagged']):>9}/{len(r['flagged']):<5}"
         )
     for key in ("unflagged_gain", "flagged_gain"):
-        est, low, high = (100 * out[key][k] for k in ("estimate", "low", "high"))
-        print(
-            f"generalised - flagged-only, {key.split('_')[0]} questions: "
-            f"{est:+.1f} pts (95% CI {low:+.1f} to {high:+.1f})"
-        )
-    refusals = out["refusals"]
+        print(_gain(f"generalised - flagged-only, {key.split('_')[0]} questions", out[key]))
+    print_refusals(out["refusals"])
+
+
+def print_refusals(refusals: dict[str, Any]) -> None:
     print(
         f"\n{refusals['flags']} of {refusals['checked']} never-sold questions answered with an "
         "invention by the champion, flagged as hallucinations"
     )
-    print(f"{'arm':<14}{'review rows':>12}{'other never-sold names declined':>33}")
+    print(f"{'arm':<14}{'review rows':>12}{'never-sold declined':>21}{'month-1 facts right':>21}")
     for arm, r in refusals["arms"].items():
-        n = len(r["declined"])
-        print(f"{arm:<14}{r['review_rows']:>12}{sum(r['declined']):>27}/{n}")
-    est, low, high = (100 * refusals["declined_gain"][k] for k in ("estimate", "low", "high"))
-    print(f"refusals - flagged-only, declined: {est:+.1f} pts (95% CI {low:+.1f} to {high:+.1f})")
+        declined, facts = (f"{sum(r[k])}/{len(r[k])}" for k in ("declined", "facts"))
+        print(f"{arm:<14}{r['review_rows']:>12}{declined:>21}{facts:>21}")
+    for arm, by in refusals["gains"].items():
+        for key, interval in by.items():
+            print(_gain(f"{arm} - flagged-only, {key}", interval))
+
+
+def _gain(label: str, interval: dict[str, float]) -> str:
+    est, low, high = (100 * interval[k] for k in ("estimate", "low", "high"))
+    return f"{label}: {est:+.1f} pts (95% CI {low:+.1f} to {high:+.1f})"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

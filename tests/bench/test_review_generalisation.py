@@ -25,9 +25,12 @@ def test_both_arms_train_and_are_scored_on_the_unflagged_questions(tiny_model, t
     assert gain["low"] <= gain["estimate"] <= gain["high"]
     assert (tmp_path / "out.json").exists()
     # Refusals: flags on inventions about never-sold products, taught alone or with refusals
-    # about other unknown names; both scored on the 32 never-sold questions no row trains.
+    # about other unknown names; each scored on the 32 never-sold questions no row trains on
+    # and on month 1's facts.
     refusals = out["refusals"]
-    alone, taught = refusals["arms"]["flagged-only"], refusals["arms"]["refusals"]
+    alone, taught = refusals["arms"]["flagged-only"], refusals["arms"]["refusals-2"]
     assert refusals["flags"] > 0 and alone["review_rows"] == refusals["flags"]
     assert taught["review_rows"] > alone["review_rows"]
-    assert len(alone["declined"]) == len(taught["declined"]) == 32
+    for arm in refusals["arms"].values():
+        assert len(arm["declined"]) == 32 and len(arm["facts"]) == len(alone["facts"]) > 0
+    assert set(refusals["gains"]) == set(refusals["arms"]) - {"flagged-only"}
