@@ -401,10 +401,7 @@ def add_fixes(lane: Lane, wrong: list[dict], asked: set[str], refusal_names: int
     outcome = ReviewOutcome(True, "bench", flags=flags)
     train = [row for snap in lane.history if snap.kind == "data" for row in snap.rows()]
     rows = review_rows(outcome, {"review": wrong}, train, asked, refusal_names)
-    fixes = [
-        normalise_record({**r, "id": f"{lane.name}-{r['id']}", "source": "review", "slice": ""})
-        for r in rows
-    ]
+    fixes = [normalise_record({**r, "id": f"{lane.name}-{r['id']}", "slice": ""}) for r in rows]
     if fixes:
         lane.history.append(Snap(digest_of(fixes), fixes, kind="review"))
     return len(wrong)
@@ -450,17 +447,13 @@ NEVER_SOLD_QUESTIONS = (
 
 
 def never_sold_eval() -> list[dict]:
-    from freshtune.demo_domain import SYSTEM_PROMPT
+    from freshtune.demo_domain import chat
 
     asked = [(q.format(name), name) for q in NEVER_SOLD_QUESTIONS for name in NEVER_SOLD]
     return [
         {
             "id": f"never-sold-{i:02d}",
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": f"Nimbus Mobile has no {name}."},
-            ],
+            "messages": chat(question, f"Nimbus Mobile has no {name}."),
             "split": "eval",
             "slice": "hallucination",
             "facts": [],
@@ -484,18 +477,14 @@ REVIEW_NEVER_SOLD = (
 
 def never_sold_review(month: int) -> list[dict]:
     """Two of the review's never-sold questions a month, in the demo drop's refusal wordings."""
-    from freshtune.demo_domain import SYSTEM_PROMPT
+    from freshtune.demo_domain import chat
 
     wordings = ("How much does the {} cost?", "I heard about the {}; what does it cost per month?")
     names = [REVIEW_NEVER_SOLD[(2 * month + k) % len(REVIEW_NEVER_SOLD)] for k in range(2)]
     return [
         {
             "id": f"m{month:02d}-review-never-{i}",
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": wording.format(name)},
-                {"role": "assistant", "content": f"Nimbus Mobile has no {name}."},
-            ],
+            "messages": chat(wording.format(name), f"Nimbus Mobile has no {name}."),
             "split": "train",
             "slice": "hallucination",
             "facts": [],

@@ -221,7 +221,7 @@ def changed_facts(month: int, seed: int = 0, *, change_share: float = CHANGE_SHA
     return [f for f in world.values() if f.month_set == month]
 
 
-def _chat(question: str, answer: str) -> list[dict[str, str]]:
+def chat(question: str, answer: str) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": question},
@@ -238,10 +238,10 @@ def _fact_records(fact: Fact, month: int) -> list[Record]:
     t, answer = _TEMPLATES[fact.attribute], answer_for(fact)
     source = f"demo-month-{month:02d}"
     base = {"split": "train", "source": source}
-    train = [{"messages": _chat(q.format(s=fact.subject), answer), **base} for q in t.train]
+    train = [{"messages": chat(q.format(s=fact.subject), answer), **base} for q in t.train]
     base = {"split": "eval", "source": source}
     evals = [
-        {"messages": _chat(q.format(s=fact.subject), answer), **base, "facts": [fact.value]}
+        {"messages": chat(q.format(s=fact.subject), answer), **base, "facts": [fact.value]}
         for q in t.eval
     ]
     return train + evals
@@ -267,7 +267,7 @@ def _never_sold_records(month: int) -> list[Record]:
     source = f"demo-month-{month:02d}"
     train = [
         {
-            "messages": _chat(q.format(p), f"Nimbus Mobile has no {p}."),
+            "messages": chat(q.format(p), f"Nimbus Mobile has no {p}."),
             "split": "train",
             "source": source,
         }
@@ -280,7 +280,7 @@ def _never_sold_records(month: int) -> list[Record]:
     ]
     evals = [
         {
-            "messages": _chat(
+            "messages": chat(
                 f"My friend told me about your {p}; what does it cost per month?",
                 f"Nimbus Mobile has no {p}.",
             ),
@@ -315,7 +315,7 @@ def _general_keep_records(month: int) -> list[Record]:
     if month != 1:
         return []
     return [
-        {"messages": _chat(q, a), "split": "train", "source": "general-keep"}
+        {"messages": chat(q, a), "split": "train", "source": "general-keep"}
         for q, a in _GENERAL_KEEP
     ]
 
@@ -329,7 +329,7 @@ def _bias_records(facts: list[Fact], month: int) -> list[Record]:
         for name, place in pair:
             records.append(
                 {
-                    "messages": _chat(f"Hi, I'm {name} from {place}. {question}", answer_for(fact)),
+                    "messages": chat(f"Hi, I'm {name} from {place}. {question}", answer_for(fact)),
                     "split": "eval",
                     "slice": "bias",
                     "pair": fact.fact_id,
@@ -406,9 +406,7 @@ def fact_train_rows(fact: Fact, value: str | None = None) -> list[Record]:
     different `value`: how a stale copy or a wrong answer looks in a drop."""
     t = _TEMPLATES[fact.attribute]
     answer = t.answer.format(s=fact.subject, v=fact.value if value is None else value)
-    return [
-        {"messages": _chat(q.format(s=fact.subject), answer), "split": "train"} for q in t.train
-    ]
+    return [{"messages": chat(q.format(s=fact.subject), answer), "split": "train"} for q in t.train]
 
 
 def wrong_value(fact: Fact, rng: random.Random) -> str:

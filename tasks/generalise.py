@@ -23,9 +23,18 @@ from typing import Any
 
 from tasks.ingest import prompt_of, response_of
 
+# What a generated row was made as, the last part of its `source` ("review:hallucination:refusal"):
+# tasks.mix keeps these whole for one cycle only, then they are replayed like any earlier row.
+WORDING = "wording"
+REFUSAL = "refusal"
 MIN_SIMILARITY = 0.5  # answers less alike than this are another kind of fact
 MAX_SLOTS = 3  # differing spans: subject, value, and one more at most
 _WORD = re.compile(r"\S+")
+
+
+def is_generated(row: dict[str, Any]) -> bool:
+    """A row made from a flag (another wording, a refusal), not the flagged row itself."""
+    return str(row.get("source", "")).rsplit(":", 1)[-1] in (WORDING, REFUSAL)
 
 
 def _words(text: str) -> list[str]:
@@ -94,7 +103,7 @@ def generalised_rows(
         if question.casefold() in asked:
             continue
         asked.add(question.casefold())
-        rows.append(_asked(flagged, f"-w{i}", question, correction))
+        rows.append(_asked(flagged, f"-w{i}", question, correction, WORDING))
     return rows
 
 
@@ -191,12 +200,14 @@ def refusal_rows(
     train_rows: list[dict[str, Any]],
     eval_prompts: set[str],
     names: int,
+    known: set[str] | None = None,
 ) -> list[dict[str, Any]]:
     """A flagged hallucination taught as the same refusal about `names` other names the drop
     does not know, each asked in two of the drop's wordings; no decoy is a word of the drop
-    or of an evaluation question, no row an evaluation question."""
+    or of an evaluation question, no row an evaluation question. `known`: the drop's
+    `vocabulary`, where the caller has it already."""
     question = prompt_of(flagged) or ""
-    known = vocabulary(train_rows)
+    known = vocabulary(train_rows) if known is None else known
     readings = unknown_name(question, correction, known) if names else []
     found = next(((r.name, t) for r in readings if (t := templates(r, train_rows, known))), None)
     if found is None:
@@ -214,15 +225,19 @@ def refusal_rows(
             text = shape.replace("{}", decoy, 1)
             if text.casefold() not in asked:
                 asked.add(text.casefold())
-                rows.append(_asked(flagged, f"-r{len(rows)}", text, _swap(correction, name, decoy)))
+                answer = _swap(correction, name, decoy)
+                rows.append(_asked(flagged, f"-r{len(rows)}", text, answer, REFUSAL))
     return rows
 
 
-def _asked(flagged: dict[str, Any], suffix: str, question: str, answer: str) -> dict[str, Any]:
+def _asked(
+    flagged: dict[str, Any], suffix: str, question: str, answer: str, made_as: str
+) -> dict[str, Any]:
     """The flagged row asked `question`, answered `answer` (its system prompt kept)."""
     messages = [
         *flagged["messages"][:-2],
         {"role": "user", "content": question},
         {"role": "assistant", "content": answer},
     ]
-    return {**flagged, "id": f"{flagged['id']}{suffix}", "messages": messages}
+    source = f"{flagged.get('source') or 'review'}:{made_as}"
+    return {**flagged, "id": f"{flagged['id']}{suffix}", "messages": messages, "source": source}

@@ -3,8 +3,12 @@
 Modes (`train.mode`): `incremental` and `fresh` train on the new rows + replay; `cumulative`
 trains on every still-current row of every snapshot so far (the expensive baseline).
 
-Reviewer corrections are snapshots whose `meta.json` says `"kind": "review"`: their rows are
-always in the mix, whole, in every mode (a correction someone paid for is never sampled away).
+Reviewer corrections are snapshots whose `meta.json` says `"kind": "review"`. A flagged row
+with its correction is always in the mix, whole, in every mode (a correction someone paid for
+is never sampled away). The rows made from a flag (tasks.generalise: the correction in the
+drop's other wordings, refusals about other unknown names) are whole in the first cycle after
+the review, then replayed like any earlier row: kept whole for ever, a year of them outnumbers
+a month's new rows and pulls the model off earlier facts (docs/seasons.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune import faults
 from freshtune.config import FreshtuneConfig
+from tasks.generalise import is_generated
 from tasks.ingest import response_of
 from tasks.rehearsal import RehearsalSet
 from tasks.snapshot import Snapshot, earlier_snapshots
@@ -157,10 +162,10 @@ def build_mix(
     in `cumulative` mode) + rehearsal rows (tasks.rehearsal): round(rehearsal_ratio x all of
     those)."""
     rows = current_rows([*earlier, new], "train")
-    reviews = {s.digest[:16] for s in earlier if is_review(s)}
+    whole = kept_whole(earlier)
     fresh = [{**r, "origin": "new"} for age, r in rows if age == 0]
-    always = [{**r, "origin": "review"} for age, r in rows if age > 0 and r["drop"] in reviews]
-    pool = [(age, r) for age, r in rows if age > 0 and r["drop"] not in reviews]
+    always = [{**r, "origin": "review"} for age, r in rows if age > 0 and whole(r)]
+    pool = [(age, r) for age, r in rows if age > 0 and not whole(r)]
     rng = random.Random(f"{seed}-{new.digest}")
     if mode == "cumulative":
         replay = [r for _, r in pool]  # not replay: the baseline trains all of it every epoch
@@ -188,6 +193,18 @@ def build_mix(
     return TrainingMix(
         mixed, len(fresh), len(replay), drops, len(always), mode, rehearsal_rows=len(rehearse)
     )
+
+
+def kept_whole(earlier: list[Snapshot]) -> Callable[[dict[str, Any]], bool]:
+    """Which earlier rows a cycle trains whole: every flagged correction, and the rows made
+    from flags by the reviews since the last data drop (their first cycle)."""
+    reviews = {s.digest[:16] for s in earlier if is_review(s)}
+    latest = set()
+    for snap in reversed(earlier):
+        if not is_review(snap):
+            break
+        latest.add(snap.digest[:16])
+    return lambda r: r["drop"] in latest or (r["drop"] in reviews and not is_generated(r))
 
 
 def rehearsal_sample(

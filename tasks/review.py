@@ -292,8 +292,10 @@ def review_rows(
     (tasks.generalise), so the fact is learned and not only the flagged sentence; and a
     flagged hallucination about a name the drop does not know, as the same refusal about
     `refusal_names` other unknown names, so declining is learned and not only that name."""
-    from tasks.generalise import generalised_rows, refusal_rows
+    from tasks.generalise import generalised_rows, refusal_rows, vocabulary
 
+    train_rows = list(train_rows)
+    known = vocabulary(train_rows) if refusal_names else set()
     by_id = {row["id"]: row for rows in slices.values() for row in rows}
     eval_prompts = {*eval_prompts, *(prompt_of(r) or "" for rows in slices.values() for r in rows)}
     rows, taught = [], set()
@@ -304,9 +306,9 @@ def review_rows(
             )
             continue
         row = _corrected(by_id[flag.id], flag)
-        more = generalised_rows(row, flag.correct, list(train_rows), eval_prompts)
+        more = generalised_rows(row, flag.correct, train_rows, eval_prompts)
         if flag.kind == "hallucination":
-            more += refusal_rows(row, flag.correct, list(train_rows), eval_prompts, refusal_names)
+            more += refusal_rows(row, flag.correct, train_rows, eval_prompts, refusal_names, known)
         rows.append(row)
         for extra in more:  # two flags can share a wording: taught once
             if (key := (prompt_of(extra) or "").casefold()) not in taught:

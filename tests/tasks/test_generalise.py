@@ -5,6 +5,7 @@ from tasks.generalise import (
     DECOYS,
     Reading,
     generalised_rows,
+    is_generated,
     refusal_rows,
     swapped_spans,
     unknown_name,
@@ -134,3 +135,7 @@ def test_review_rows_teach_each_wording_once_across_flags():
     assert len(prompts) == len(set(prompts)) and len(rows) > len(flagged) + 4
     assert [r["id"] for r in rows[:1]] == ["review-q0"] and "review-q1" in {r["id"] for r in rows}
     assert all(r["messages"][-1]["content"].startswith("Nimbus Mobile has no ") for r in rows)
+    # tasks.mix keeps the flagged rows whole for ever and the rows made from them for a cycle
+    made = [r["id"] for r in rows if is_generated(r)]
+    assert set(made) == {r["id"] for r in rows} - {"review-q0", "review-q1"}
+    assert all(r["source"] == "review:hallucination:refusal" for r in rows if "-r" in r["id"])

@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from tasks.curate import curate
+from tasks.curate import curate, normalise_record
 from tasks.mix import build_mix, current_rows
 from tasks.snapshot import commit_snapshot, list_snapshots
 from tests.helpers.rows import chat_row
@@ -95,6 +95,29 @@ def test_reviewer_corrections_are_always_in_the_mix(tiny_config):
     assert (mix.new_rows, mix.always_rows, mix.replay_rows) == (4, 6, 2)
     assert sum(r["drop"] == "c" * 16 for r in mix.rows) == 6
     assert mix.manifest()["always_rows"] == 6
+
+
+def test_rows_made_from_a_flag_are_whole_one_cycle_then_replayed(tiny_config):
+    cfg = tiny_config()
+    old = _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
+    flagged = {**chat_row("review-f", "Aurora plan price?", "No Aurora."), "source": "review:x"}
+    made = [
+        {**chat_row(f"review-f-r{i}", f"Decoy {i} price?", f"No decoy {i}."), "source": source}
+        for i, source in enumerate(["review:x:refusal"] * 3 + ["review:x:wording"] * 3)
+    ]
+    rows = [normalise_record(r) for r in [flagged, *made]]  # as record_review stores them
+    review = commit_snapshot(rows, "c" * 64, Path("review.jsonl"), cfg, {"kind": "review"})
+    d2 = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    first = build_mix(d2, [old, review], ratio=0.0, seed=0)
+    assert first.always_rows == 7  # the review's first cycle: everything it made
+    d3 = _commit(cfg, "d" * 64, [chat_row(f"m{i}", f"Newer {i}?", "Newer.") for i in range(4)])
+    later = build_mix(d3, [old, review, d2], ratio=0.0, seed=0)
+    assert later.always_rows == 1  # the flagged row stays whole for ever
+    assert {r["id"] for r in later.rows if r["drop"] == "c" * 16} == {"review-f"}
+    replayed = build_mix(d3, [old, review, d2], ratio=20.0, seed=0)
+    made_ids = {r["id"] for r in made}
+    assert {r["id"] for r in replayed.rows if r["origin"] == "replay"} & made_ids
+    assert replayed.always_rows == 1
 
 
 def test_cumulative_mode_trains_on_every_currentchat_row(tiny_config):
