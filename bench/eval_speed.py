@@ -15,6 +15,8 @@ settings and the same adapter:
 
   on-the-fly@16  PeftModel with the adapter active, batches of 16 (freshtune before this bench)
   merged@B       a fresh base with the adapter merged in (merge_and_unload), batches of B
+  merged-ungrouped@B  merged, rows batched in the order given (before 2026-12-06: evaluation
+                 now batches rows with like-length reference answers together)
   merged-bf16@B  the same in bfloat16 (`eval.dtype: bfloat16`) at the largest B: fast on cores
                  with AMX or AVX512-BF16, its answers are the bf16 model's, not float32's
   base@B         the base alone at the largest B (the floor)
@@ -92,6 +94,7 @@ def contenders(batch_sizes: list[int]) -> list[tuple[str, str, int]]:
     return [
         (REFERENCE, "on-the-fly", 16),
         *merged,
+        (f"merged-ungrouped@{widest}", "merged-ungrouped", widest),
         (f"merged-bf16@{widest}", "merged-bf16", widest),
         (f"base@{widest}", "base", widest),
     ]
@@ -120,9 +123,10 @@ def timed(how, model_dir, adapter, rows, settings) -> tuple[float, float, list[s
 
     started = time.perf_counter()
     model, tokenizer = load(how, model_dir, adapter), load_tokenizer(model_dir)
-    answers = generate_answers(model, tokenizer, rows, settings)
+    grouped = how != "merged-ungrouped"
+    answers = generate_answers(model, tokenizer, rows, settings, grouped=grouped)
     answered = time.perf_counter()
-    reference_nll(model, tokenizer, rows, settings)
+    reference_nll(model, tokenizer, rows, settings, grouped=grouped)
     return answered - started, time.perf_counter() - answered, answers
 
 

@@ -70,7 +70,10 @@ class TrainSettings(_Strict):
         10.0, gt=0, description="with target_recall: the most epochs a cycle may train"
     )
     target_sample: int = Field(
-        32, ge=1, description="with target_recall: training questions asked at each check"
+        32,
+        ge=1,
+        description="with target_recall: training questions asked at each check, the cycle's "
+        "new rows first; reviewers' corrections a quarter, or what the new rows leave",
     )
     target_replay_sample: int = Field(
         0,

@@ -84,9 +84,13 @@ def generate_answers(
     rows: list[dict[str, Any]],
     settings: EvalSettings,
     bar: Any = None,
+    grouped: bool = True,
 ) -> list[str]:
-    """Greedy, batched, deterministic answers to each row's conversation minus its answer.
-    Progress goes to `bar` (a tqdm shared by several calls) or a bar of its own."""
+    """Greedy, batched, deterministic answers to each row's conversation minus its answer, in
+    the rows' order. Progress goes to `bar` (a tqdm shared by several calls) or a bar of its
+    own. `grouped`: batch rows with reference answers of like length together (a batch
+    decodes until its longest answer ends, so one long answer among short ones makes the
+    whole batch pay for it), then put the answers back in order."""
     import torch
     from tqdm.auto import tqdm
 
@@ -97,6 +101,12 @@ def generate_answers(
         )
         for r in rows
     ]
+    order = (
+        by_length([(len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)])
+        if grouped
+        else list(range(len(rows)))
+    )
+    prompts = [prompts[i] for i in order]
     answers: list[str] = []
     batches = range(0, len(prompts), settings.batch_size)
     # A quiet terminal shows the bars of whole stages only (the training-target probe's
@@ -125,11 +135,28 @@ def generate_answers(
         (own if bar is None else bar).update(1)
     if own is not None:
         own.close()
-    return [a.strip() for a in answers]
+    return in_order([a.strip() for a in answers], order)
+
+
+def by_length(keys: list[tuple[int, ...]]) -> list[int]:
+    """Indices sorted by their keys (stable): batches of like-length rows."""
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def in_order(values: list[Any], order: list[int]) -> list[Any]:
+    """`values[k]` belongs to row `order[k]`: back in the rows' own order."""
+    out: list[Any] = [None] * len(values)
+    for k, i in enumerate(order):
+        out[i] = values[k]
+    return out
 
 
 def reference_nll(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: EvalSettings
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    settings: EvalSettings,
+    grouped: bool = True,
 ) -> list[tuple[float, int]]:
     """(summed negative log-likelihood, tokens) of each reference answer: for perplexity.
 
@@ -139,6 +166,10 @@ def reference_nll(
     import torch
 
     encoded = [encode_chat(tokenizer, r["messages"], 512) for r in rows]
+    # Like-length answers batched together: the projection runs from the batch's longest one.
+    keys = [(_answer_tokens(e), len(e["input_ids"])) if grouped else () for e in encoded]
+    order = by_length(keys)
+    encoded = [encoded[i] for i in order]
     pad = collate(tokenizer.pad_token_id, left=True)
     out: list[tuple[float, int]] = []
     for start in range(0, len(encoded), settings.batch_size):
@@ -159,4 +190,8 @@ def reference_nll(
         )
         counts = (target != IGNORE).sum(dim=1)
         out += [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)]
-    return out
+    return in_order(out, order)
+
+
+def _answer_tokens(encoded: dict) -> int:
+    return sum(label != IGNORE for label in encoded["labels"])

@@ -22,9 +22,17 @@ def test_every_contender_is_timed_and_compared_with_the_reference(tiny_model, tm
             str(tmp_path / "out.json"),
         ]
     )
-    names = ["on-the-fly@16", "merged@8", "merged@32", "merged-bf16@32", "base@32"]
+    names = [
+        "on-the-fly@16",
+        "merged@8",
+        "merged@32",
+        "merged-ungrouped@32",
+        "merged-bf16@32",
+        "base@32",
+    ]
     assert list(out["median_s"]) == names == list(out["nll_median_s"])
     assert all(s > 0 for s in [*out["median_s"].values(), *out["nll_median_s"].values()])
     # merging and batching change rounding, not the model: float32 answers agree
     assert out["same_answers"]["merged@32"] >= 0.9 * out["questions"]
+    assert out["same_answers"]["merged-ungrouped@32"] >= 0.9 * out["questions"]
     assert json.loads((tmp_path / "out.json").read_text())["questions"] == out["questions"]

@@ -6,7 +6,7 @@ import shutil
 from safetensors.torch import load_file, save_file
 
 from tasks.evalcache import question_digest
-from tasks.evaluate import evaluate_models
+from tasks.evaluate import adapted_model, evaluate_models
 from tasks.train import train_adapter
 from tests.helpers.rows import chat_row
 
@@ -110,6 +110,25 @@ def test_the_candidate_is_scored_as_the_merged_model_export_serves(tiny_config, 
     assert base != answers  # the adapter is in what was scored
 
 
+def test_answers_batched_by_length_come_back_in_the_rows_order(tiny_config, tmp_path):
+    """Grouping like-length answers into batches reorders the work, never the answers: each
+    row gets the answer it gets alone."""
+    from tasks.chat import by_length, generate_answers
+    from tasks.models import load_tokenizer
+
+    cfg, adapter = _adapter(tiny_config, tmp_path)
+    model = adapted_model(cfg.base_model, adapter)
+    tokenizer = load_tokenizer(cfg.base_model)
+    long = chat_row("long", "Which plans are there?", "Plan 1, plan 2 and plan 3. " * 4, "eval")
+    rows = [long, *_rows(4, "eval"), {**long, "id": "long2"}]
+    assert by_length([(len(r["messages"][-1]["content"]),) for r in rows])[-2:] == [0, 5]
+    pairs = cfg.eval.model_copy(update={"batch_size": 2})
+    alone = cfg.eval.model_copy(update={"batch_size": 1})
+    grouped = generate_answers(model, tokenizer, rows, pairs)
+    assert grouped == [generate_answers(model, tokenizer, [r], alone)[0] for r in rows]
+    assert grouped == generate_answers(model, tokenizer, rows, pairs, grouped=False)
+
+
 def test_reference_nll_in_batches_equals_each_answer_scored_alone(tiny_config):
     """Left padding and the vocabulary projection over answer positions only change nothing:
     each row's summed NLL is that of the row run alone, by the plain definition."""
@@ -118,10 +137,10 @@ def test_reference_nll_in_batches_equals_each_answer_scored_alone(tiny_config):
     from tasks.chat import IGNORE, encode_chat, reference_nll
     from tasks.models import load_inference_model, load_tokenizer
 
-    cfg = tiny_config("eval.batch_size=4")
+    cfg = tiny_config("eval.batch_size=2")
     model, tokenizer = load_inference_model(cfg.base_model), load_tokenizer(cfg.base_model)
     long = chat_row("long", "Which plans are there, and what does each cost?", "A " * 30, "eval")
-    rows = [*_rows(3, "eval"), long]
+    rows = [long, *_rows(3, "eval")]  # batched by answer length: the long one moves last
     batched = reference_nll(model, tokenizer, rows, cfg.eval)
 
     for row, (nll, tokens) in zip(rows, batched):

@@ -48,6 +48,21 @@ def test_the_probe_samples_only_the_cycles_own_rows():
     assert build_probe(rows, SETTINGS, seed=0) is None  # no target: fixed epochs
 
 
+def test_the_probe_asks_the_months_new_rows_first_and_corrections_too():
+    settings = SETTINGS.model_copy(update={"target_recall": 0.9, "target_sample": 32})
+
+    def origins(new: int, fixes: int) -> tuple[int, int]:
+        picked = [
+            r["origin"] for r in build_probe(_rows(new) + _rows(fixes, "review"), settings, 0).rows
+        ]
+        return picked.count("new"), picked.count("review")
+
+    assert origins(21, 58) == (21, 11)  # every new row; corrections fill the rest
+    assert origins(96, 43) == (24, 8)  # a quarter for corrections, not 10 of 32 by share
+    assert origins(96, 3) == (29, 3)
+    assert origins(0, 40) == (0, 32)  # a cycle of corrections only
+
+
 def test_the_probe_asks_replayed_rows_only_when_told_to():
     rows = _rows(40) + _rows(30, "replay") + _rows(30, "rehearsal")
     settings = SETTINGS.model_copy(
