@@ -2,7 +2,8 @@
 and in batches of what size.
 
 Run: python bench/eval_speed.py [--json out.json] [--rounds 2] [--batch-sizes 16,32,64]
-     (about 6 minutes on 2 CPU cores with SmolLM2-135M)
+     [--skip merged-bf16@64] (about 6 minutes on 2 CPU cores with SmolLM2-135M; leave the bf16
+     contender out on cores without AVX512-BF16 or AMX, where it runs many times slower)
 
 A cycle's evaluation pays for the candidate's answers to every question (the base's and the
 champion's come from the answer cache). The candidate is the base plus a LoRA adapter on every
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=32, help="LoRA rank (demo preset: 32)")
     parser.add_argument("--config", default="demo", help="preset whose eval settings are used")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--skip", default="", help="contenders to leave out (not the reference)")
     return parser.parse_args(argv)
 
 
@@ -134,7 +136,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from freshtune.config import load_config
 
     settings = load_config(args.config, [f"base_model={args.model}"], Path(tempfile.mkdtemp())).eval
-    rows, field = questions(), contenders([int(b) for b in args.batch_sizes.split(",")])
+    skip = set(args.skip.split(",")) - {REFERENCE}
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    field = [c for c in contenders(sizes) if c[0] not in skip]
+    rows = questions()
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in field}
     nll: dict[str, list[float]] = {name: [] for name, _, _ in field}
     answers: dict[str, list[str]] = {}
@@ -171,13 +176,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = result["questions"]
     print(f"{n} questions, LoRA rank {args.rank}, median of {args.rounds} interleaved rounds")
     print(
-        f"{'contender':<18}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}"
+        f"{'contender':<20}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}"
         f"{'NLL pass s':>12}"
     )
     for name, s in result["median_s"].items():
         same, ratio = f"{result['same_answers'][name]}/{n}", result["vs_reference"][name]
         nll = result["nll_median_s"][name]
-        print(f"{name:<18}{s:>9.1f}{n / s:>8.2f}{ratio:>17.2f}x{same:>14}{nll:>12.1f}")
+        print(f"{name:<20}{s:>9.1f}{n / s:>8.2f}{ratio:>17.2f}x{same:>14}{nll:>12.1f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -36,3 +36,13 @@ def test_every_contender_is_timed_and_compared_with_the_reference(tiny_model, tm
     assert out["same_answers"]["merged@32"] >= 0.9 * out["questions"]
     assert out["same_answers"]["merged-ungrouped@32"] >= 0.9 * out["questions"]
     assert json.loads((tmp_path / "out.json").read_text())["questions"] == out["questions"]
+
+
+def test_a_skipped_contender_is_left_out_and_the_reference_never(tiny_model):
+    out = eval_speed.main(
+        [
+            *("--model", str(tiny_model), "--config", "tiny", "--rounds", "1"),
+            *("--batch-sizes", "8", "--rank", "4", "--skip", "merged-bf16@8,base@8,on-the-fly@16"),
+        ]
+    )
+    assert list(out["median_s"]) == ["on-the-fly@16", "merged@8", "merged-ungrouped@8"]

@@ -30,7 +30,7 @@ def test_without_cuda_it_says_so_and_does_nothing(tmp_path: Path):
 
 def test_the_rehearsal_runs_every_part_and_summarises_it(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "out"
-    done = _run("--rehearse", "--out", str(out), "--model", str(tiny_model), "--budget-s", "600")
+    done = _run("--rehearse", "--out", str(out), "--model", str(tiny_model), "--budget-s", "840")
     assert done.returncode == 0, done.stdout + done.stderr
     summary = {r["part"]: r for r in json.loads((out / "summary.json").read_text())}
     expected = {
