@@ -7,8 +7,9 @@ Reviewer corrections are snapshots whose `meta.json` says `"kind": "review"`. A 
 with its correction is always in the mix, whole, in every mode (a correction someone paid for
 is never sampled away). The rows made from a flag (tasks.generalise: the correction in the
 drop's other wordings, refusals about other unknown names) are whole in the first cycle after
-the review, then replayed like any earlier row: kept whole for ever, a year of them outnumbers
-a month's new rows and pulls the model off earlier facts (docs/seasons.md).
+the review, then replayed like any earlier row: kept whole for ever, three months of them
+outnumbered a month's new rows, and the reviewed lane knew fewer earlier facts
+(docs/seasons.md).
 """
 
 from __future__ import annotations
