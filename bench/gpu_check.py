@@ -130,8 +130,9 @@ def cmd_seasons(ctx: Context) -> list[str]:
     )  # fmt: skip
 
 
-# The limits share a device's 8 minutes out; a rehearsal runs on whatever CPU the test has,
-# and 2 AVX2-only cores ran its QLoRA cycle past 180 s, so there a limit guards against a hang.
+# The limits divide a lent device's few minutes among the parts. A rehearsal runs on whatever
+# CPU the test has (2 AVX2-only cores ran its QLoRA cycle past 180 s), where a limit only has
+# to catch a hang.
 REHEARSAL_SLACK = 4.0
 
 PARTS = (
