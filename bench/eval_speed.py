@@ -18,16 +18,19 @@ settings and the same adapter:
   merged@B       a fresh base with the adapter merged in (merge_and_unload), batches of B
   merged-ungrouped@B  merged, rows batched in the order given (before 2026-12-06: evaluation
                  now batches rows with like-length reference answers together)
+  merged-two-pass@B  merged, generation encoding each prompt again after the pass that scores
+                 the references (before 2026-12-06: evaluation now decodes from that pass's
+                 cache, cut back to the prompt)
   merged-bf16@B  the same in bfloat16 (`eval.dtype: bfloat16`) at the largest B: fast on cores
                  with AMX or AVX512-BF16, its answers are the bf16 model's, not float32's
   base@B         the base alone at the largest B (the floor)
 
 The adapter's B matrices are small random values, so answers stay close to the base's
 (lengths, and so the work, comparable). Rounds are interleaved; the table shows each
-contender's median seconds (loading included), questions per second, the ratio to
-on-the-fly@16, how many answers equal on-the-fly@16's (merging and batching change float
-rounding, not the model), and the seconds of the reference-NLL pass (perplexity) that
-evaluation runs after the answers.
+contender's median seconds (loading, the answers and the reference answers' NLL for
+perplexity: what evaluation pays per model), questions per second, the ratio to on-the-fly@16,
+and how many answers equal on-the-fly@16's (merging and batching change float rounding, not
+the model).
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def contenders(batch_sizes: list[int]) -> list[tuple[str, str, int]]:
         (REFERENCE, "on-the-fly", 16),
         *merged,
         (f"merged-ungrouped@{widest}", "merged-ungrouped", widest),
+        (f"merged-two-pass@{widest}", "merged-two-pass", widest),
         (f"merged-bf16@{widest}", "merged-bf16", widest),
         (f"base@{widest}", "base", widest),
     ]
@@ -117,19 +121,17 @@ def load(how: str, model_dir: str, adapter: Path) -> Any:
     return PeftModel.from_pretrained(load_inference_model(model_dir), str(adapter)).eval()
 
 
-def timed(how, model_dir, adapter, rows, settings) -> tuple[float, float, list[str]]:
-    """Seconds to load and answer, seconds of the reference-NLL pass that follows (perplexity;
-    evaluation runs both), and the answers."""
-    from tasks.chat import generate_answers, reference_nll
+def timed(how, model_dir, adapter, rows, settings) -> tuple[float, list[str]]:
+    """Seconds to load, answer and score the reference answers (evaluation's work for one
+    model), and the answers."""
+    from tasks.chat import answer_and_score
     from tasks.models import load_tokenizer
 
     started = time.perf_counter()
     model, tokenizer = load(how, model_dir, adapter), load_tokenizer(model_dir)
-    grouped = how != "merged-ungrouped"
-    answers = generate_answers(model, tokenizer, rows, settings, grouped=grouped)
-    answered = time.perf_counter()
-    reference_nll(model, tokenizer, rows, settings, grouped=grouped)
-    return answered - started, time.perf_counter() - answered, answers
+    grouped, shared = how != "merged-ungrouped", how != "merged-two-pass"
+    scored = answer_and_score(model, tokenizer, rows, settings, grouped=grouped, shared=shared)
+    return time.perf_counter() - started, [a for a, _ in scored]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,20 +143,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     field = [c for c in contenders(sizes) if c[0] not in skip]
     rows = questions()
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in field}
-    nll: dict[str, list[float]] = {name: [] for name, _, _ in field}
     answers: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         adapter = make_adapter(args.model, args.rank, Path(scratch) / "adapter")
         for _ in range(args.rounds):
             for name, how, batch in field:
                 at = settings.model_copy(update={"batch_size": batch})
-                spent, scored, answers[name] = timed(how, args.model, adapter, rows, at)
+                spent, answers[name] = timed(how, args.model, adapter, rows, at)
                 seconds[name].append(spent)
-                nll[name].append(scored)
-    return figures(seconds, nll, answers, len(rows), args)
+    return figures(seconds, answers, len(rows), args)
 
 
-def figures(seconds, nll, answers, n: int, args) -> dict[str, Any]:
+def figures(seconds, answers, n: int, args) -> dict[str, Any]:
     median = {c: statistics.median(s) for c, s in seconds.items()}
     reference = answers[REFERENCE]
     return {
@@ -163,7 +163,6 @@ def figures(seconds, nll, answers, n: int, args) -> dict[str, Any]:
         "rounds": args.rounds,
         "seconds": seconds,
         "median_s": median,
-        "nll_median_s": {c: statistics.median(s) for c, s in nll.items()},
         "vs_reference": {c: s / median[REFERENCE] for c, s in median.items()},
         "same_answers": {c: sum(x == y for x, y in zip(a, reference)) for c, a in answers.items()},
     }
@@ -175,14 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args)
     n = result["questions"]
     print(f"{n} questions, LoRA rank {args.rank}, median of {args.rounds} interleaved rounds")
-    print(
-        f"{'contender':<20}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}"
-        f"{'NLL pass s':>12}"
-    )
+    print(f"{'contender':<20}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}")
     for name, s in result["median_s"].items():
         same, ratio = f"{result['same_answers'][name]}/{n}", result["vs_reference"][name]
-        nll = result["nll_median_s"][name]
-        print(f"{name:<20}{s:>9.1f}{n / s:>8.2f}{ratio:>17.2f}x{same:>14}{nll:>12.1f}")
+        print(f"{name:<20}{s:>9.1f}{n / s:>8.2f}{ratio:>17.2f}x{same:>14}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

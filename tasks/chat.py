@@ -57,17 +57,15 @@ def _append(tokenizer: Any, text: str, ids: list[int], labels: list[int], train:
     labels += piece if train else [IGNORE] * len(piece)
 
 
-def collate(pad_id: int, left: bool = False) -> Callable[[list[dict]], dict]:
-    """Pad a batch to its longest row, on the right (training) or the left (so that every
-    answer ends the sequence); padding is masked out of the loss."""
+def collate(pad_id: int) -> Callable[[list[dict]], dict]:
+    """Pad a batch to its longest row, on the right; padding is masked out of the loss."""
     import torch
 
     def _collate(batch: list[dict]) -> dict:
         width = max(len(row["input_ids"]) for row in batch)
 
         def padded(values: list[int], fill: int) -> list[int]:
-            pad = [fill] * (width - len(values))
-            return pad + values if left else values + pad
+            return values + [fill] * (width - len(values))
 
         return {
             "input_ids": torch.tensor([padded(r["input_ids"], pad_id) for r in batch]),
@@ -91,56 +89,132 @@ def generate_answers(
     own. `grouped`: batch rows with reference answers of like length together (a batch
     decodes until its longest answer ends, so one long answer among short ones makes the
     whole batch pay for it), then put the answers back in order."""
-    import torch
+    return [a for a, _ in _answered(model, tokenizer, rows, settings, bar, grouped, None)]
+
+
+def answer_and_score(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    settings: EvalSettings,
+    bar: Any = None,
+    grouped: bool = True,
+    shared: bool = True,
+) -> list[tuple[str, tuple[float, int]]]:
+    """Each row's greedy answer (as `generate_answers`) and the (summed negative
+    log-likelihood, tokens) of its reference answer, for perplexity.
+
+    One forward pass over prompt + reference scores the reference, and its key-value cache,
+    cut back to the prompt, is generation's prefill (`shared`; otherwise generation encodes
+    the prompt again): each prompt goes through the model once, not twice. Prompts are padded
+    on the left and references on the right, so every prompt ends in the same column, and the
+    vocabulary projection runs over the references' positions only."""
+    return _answered(model, tokenizer, rows, settings, bar, grouped, shared)
+
+
+def _answered(model, tokenizer, rows, settings, bar, grouped, shared) -> list[tuple[str, Any]]:
+    """Answers (and, unless `shared` is None, reference scores) batch by batch, in order."""
     from tqdm.auto import tqdm
 
-    tokenizer.padding_side = "left"
-    prompts = [
-        tokenizer.apply_chat_template(
-            r["messages"][:-1], tokenize=False, add_generation_prompt=True
-        )
-        for r in rows
-    ]
-    order = (
-        by_length([(len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)])
-        if grouped
-        else list(range(len(rows)))
-    )
-    prompts = [prompts[i] for i in order]
-    answers: list[str] = []
-    batches = range(0, len(prompts), settings.batch_size)
+    prompts = [_prompt_ids(tokenizer, r["messages"][:-1]) for r in rows]
+    refs = [[] if shared is None else _reference_ids(tokenizer, r["messages"]) for r in rows]
+    keys = [(len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)]
+    order = batch_order(keys, grouped)
+    size = settings.batch_size
     # A quiet terminal shows the bars of whole stages only (the training-target probe's
     # answers are generated inside training's bar).
-    own = (
-        None
-        if bar is not None
-        else tqdm(total=len(batches), desc="generating", leave=False, disable=console.quiet())
-    )
-    for start in batches:
-        batch = tokenizer(
-            prompts[start : start + settings.batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        ).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(
-                **batch,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    own = None if bar is not None else tqdm(total=-(-len(rows) // size), desc="generating",
+                                            leave=False, disable=console.quiet())  # fmt: skip
+    out: list[tuple[str, Any]] = []
+    for start in range(0, len(order), size):
+        picked = order[start : start + size]
+        out += _answer_batch(model, tokenizer, [prompts[i] for i in picked],
+                             [refs[i] for i in picked], settings, shared)  # fmt: skip
         (own if bar is None else bar).update(1)
     if own is not None:
         own.close()
-    return in_order([a.strip() for a in answers], order)
+    return in_order(out, order)
 
 
-def by_length(keys: list[tuple[int, ...]]) -> list[int]:
-    """Indices sorted by their keys (stable): batches of like-length rows."""
-    return sorted(range(len(keys)), key=keys.__getitem__)
+def _answer_batch(model, tokenizer, prompts, refs, settings, shared) -> list[tuple[str, Any]]:
+    import torch
+
+    ids, mask = _prompt_then_reference(prompts, refs, tokenizer.pad_token_id, model.device)
+    width = max(map(len, prompts))
+    scores, cache = [None] * len(prompts), None
+    if shared is not None:
+        scores, cache = _reference_scores(model, ids, mask, width)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids[:, :width],
+            attention_mask=mask[:, :width],
+            cache=cache if shared else None,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    answers = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [(a.strip(), s) for a, s in zip(answers, scores)]
+
+
+def _prompt_then_reference(prompts, refs, pad_id: int, device: Any) -> tuple[Any, Any]:
+    """input_ids and attention_mask: pad + prompt + reference + pad, every prompt ending in
+    the same column."""
+    import torch
+
+    width, tail = max(map(len, prompts)), max(map(len, refs))
+    rows, masks = [], []
+    for p, r in zip(prompts, refs):
+        left, right = width - len(p), tail - len(r)
+        rows.append([pad_id] * left + p + r + [pad_id] * right)
+        masks.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
+    return torch.tensor(rows, device=device), torch.tensor(masks, device=device)
+
+
+def _reference_scores(model, ids, mask, width) -> tuple[list[tuple[float, int]], Any]:
+    """(summed NLL, tokens) of the references after column `width`, and the pass's cache cut
+    back to all but the prompt's last token (which generation feeds to start decoding)."""
+    import torch
+
+    # The positions generation gives left-padded rows, so the cached keys fit its decoding.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=ids.shape[1] - width + 1,
+        )
+        target = ids[:, width:].masked_fill(mask[:, width:] == 0, IGNORE)
+        losses = torch.nn.functional.cross_entropy(
+            out.logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE,
+            reduction="none",
+        )  # fmt: skip
+    counts = (target != IGNORE).sum(dim=1)
+    out.cache.crop(-(ids.shape[1] - width + 1))  # a negative count: tokens removed
+    return [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)], out.cache
+
+
+def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _reference_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The last answer's tokens (with its end of turn) as training tokenises them."""
+    encoded = encode_chat(tokenizer, messages, 512)
+    labels = encoded["labels"]
+    start = len(labels)
+    while start and labels[start - 1] != IGNORE:
+        start -= 1
+    return encoded["input_ids"][start:]
+
+
+def batch_order(keys: list[tuple[int, ...]], grouped: bool = True) -> list[int]:
+    """The order rows are batched in: sorted by their length keys (stable), so like-length
+    rows share a batch, or the rows' own order when not `grouped`."""
+    return sorted(range(len(keys)), key=keys.__getitem__) if grouped else list(range(len(keys)))
 
 
 def in_order(values: list[Any], order: list[int]) -> list[Any]:
@@ -149,49 +223,3 @@ def in_order(values: list[Any], order: list[int]) -> list[Any]:
     for k, i in enumerate(order):
         out[i] = values[k]
     return out
-
-
-def reference_nll(
-    model: Any,
-    tokenizer: Any,
-    rows: list[dict[str, Any]],
-    settings: EvalSettings,
-    grouped: bool = True,
-) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, tokens) of each reference answer: for perplexity.
-
-    Rows are padded on the left, so every answer ends the sequence and the vocabulary
-    projection runs over the answers' positions only (`logits_to_keep`): over whole rows it
-    was half of this pass's time (bench/eval_speed.py's questions, SmolLM2: 15.8 s vs 7.5 s)."""
-    import torch
-
-    encoded = [encode_chat(tokenizer, r["messages"], 512) for r in rows]
-    # Like-length answers batched together: the projection runs from the batch's longest one.
-    keys = [(_answer_tokens(e), len(e["input_ids"])) if grouped else () for e in encoded]
-    order = by_length(keys)
-    encoded = [encoded[i] for i in order]
-    pad = collate(tokenizer.pad_token_id, left=True)
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(encoded), settings.batch_size):
-        batch = pad(encoded[start : start + settings.batch_size])
-        ids, labels = batch["input_ids"], batch["labels"]
-        # Logits from the position before the earliest answer token of the batch onwards.
-        first = int((labels != IGNORE).int().argmax(dim=1).min())
-        keep = ids.shape[1] - max(first - 1, 0)
-        with torch.inference_mode():
-            logits = model(
-                input_ids=ids.to(model.device),
-                attention_mask=batch["attention_mask"].to(model.device),
-                logits_to_keep=keep,
-            ).logits[:, :-1]
-        target = labels[:, ids.shape[1] - keep + 1 :].to(logits.device)
-        losses = torch.nn.functional.cross_entropy(
-            logits.float().transpose(1, 2), target, ignore_index=IGNORE, reduction="none"
-        )
-        counts = (target != IGNORE).sum(dim=1)
-        out += [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)]
-    return in_order(out, order)
-
-
-def _answer_tokens(encoded: dict) -> int:
-    return sum(label != IGNORE for label in encoded["labels"])

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune import faults
 from freshtune.config import EvalSettings, FreshtuneConfig
-from tasks.chat import generate_answers, reference_nll
+from tasks.chat import answer_and_score
 from tasks.evalcache import AnswerCache, Generated, model_digest, question_digest
 from tasks.metrics import SliceScore, score
 from tasks.mix import current_rows
@@ -132,11 +132,10 @@ def _generate(base_model, models, missing, settings) -> dict[str, dict[str, Gene
             if not rows:
                 continue
             model = adapted_model(base_model, models[name], settings.dtype)
-            answers = generate_answers(model, tokenizer, rows, settings, bar)
-            nll = reference_nll(model, tokenizer, rows, settings)
+            scored = answer_and_score(model, tokenizer, rows, settings, bar)
             out[name] = {
                 question_digest(r, settings): Generated(a, n, t)
-                for r, a, (n, t) in zip(rows, answers, nll)
+                for r, (a, (n, t)) in zip(rows, scored)
             }
             del model
     return out

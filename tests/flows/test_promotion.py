@@ -125,7 +125,7 @@ def test_exported_adapter_and_merged_model_agree_with_evaluation(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tasks.evaluate import generate_answers
+    from tasks.chat import generate_answers
     from tasks.export import export_adapter
     from tasks.models import load_causal_lm, load_tokenizer
     from tasks.snapshot import list_snapshots

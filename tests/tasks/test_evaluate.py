@@ -113,7 +113,7 @@ def test_the_candidate_is_scored_as_the_merged_model_export_serves(tiny_config, 
 def test_answers_batched_by_length_come_back_in_the_rows_order(tiny_config, tmp_path):
     """Grouping like-length answers into batches reorders the work, never the answers: each
     row gets the answer it gets alone."""
-    from tasks.chat import by_length, generate_answers
+    from tasks.chat import batch_order, generate_answers
     from tasks.models import load_tokenizer
 
     cfg, adapter = _adapter(tiny_config, tmp_path)
@@ -121,7 +121,7 @@ def test_answers_batched_by_length_come_back_in_the_rows_order(tiny_config, tmp_
     tokenizer = load_tokenizer(cfg.base_model)
     long = chat_row("long", "Which plans are there?", "Plan 1, plan 2 and plan 3. " * 4, "eval")
     rows = [long, *_rows(4, "eval"), {**long, "id": "long2"}]
-    assert by_length([(len(r["messages"][-1]["content"]),) for r in rows])[-2:] == [0, 5]
+    assert batch_order([(len(r["messages"][-1]["content"]),) for r in rows])[-2:] == [0, 5]
     pairs = cfg.eval.model_copy(update={"batch_size": 2})
     alone = cfg.eval.model_copy(update={"batch_size": 1})
     grouped = generate_answers(model, tokenizer, rows, pairs)
@@ -129,27 +129,66 @@ def test_answers_batched_by_length_come_back_in_the_rows_order(tiny_config, tmp_
     assert grouped == generate_answers(model, tokenizer, rows, pairs, grouped=False)
 
 
-def test_reference_nll_in_batches_equals_each_answer_scored_alone(tiny_config):
-    """Left padding and the vocabulary projection over answer positions only change nothing:
-    each row's summed NLL is that of the row run alone, by the plain definition."""
+def test_one_pass_scores_each_reference_and_answers_as_generation_alone(tiny_config):
+    """The pass that scores the references is generation's prefill: each row's summed NLL is
+    that of the row run alone, by the plain definition, and its answer is the one it gets
+    alone or when generation encodes the prompt again."""
     import torch
 
-    from tasks.chat import IGNORE, encode_chat, reference_nll
+    from tasks.chat import IGNORE, answer_and_score, encode_chat, generate_answers
     from tasks.models import load_inference_model, load_tokenizer
 
     cfg = tiny_config("eval.batch_size=2")
     model, tokenizer = load_inference_model(cfg.base_model), load_tokenizer(cfg.base_model)
     long = chat_row("long", "Which plans are there, and what does each cost?", "A " * 30, "eval")
     rows = [long, *_rows(3, "eval")]  # batched by answer length: the long one moves last
-    batched = reference_nll(model, tokenizer, rows, cfg.eval)
+    scored = answer_and_score(model, tokenizer, rows, cfg.eval)
 
-    for row, (nll, tokens) in zip(rows, batched):
+    alone = cfg.eval.model_copy(update={"batch_size": 1})
+    answers = [a for a, _ in scored]
+    assert answers == [generate_answers(model, tokenizer, [r], alone)[0] for r in rows]
+    assert answers == [
+        a for a, _ in answer_and_score(model, tokenizer, rows, cfg.eval, shared=False)
+    ]
+    for row, (_, (nll, tokens)) in zip(rows, scored):
         enc = encode_chat(tokenizer, row["messages"], 512)
         with torch.inference_mode():
             logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :-1]
         labels = torch.tensor(enc["labels"][1:])
-        alone = torch.nn.functional.cross_entropy(
+        plain = torch.nn.functional.cross_entropy(
             logits, labels, ignore_index=IGNORE, reduction="sum"
         )
         assert tokens == int((labels != IGNORE).sum()) > 0
-        assert abs(nll - float(alone)) < 1e-3 * max(1.0, float(alone))
+        assert abs(nll - float(plain)) < 1e-3 * max(1.0, float(plain))
+
+
+def test_the_scoring_pass_cut_back_to_the_prompt_is_generations_own_prefill(tiny_config):
+    """Decoding from the scoring pass's cache gives the scores of generation's own prefill
+    (to float rounding) in a batch of left-padded prompts: the cached keys carry the positions
+    generation gives, and nothing of the references is left in the cache."""
+    import torch
+
+    from tasks.chat import _prompt_ids, _prompt_then_reference, _reference_ids, _reference_scores
+    from tasks.models import load_inference_model, load_tokenizer
+
+    cfg = tiny_config()
+    model, tokenizer = load_inference_model(cfg.base_model), load_tokenizer(cfg.base_model)
+    long = chat_row("long", "Which plans are there, and what does each cost?", "A " * 30, "eval")
+    messages = [r["messages"] for r in [long, *_rows(3, "eval")]]
+    prompts = [_prompt_ids(tokenizer, m[:-1]) for m in messages]
+    refs = [_reference_ids(tokenizer, m) for m in messages]
+    ids, mask = _prompt_then_reference(prompts, refs, tokenizer.pad_token_id, model.device)
+    width = max(map(len, prompts))
+    assert len(set(map(len, prompts))) > 1  # some prompts are padded
+
+    def decode(cache):
+        out = model.generate(
+            input_ids=ids[:, :width], attention_mask=mask[:, :width], cache=cache,
+            max_new_tokens=4, do_sample=False, output_scores=True,
+            return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        return torch.stack(out.scores)
+
+    _, cache = _reference_scores(model, ids, mask, width)
+    assert cache.get_seq_length() == width - 1
+    assert torch.allclose(decode(cache), decode(None), atol=1e-5)

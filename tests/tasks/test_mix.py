@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 from tasks.curate import curate, normalise_record
-from tasks.mix import build_mix, current_rows
+from tasks.mix import build_mix, current_rows, replay_quotas
 from tasks.snapshot import commit_snapshot, list_snapshots
 from tests.helpers.rows import chat_row
 
@@ -114,10 +114,13 @@ def test_rows_made_from_a_flag_are_whole_one_cycle_then_replayed(tiny_config):
     later = build_mix(d3, [old, review, d2], ratio=0.0, seed=0)
     assert later.always_rows == 1  # the flagged row stays whole for ever
     assert {r["id"] for r in later.rows if r["drop"] == "c" * 16} == {"review-f"}
-    replayed = build_mix(d3, [old, review, d2], ratio=20.0, seed=0)
+    # After their cycle the made rows compete for replay like any earlier drop's: 8 replayed
+    # rows shared by size x 2^-(age-1) among d2 (4 rows), the review (6) and the first (40).
+    replayed = build_mix(d3, [old, review, d2], ratio=2.0, seed=0)
     made_ids = {r["id"] for r in made}
-    assert {r["id"] for r in replayed.rows if r["origin"] == "replay"} & made_ids
-    assert replayed.always_rows == 1
+    again = [r["id"] for r in replayed.rows if r["origin"] == "replay" and r["id"] in made_ids]
+    assert replayed.replay_rows == 8 and replayed.always_rows == 1
+    assert len(again) == replay_quotas({1: 4, 2: 6, 3: 40}, 8)[2] > 0
 
 
 def test_cumulative_mode_trains_on_every_currentchat_row(tiny_config):

@@ -77,7 +77,7 @@ def test_the_probe_asks_replayed_rows_only_when_told_to():
 def _known_rows(tiny_model: Path) -> list[dict]:
     """Rows whose key fact is a word the model already answers with: learned from the start."""
     from freshtune.config import EvalSettings
-    from tasks.evaluate import generate_answers
+    from tasks.chat import generate_answers
     from tasks.metrics import normalise_answer
     from tasks.models import load_causal_lm, load_tokenizer
 

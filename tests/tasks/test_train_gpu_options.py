@@ -173,7 +173,7 @@ def test_padding_free_batches_give_the_padded_loss_on_gpu(tiny_model: Path, kern
 def test_qlora_on_gpu_and_scoring_on_the_unquantised_base(tiny_model: Path, tmp_path: Path):
     from peft import PeftModel
 
-    from tasks.evaluate import generate_answers
+    from tasks.chat import generate_answers
 
     adapter = _train(tiny_model, tmp_path / "qlora", quantization="nf4")
     model = PeftModel.from_pretrained(load_inference_model(str(tiny_model)), str(adapter))
