@@ -89,7 +89,7 @@ def generate_answers(
     own. `grouped`: batch rows with reference answers of like length together (a batch
     decodes until its longest answer ends, so one long answer among short ones makes the
     whole batch pay for it), then put the answers back in order."""
-    return [a for a, _ in _answered(model, tokenizer, rows, settings, bar, grouped, None)]
+    return [a for a, _ in _answered(model, tokenizer, rows, settings, bar, grouped, False)]
 
 
 def answer_and_score(
@@ -109,15 +109,17 @@ def answer_and_score(
     the prompt again): each prompt goes through the model once, not twice. Prompts are padded
     on the left and references on the right, so every prompt ends in the same column, and the
     vocabulary projection runs over the references' positions only."""
-    return _answered(model, tokenizer, rows, settings, bar, grouped, shared)
+    return _answered(model, tokenizer, rows, settings, bar, grouped, True, shared)
 
 
-def _answered(model, tokenizer, rows, settings, bar, grouped, shared) -> list[tuple[str, Any]]:
-    """Answers (and, unless `shared` is None, reference scores) batch by batch, in order."""
+def _answered(
+    model, tokenizer, rows, settings, bar, grouped, score, shared=True
+) -> list[tuple[str, Any]]:
+    """Answers (and, with `score`, the reference answers' scores) batch by batch, in order."""
     from tqdm.auto import tqdm
 
     prompts = [_prompt_ids(tokenizer, r["messages"][:-1]) for r in rows]
-    refs = [[] if shared is None else _reference_ids(tokenizer, r["messages"]) for r in rows]
+    refs = [_reference_ids(tokenizer, r["messages"]) if score else [] for r in rows]
     keys = [(len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)]
     order = batch_order(keys, grouped)
     size = settings.batch_size
@@ -129,20 +131,22 @@ def _answered(model, tokenizer, rows, settings, bar, grouped, shared) -> list[tu
     for start in range(0, len(order), size):
         picked = order[start : start + size]
         out += _answer_batch(model, tokenizer, [prompts[i] for i in picked],
-                             [refs[i] for i in picked], settings, shared)  # fmt: skip
+                             [refs[i] for i in picked], settings, score, shared)  # fmt: skip
         (own if bar is None else bar).update(1)
     if own is not None:
         own.close()
     return in_order(out, order)
 
 
-def _answer_batch(model, tokenizer, prompts, refs, settings, shared) -> list[tuple[str, Any]]:
+def _answer_batch(
+    model, tokenizer, prompts, refs, settings, score, shared
+) -> list[tuple[str, Any]]:
     import torch
 
     ids, mask = _prompt_then_reference(prompts, refs, tokenizer.pad_token_id, model.device)
     width = max(map(len, prompts))
     scores, cache = [None] * len(prompts), None
-    if shared is not None:
+    if score:
         scores, cache = _reference_scores(model, ids, mask, width)
     with torch.inference_mode():
         out = model.generate(
