@@ -73,6 +73,7 @@ def train(cfg, snaps: list[Snap], parent: Path | None, rehearsal) -> Path:
         cfg.seed,
         rehearsal=rehearsal,
         rehearsal_ratio=cfg.train.rehearsal_ratio,
+        made_share=cfg.train.made_replay_share,
     )
     out = adapter_dir(mix, parent, cfg)
     base = cfg.resolved_base_model()

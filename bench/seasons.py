@@ -149,9 +149,11 @@ def settings_of(cfg: Any, rehearsal: list[dict], questions: int) -> dict[str, An
     return {
         "target_recall": train.target_recall,
         "max_epochs": train.max_epochs,
+        "min_epochs": train.target_min_epochs,
         "epochs": train.epochs,
         "learning_rate": train.learning_rate,
         "replay_ratio": train.replay_ratio,
+        "made_replay_share": train.made_replay_share,
         "rehearsal_ratio": train.rehearsal_ratio,
         "rehearsal_set": len(rehearsal),
         "questions": questions,
@@ -305,7 +307,14 @@ def train_lane(
     mode = "cumulative" if lane.mode == "cumulative" else "incremental"
     train = cfg.train
     mix = build_mix(
-        snap, lane.history, train.replay_ratio, cfg.seed, mode, rehearsal, train.rehearsal_ratio
+        snap,
+        lane.history,
+        train.replay_ratio,
+        cfg.seed,
+        mode,
+        rehearsal,
+        train.rehearsal_ratio,
+        train.made_replay_share,
     )
     parent = lane.adapter if lane.mode == "incremental" else None
     # Keyed as the product keys it, by what is trained (rows, parent, settings; not the
@@ -796,11 +805,14 @@ def _trained_how(settings: dict[str, Any]) -> str:
     else:
         until = (
             f"to target recall {settings['target_recall']:.2f} on the cycle's own training "
-            f"questions, at most {settings['max_epochs']:g} epochs"
+            f"questions, at least {settings.get('min_epochs', 1):g} and at most "
+            f"{settings['max_epochs']:g} epochs"
         )
+    made = settings.get("made_replay_share", 0)
+    made = f" ({made:.0%} of it for rows made from flags)" if made else ""
     return (
         f"Every trained lane trains as a product cycle does: {until}, peak learning rate "
-        f"{settings['learning_rate']:g}, replay ratio {settings['replay_ratio']:g}, "
+        f"{settings['learning_rate']:g}, replay ratio {settings['replay_ratio']:g}{made}, "
         f"rehearsal ratio {settings['rehearsal_ratio']:g} (drawn from the base's "
         f"{settings['rehearsal_set']} rehearsal answers, built once). Answers come from the "
         f"product's answer cache. Questions a month: every new fact's (up to "

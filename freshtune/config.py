@@ -69,6 +69,15 @@ class TrainSettings(_Strict):
     max_epochs: float = Field(
         10.0, gt=0, description="with target_recall: the most epochs a cycle may train"
     )
+    target_min_epochs: float = Field(
+        1.0,
+        gt=0,
+        description="with target_recall: epochs trained before the target may stop a cycle "
+        "(max_epochs still ends it first). A "
+        "probe asks the questions as trained, and other wordings lag them: a continuing cycle "
+        "that met the target after 1 epoch knew 67% of its new facts asked otherwise, one "
+        "that trained 2 knew 92% (docs/seasons.md, month 3)",
+    )
     target_sample: int = Field(
         32,
         ge=1,
@@ -102,6 +111,16 @@ class TrainSettings(_Strict):
     scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     replay_ratio: float = Field(0.5, ge=0, description="replayed earlier rows per new row")
+    made_replay_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of each cycle's replay kept for the rows made from reviewers' flags "
+        "(a correction's other wordings, refusals about unknown names) once their first, whole "
+        "cycle is past; what they leave goes to earlier drops' rows. 0: they compete by age "
+        "like any earlier row (0.25 kept a few refusals in month 5 of bench/seasons.py but the "
+        "reviewed lane knew fewer earlier facts: docs/seasons-made-share.md)",
+    )
     replay_passes: float | None = Field(
         None,
         gt=0,

@@ -8,8 +8,10 @@ with its correction is always in the mix, whole, in every mode (a correction som
 is never sampled away). The rows made from a flag (tasks.generalise: the correction in the
 drop's other wordings, refusals about other unknown names) are whole in the first cycle after
 the review, then replayed like any earlier row: kept whole for ever, three months of them
-outnumbered a month's new rows, and the reviewed lane knew fewer earlier facts
-(docs/seasons.md).
+outnumbered a month's new rows and the reviewed lane knew fewer earlier facts
+(docs/seasons.md). `train.made_replay_share` keeps a fixed share of the replay for them
+instead: at 0.25 the reviewed lane still declined some never-sold names in month 5 but knew
+fewer earlier facts than no review (docs/seasons-made-share.md), so it is off by default.
 """
 
 from __future__ import annotations
@@ -121,6 +123,24 @@ def replay_quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
     return quotas
 
 
+def replay_sample(
+    pool: list[tuple[int, dict[str, Any]]], total: int, made_share: float, rng: random.Random
+) -> list[dict[str, Any]]:
+    """`total` earlier rows; with `made_share` > 0 that share of them is kept for the rows made
+    from flags (every review's alike, each answer once before any twice) and earlier drops'
+    rows take the rest, stratified by age. Made rows teach a behaviour (decline a name the
+    catalogue lacks) that does not go stale: drawn by age with the facts, refusals faded within
+    two cycles of their last whole one (docs/seasons.md, month 5). A share is taken from the
+    facts, though: at 0.25 the reviewed lane knew fewer earlier facts (seasons-made-share.md)."""
+    if made_share <= 0:
+        return stratified_replay(pool, total, rng)
+    made = [r for _, r in pool if is_generated(r)]
+    facts = [(age, r) for age, r in pool if not is_generated(r)]
+    total = min(total, len(pool))
+    n_made = min(len(made), max(round(made_share * total), total - len(facts)))
+    return spread(made, rng)[:n_made] + stratified_replay(facts, total - n_made, rng)
+
+
 def stratified_replay(
     pool: list[tuple[int, dict[str, Any]]], total: int, rng: random.Random
 ) -> list[dict[str, Any]]:
@@ -158,10 +178,11 @@ def build_mix(
     mode: str = "incremental",
     rehearsal: Sequence[dict[str, Any]] = (),
     rehearsal_ratio: float = 0.0,
+    made_share: float = 0.0,
 ) -> TrainingMix:
-    """New train rows + reviewer corrections + replay (round(ratio x new) rows, or all of them
-    in `cumulative` mode) + rehearsal rows (tasks.rehearsal): round(rehearsal_ratio x all of
-    those)."""
+    """New train rows + reviewer corrections + replay (round(ratio x new) rows, `made_share`
+    of them made from flags, or all of them in `cumulative` mode) + rehearsal rows
+    (tasks.rehearsal): round(rehearsal_ratio x all of those)."""
     rows = current_rows([*earlier, new], "train")
     whole = kept_whole(earlier)
     fresh = [{**r, "origin": "new"} for age, r in rows if age == 0]
@@ -171,7 +192,7 @@ def build_mix(
     if mode == "cumulative":
         replay = [r for _, r in pool]  # not replay: the baseline trains all of it every epoch
     else:
-        sample = stratified_replay(pool, round(ratio * len(fresh)), rng)
+        sample = replay_sample(pool, round(ratio * len(fresh)), made_share, rng)
         replay = [{**r, "origin": "replay"} for r in sample]
     # In proportion to everything the cycle trains: replayed domain rows pull toward the
     # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
@@ -319,5 +340,12 @@ def build_training_mix(
     rows = rehearsal.rows() if rehearsal is not None else []
     train = cfg.train
     return build_mix(
-        snapshot, earlier, train.replay_ratio, cfg.seed, train.mode, rows, train.rehearsal_ratio
+        snapshot,
+        earlier,
+        train.replay_ratio,
+        cfg.seed,
+        train.mode,
+        rows,
+        train.rehearsal_ratio,
+        train.made_replay_share,
     )

@@ -2,9 +2,10 @@
 
 A seeded sample of the cycle's own new training questions (never an evaluation row), and with
 `train.target_replay_sample` of the earlier rows it replays, is asked at every epoch boundary;
-when the share answered right reaches `train.target_recall` the Trainer stops, else it runs to
-`train.max_epochs`. The recall curve goes to the step metrics,
-the Trainer's log history (so it survives a resume) and the adapter's train_result.json.
+when the share answered right reaches `train.target_recall` (and `train.target_min_epochs` are
+done) the Trainer stops, else it runs to `train.max_epochs`. The recall curve goes to the step
+metrics, the Trainer's log history (so it survives a resume) and the adapter's
+train_result.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Probe:
     target: float
     epochs: float  # the budget: the Trainer is scheduled for this many
     settings: EvalSettings
+    min_epochs: float = 1.0  # no stop before this many, whatever the recall
 
 
 def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) -> Probe | None:
@@ -46,7 +48,8 @@ def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) 
     words = max(len((response_of(r) or "").split()) for r in picked)
     budget = min(settings.max_length // 2, 2 * words + 8)
     probe_settings = EvalSettings(max_new_tokens=budget, batch_size=2 * settings.batch_size)
-    return Probe(picked, settings.target_recall, settings.epochs, probe_settings)
+    target = settings.target_recall
+    return Probe(picked, target, settings.epochs, probe_settings, settings.target_min_epochs)
 
 
 def probe_sample(
@@ -99,7 +102,7 @@ def target_callback(probe: Probe, tokenizer: Any, sink: Any) -> Any:
             state.log_history.append({"epoch": epoch, "step": step, RECALL_KEY: recall})
             if sink is not None and state.is_world_process_zero:
                 sink({RECALL_KEY: recall, "target_epoch": epoch}, step)
-            if recall >= probe.target:
+            if recall >= probe.target and epoch >= probe.min_epochs:
                 control.should_training_stop = True
 
     return TargetCallback()

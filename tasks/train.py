@@ -53,6 +53,7 @@ RUNTIME_ONLY = (
 # learning rate a cycle resolves them to (TrainSettings.for_cycle).
 KEYED_ELSEWHERE = (
     "replay_ratio",
+    "made_replay_share",  # the made rows replayed are in the mix digest
     "rehearsal_ratio",  # the rehearsal rows are in the mix digest
     "rehearsal_file",
     "rehearsal_max_tokens",
@@ -67,6 +68,7 @@ KEYED_WHEN_SET = {
     "target_recall": None,
     "target_sample": 32,
     "target_replay_sample": 0,
+    "target_min_epochs": 1.0,
     "base_kl": 0.0,
 }
 LORA_KEYED_WHEN_SET = {"use_dora": False}

@@ -123,6 +123,47 @@ def test_rows_made_from_a_flag_are_whole_one_cycle_then_replayed(tiny_config):
     assert len(again) == replay_quotas({1: 4, 2: 6, 3: 40}, 8)[2] > 0
 
 
+def _review(cfg, digest: str, made: int) -> list[str]:
+    """A review snapshot: one flagged row and `made` refusals made from it; their ids."""
+    flagged = {**chat_row(f"f{digest}", f"Aurora {digest}?", "No Aurora."), "source": "review:x"}
+    rows = [flagged] + [
+        {
+            **chat_row(f"f{digest}-r{i}", f"Decoy {digest}{i}?", f"No {i}."),
+            "source": "review:x:refusal",
+        }
+        for i in range(made)
+    ]
+    commit_snapshot(
+        [normalise_record(r) for r in rows], digest * 64, Path("r.jsonl"), cfg, {"kind": "review"}
+    )
+    return [r["id"] for r in rows[1:]]
+
+
+def test_made_rows_keep_their_share_of_the_replay_however_old(tiny_config):
+    cfg = tiny_config()
+    snaps = [
+        _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", f"Old {i}.") for i in range(40)])
+    ]
+    made = _review(cfg, "c", 4) + _review(cfg, "e", 4)
+    for d in "bdf":  # three data drops after the reviews: the made rows are ages 3 to 5
+        rows = [chat_row(f"{d}{i}", f"Drop {d} {i}?", f"{d} {i}.") for i in range(4)]
+        snaps.append(_commit(cfg, d * 64, rows))
+    earlier = list_snapshots(cfg)[:-1]
+    aged = build_mix(snaps[-1], earlier, ratio=3.0, seed=0)  # 12 replayed rows
+    kept = build_mix(snaps[-1], earlier, ratio=3.0, seed=0, made_share=0.5)
+
+    def replayed_made(mix):
+        return {r["id"] for r in mix.rows if r["origin"] == "replay" and r["id"] in made}
+
+    assert aged.replay_rows == kept.replay_rows == 12
+    assert len(replayed_made(aged)) == 2  # by age (quotas 4, 2, 1, 1, 4): one per review
+    assert len(replayed_made(kept)) == 6  # half of 12, from both reviews alike
+    assert {made_id[:2] for made_id in replayed_made(kept)} == {"fc", "fe"}
+    # When a share asks for more made rows than there are, the facts take the rest.
+    every = build_mix(snaps[-1], earlier, ratio=3.0, seed=0, made_share=1.0)
+    assert len(replayed_made(every)) == 8 and every.replay_rows == 12
+
+
 def test_cumulative_mode_trains_on_every_currentchat_row(tiny_config):
     cfg = tiny_config()
     old = _commit(

@@ -105,6 +105,21 @@ def test_a_reached_target_stops_early_and_says_why(tiny_model: Path, tmp_path: P
     assert fit.stop_reason == "target recall 0.75 reached"
 
 
+def test_a_target_met_early_waits_for_the_minimum_epochs(tiny_model: Path, tmp_path: Path):
+    settings = SETTINGS.model_copy(
+        update={
+            "target_recall": 0.75,
+            "max_epochs": 4,
+            "learning_rate": 1e-7,
+            "target_min_epochs": 2,
+        }
+    )
+    fit = train_adapter(str(tiny_model), _known_rows(tiny_model), settings, tmp_path / "a")
+    curve = dict(fit.recall_curve)
+    assert curve[1.0] >= 0.75 and fit.epochs == 2 and list(curve) == [1.0, 2.0]
+    assert fit.stop_reason == "target recall 0.75 reached" and fit.steps == 2
+
+
 def test_an_unreached_target_trains_the_whole_budget(tiny_model: Path, tmp_path: Path):
     settings = SETTINGS.model_copy(update={"target_recall": 1.0, "max_epochs": 2})
     fit = train_adapter(str(tiny_model), _rows(4), settings, tmp_path / "b", seed=0)
