@@ -15,7 +15,7 @@ from bench.seasons_claims import FAILS, HOLDS, NOT_SHOWN, bits, judge, verdict
 from tasks.stats import Interval, Paired, paired_difference
 
 # Which way each claim points: the sign of x - y it says.
-SIDES = {"curation": +1, "review": -1, "refresh": +1, "forgetting": +1}
+SIDES = {"curation": +1, "review": -1, "refresh": +1, "forgetting": +1, "review_cost": +1}
 
 
 def test_dirty_drop_adds_each_kind_of_dirt_to_training_rows_only():
@@ -101,6 +101,10 @@ def test_claims_pool_months_and_count_the_relevance_window_over_all_of_them():
     assert found["compute"]["estimate"] == pytest.approx(0.3)
     # Continuous and cumulative answer alike on earlier facts but in month 3: shown below it.
     assert found["forgetting"]["verdict"] == FAILS
+    # No-review answers as static here (wrong after month 1): the reviewed lane knows more.
+    assert (
+        found["review_cost"]["verdict"] == HOLDS and found["review_cost"]["told"] == ">= no-review"
+    )
     assert found["curation"]["verdict"] == HOLDS  # no-curation answers as static here
     bar = seasons_claims.must_show(months, "continuous")
     assert bar["lowest_month"] == 3 and bar["floor_verdict"] == FAILS
