@@ -136,7 +136,6 @@ def replay_sample(
         return stratified_replay(pool, total, rng)
     made = [r for _, r in pool if is_generated(r)]
     facts = [(age, r) for age, r in pool if not is_generated(r)]
-    total = min(total, len(pool))
     n_made = min(len(made), max(round(made_share * total), total - len(facts)))
     return spread(made, rng)[:n_made] + stratified_replay(facts, total - n_made, rng)
 
