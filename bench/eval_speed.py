@@ -18,9 +18,10 @@ settings and the same adapter:
   merged@B       a fresh base with the adapter merged in (merge_and_unload), batches of B
   merged-ungrouped@B  merged, rows batched in the order given (before 2026-12-06: evaluation
                  now batches rows with like-length reference answers together)
-  merged-two-pass@B  merged, generation encoding each prompt again after the pass that scores
-                 the references (before 2026-12-06: evaluation now decodes from that pass's
-                 cache, cut back to the prompt)
+  merged-generate@B  merged, transformers' `generate` decoding from the scoring pass's cache
+                 (evaluation until 2026-12-06: it now decodes itself, `tasks/decode.py`, the
+                 beginning a batch's prompts share encoded once and a finished answer's row
+                 leaving the batch)
   merged-bf16@B  the same in bfloat16 (`eval.dtype: bfloat16`) at the largest B: fast on cores
                  with AMX or AVX512-BF16, its answers are the bf16 model's, not float32's
   base@B         the base alone at the largest B (the floor)
@@ -100,7 +101,7 @@ def contenders(batch_sizes: list[int]) -> list[tuple[str, str, int]]:
         (REFERENCE, "on-the-fly", 16),
         *merged,
         (f"merged-ungrouped@{widest}", "merged-ungrouped", widest),
-        (f"merged-two-pass@{widest}", "merged-two-pass", widest),
+        (f"merged-generate@{widest}", "merged-generate", widest),
         (f"merged-bf16@{widest}", "merged-bf16", widest),
         (f"base@{widest}", "base", widest),
     ]
@@ -129,8 +130,9 @@ def timed(how, model_dir, adapter, rows, settings) -> tuple[float, list[str]]:
 
     started = time.perf_counter()
     model, tokenizer = load(how, model_dir, adapter), load_tokenizer(model_dir)
-    grouped, shared = how != "merged-ungrouped", how != "merged-two-pass"
-    scored = answer_and_score(model, tokenizer, rows, settings, grouped=grouped, shared=shared)
+    grouped, generate = how != "merged-ungrouped", how == "merged-generate"
+    scored = answer_and_score(model, tokenizer, rows, settings, grouped=grouped,
+                              use_generate=generate)  # fmt: skip
     return time.perf_counter() - started, [a for a, _ in scored]
 
 

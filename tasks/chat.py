@@ -11,8 +11,7 @@ from typing import Any
 
 from freshtune import console
 from freshtune.config import EvalSettings
-
-IGNORE = -100
+from tasks.decode import IGNORE
 
 
 def encode_chat(
@@ -86,9 +85,10 @@ def generate_answers(
 ) -> list[str]:
     """Greedy, batched, deterministic answers to each row's conversation minus its answer, in
     the rows' order. Progress goes to `bar` (a tqdm shared by several calls) or a bar of its
-    own. `grouped`: batch rows with reference answers of like length together (a batch
-    decodes until its longest answer ends, so one long answer among short ones makes the
-    whole batch pay for it), then put the answers back in order."""
+    own. `grouped`: batch rows with the same system turn together (a batch encodes the
+    beginning its prompts share once) and, within it, rows with reference answers of like
+    length (a batch's prompts and references are padded to its longest), then put the
+    answers back in order."""
     return [a for a, _ in _answered(model, tokenizer, rows, settings, bar, grouped, False)]
 
 
@@ -99,80 +99,98 @@ def answer_and_score(
     settings: EvalSettings,
     bar: Any = None,
     grouped: bool = True,
-    shared: bool = True,
+    use_generate: bool = False,
 ) -> list[tuple[str, tuple[float, int]]]:
     """Each row's greedy answer (as `generate_answers`) and the (summed negative
     log-likelihood, tokens) of its reference answer, for perplexity.
 
-    One forward pass over prompt + reference scores the reference, and its key-value cache,
-    cut back to the prompt, is generation's prefill (`shared`; otherwise generation encodes
-    the prompt again): each prompt goes through the model once, not twice. Prompts are padded
-    on the left and references on the right, so every prompt ends in the same column, and the
-    vocabulary projection runs over the references' positions only."""
-    return _answered(model, tokenizer, rows, settings, bar, grouped, True, shared)
+    One forward pass over prompt + reference scores the reference and is generation's
+    prefill: each prompt goes through the model once, not twice. Prompts are padded on the
+    left and references on the right, so every prompt ends in the same column, and the
+    vocabulary projection runs over the references' positions only. Decoding is
+    `tasks.decode`'s (a batch's shared beginning encoded once, a finished row leaves the
+    batch) unless the model's generation config shapes greedy answers, or `use_generate`
+    asks for transformers' `generate` from the pass's cache (evaluation before 2026-12-06:
+    bench/eval_speed.py's peer)."""
+    return _answered(model, tokenizer, rows, settings, bar, grouped, True, use_generate)
 
 
 def _answered(
-    model, tokenizer, rows, settings, bar, grouped, score, shared=True
+    model, tokenizer, rows, settings, bar, grouped, score, use_generate=False
 ) -> list[tuple[str, Any]]:
     """Answers (and, with `score`, the reference answers' scores) batch by batch, in order."""
     from tqdm.auto import tqdm
 
     prompts = [_prompt_ids(tokenizer, r["messages"][:-1]) for r in rows]
     refs = [_reference_ids(tokenizer, r["messages"]) if score else [] for r in rows]
-    keys = [(len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)]
+    keys = [(_system(r), len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)]
     order = batch_order(keys, grouped)
     size = settings.batch_size
+    batches = [order[start : start + size] for start in range(0, len(order), size)]
     # A quiet terminal shows the bars of whole stages only (the training-target probe's
     # answers are generated inside training's bar).
-    own = None if bar is not None else tqdm(total=-(-len(rows) // size), desc="generating",
+    own = None if bar is not None else tqdm(total=len(batches), desc="generating",
                                             leave=False, disable=console.quiet())  # fmt: skip
+    answer = _answerer(model, tokenizer, settings, use_generate)
     out: list[tuple[str, Any]] = []
-    for start in range(0, len(order), size):
-        picked = order[start : start + size]
-        out += _answer_batch(model, tokenizer, [prompts[i] for i in picked],
-                             [refs[i] for i in picked], settings, score, shared)  # fmt: skip
+    for picked in batches:
+        out += answer([prompts[i] for i in picked], [refs[i] for i in picked])
         (own if bar is None else bar).update(1)
     if own is not None:
         own.close()
     return in_order(out, order)
 
 
-def _answer_batch(
-    model, tokenizer, prompts, refs, settings, score, shared
-) -> list[tuple[str, Any]]:
+def _answerer(model, tokenizer, settings, use_generate) -> Callable[..., list]:
+    """What answers one batch (its prompts, its references or none): `tasks.decode`, with the
+    beginning the batch's prompts share encoded once, or `generate`."""
+    from tasks import decode
+
+    config = model.generation_config
+    if use_generate or not decode.plain_greedy(config):
+        return lambda batch, refs: _generate_batch(model, tokenizer, batch, refs, settings)
+    stops, pad = decode.end_tokens(config), tokenizer.pad_token_id
+
+    def answer(batch: list[list[int]], refs: list[list[int]]) -> list[tuple[str, Any]]:
+        prefix = decode.encode_prefix(model, batch[0][: decode.shared_prefix(batch)])
+        rests = [p[prefix.length :] for p in batch]
+        tokens, scores = decode.answer_batch(
+            model, prefix, rests, refs, settings.max_new_tokens, stops, pad
+        )
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return [(t.strip(), s) for t, s in zip(texts, scores)]
+
+    return answer
+
+
+def _system(row: dict[str, Any]) -> str:
+    """The row's system turn ("" for the template's default): rows that share it share the
+    beginning of their prompts, which a batch encodes once."""
+    first = row["messages"][0]
+    return first["content"] if first["role"] == "system" else ""
+
+
+def _generate_batch(model, tokenizer, prompts, refs, settings) -> list[tuple[str, Any]]:
+    """transformers' `generate`, prefilled by the pass that scores the references."""
     import torch
 
-    ids, mask = _prompt_then_reference(prompts, refs, tokenizer.pad_token_id, model.device)
-    width = max(map(len, prompts))
+    from tasks.decode import Prefix, layout
+
+    ids, mask, width = layout(Prefix(0, None), prompts, refs, tokenizer.pad_token_id, model.device)
     scores, cache = [None] * len(prompts), None
-    if score:
+    if any(refs):
         scores, cache = _reference_scores(model, ids, mask, width)
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids[:, :width],
             attention_mask=mask[:, :width],
-            cache=cache if shared else None,
+            cache=cache,
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
     answers = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [(a.strip(), s) for a, s in zip(answers, scores)]
-
-
-def _prompt_then_reference(prompts, refs, pad_id: int, device: Any) -> tuple[Any, Any]:
-    """input_ids and attention_mask: pad + prompt + reference + pad, every prompt ending in
-    the same column."""
-    import torch
-
-    width, tail = max(map(len, prompts)), max(map(len, refs))
-    rows, masks = [], []
-    for p, r in zip(prompts, refs):
-        left, right = width - len(p), tail - len(r)
-        rows.append([pad_id] * left + p + r + [pad_id] * right)
-        masks.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
-    return torch.tensor(rows, device=device), torch.tensor(masks, device=device)
 
 
 def _reference_scores(model, ids, mask, width) -> tuple[list[tuple[float, int]], Any]:

@@ -148,7 +148,7 @@ def test_one_pass_scores_each_reference_and_answers_as_generation_alone(tiny_con
     answers = [a for a, _ in scored]
     assert answers == [generate_answers(model, tokenizer, [r], alone)[0] for r in rows]
     assert answers == [
-        a for a, _ in answer_and_score(model, tokenizer, rows, cfg.eval, shared=False)
+        a for a, _ in answer_and_score(model, tokenizer, rows, cfg.eval, use_generate=True)
     ]
     for row, (_, (nll, tokens)) in zip(rows, scored):
         enc = encode_chat(tokenizer, row["messages"], 512)
@@ -168,7 +168,8 @@ def test_the_scoring_pass_cut_back_to_the_prompt_is_generations_own_prefill(tiny
     generation gives, and nothing of the references is left in the cache."""
     import torch
 
-    from tasks.chat import _prompt_ids, _prompt_then_reference, _reference_ids, _reference_scores
+    from tasks.chat import _prompt_ids, _reference_ids, _reference_scores
+    from tasks.decode import Prefix, layout
     from tasks.models import load_inference_model, load_tokenizer
 
     cfg = tiny_config()
@@ -177,8 +178,7 @@ def test_the_scoring_pass_cut_back_to_the_prompt_is_generations_own_prefill(tiny
     messages = [r["messages"] for r in [long, *_rows(3, "eval")]]
     prompts = [_prompt_ids(tokenizer, m[:-1]) for m in messages]
     refs = [_reference_ids(tokenizer, m) for m in messages]
-    ids, mask = _prompt_then_reference(prompts, refs, tokenizer.pad_token_id, model.device)
-    width = max(map(len, prompts))
+    ids, mask, width = layout(Prefix(0, None), prompts, refs, tokenizer.pad_token_id, "cpu")
     assert len(set(map(len, prompts))) > 1  # some prompts are padded
 
     def decode(cache):
