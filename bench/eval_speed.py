@@ -2,7 +2,8 @@
 and in batches of what size.
 
 Run: python bench/eval_speed.py [--json out.json] [--rounds 2] [--batch-sizes 16,32,64]
-     [--skip merged-bf16@64] (about 6 minutes on 2 CPU cores with SmolLM2-135M; leave the bf16
+     [--skip merged-bf16@64] [--adapter .freshtune/adapters/KEY]
+     (about 6 minutes on 2 CPU cores with SmolLM2-135M; leave the bf16
      contender out on cores without AVX512-BF16 or AMX, where it runs many times slower)
 
 A cycle's evaluation pays for the candidate's answers to every question (the base's and the
@@ -27,9 +28,11 @@ settings and the same adapter:
   base@B         the base alone at the largest B (the floor)
 
 The adapter's B matrices are small random values, so answers stay close to the base's
-(lengths, and so the work, comparable). Rounds are interleaved; the table shows each
-contender's median seconds (loading, the answers and the reference answers' NLL for
-perplexity: what evaluation pays per model), questions per second, the ratio to on-the-fly@16,
+(lengths, and so the work, comparable); `--adapter` times a trained one instead (a demo
+candidate's answers end sooner, which decoding that lets finished rows go gains from).
+Rounds are interleaved; the table shows each contender's median seconds (loading, the
+answers and the reference answers' NLL for perplexity: what evaluation pays per model),
+questions per second, the ratio to on-the-fly@16,
 and how many answers equal on-the-fly@16's (merging and batching change float rounding, not
 the model).
 """
@@ -63,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default="demo", help="preset whose eval settings are used")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--skip", default="", help="contenders to leave out (not the reference)")
+    parser.add_argument(
+        "--adapter", type=Path, help="a trained adapter folder instead of a random one (--rank)"
+    )
     return parser.parse_args(argv)
 
 
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in field}
     answers: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        adapter = make_adapter(args.model, args.rank, Path(scratch) / "adapter")
+        adapter = args.adapter or make_adapter(args.model, args.rank, Path(scratch) / "adapter")
         for _ in range(args.rounds):
             for name, how, batch in field:
                 at = settings.model_copy(update={"batch_size": batch})
@@ -162,6 +168,7 @@ def figures(seconds, answers, n: int, args) -> dict[str, Any]:
     return {
         "questions": n,
         "rank": args.rank,
+        "adapter": str(args.adapter) if args.adapter else None,
         "rounds": args.rounds,
         "seconds": seconds,
         "median_s": median,
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     require_checkpoint(args.model)
     result = run(args)
     n = result["questions"]
-    print(f"{n} questions, LoRA rank {args.rank}, median of {args.rounds} interleaved rounds")
+    which = f"adapter {args.adapter}" if args.adapter else f"a random LoRA of rank {args.rank}"
+    print(f"{n} questions, {which}, median of {args.rounds} interleaved rounds")
     print(f"{'contender':<20}{'seconds':>9}{'q/s':>8}{'vs ' + REFERENCE:>18}{'same answers':>14}")
     for name, s in result["median_s"].items():
         same, ratio = f"{result['same_answers'][name]}/{n}", result["vs_reference"][name]

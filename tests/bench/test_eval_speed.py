@@ -54,3 +54,17 @@ def test_a_skipped_contender_is_left_out_and_the_reference_never(tiny_model):
         "merged-ungrouped@8",
         "merged-generate@8",
     ]
+
+
+def test_a_trained_adapter_is_timed_instead_of_a_random_one(tiny_model, tmp_path):
+    adapter = eval_speed.make_adapter(str(tiny_model), 4, tmp_path / "trained")
+    skip = "merged-bf16@8,base@8,merged-ungrouped@8"
+    out = eval_speed.main(
+        [
+            *("--model", str(tiny_model), "--config", "tiny", "--rounds", "1"),
+            *("--batch-sizes", "8", "--adapter", str(adapter), "--skip", skip),
+        ]
+    )
+    assert out["adapter"] == str(adapter)
+    assert list(out["median_s"]) == ["on-the-fly@16", "merged@8", "merged-generate@8"]
+    assert out["same_answers"]["merged-generate@8"] == out["same_answers"]["merged@8"]
