@@ -152,11 +152,14 @@ def settings_of(cfg: Any, rehearsal: list[dict], questions: int) -> dict[str, An
         "min_epochs": train.target_min_epochs,
         "epochs": train.epochs,
         "learning_rate": train.learning_rate,
+        "continue_learning_rate": train.continue_learning_rate,
         "replay_ratio": train.replay_ratio,
         "made_replay_share": train.made_replay_share,
         "rehearsal_ratio": train.rehearsal_ratio,
         "rehearsal_set": len(rehearsal),
         "questions": questions,
+        "refusal_names": cfg.review.refusal_names,
+        "refusal_contrasts": cfg.review.refusal_contrasts,
     }
 
 
@@ -389,14 +392,15 @@ def review_lanes(team: dict[str, Lane], month: int, args: argparse.Namespace, cf
             for row, ok in zip(rows, scores[name][slice_].outcomes)
             if not ok
         ]
-        flags[name] = add_fixes(team[name], wrong, asked, cfg.review.refusal_names)
+        flags[name] = add_fixes(team[name], wrong, asked, cfg.review)
     return flags
 
 
-def add_fixes(lane: Lane, wrong: list[dict], asked: set[str], refusal_names: int) -> int:
-    """The flags as the product teaches them (tasks.review.review_rows): each correction, in
-    the lane's training wordings too, and a flagged invention about a name no row uses also
-    as refusals about other unknown names. Returns the flags (not the rows they became)."""
+def add_fixes(lane: Lane, wrong: list[dict], asked: set[str], review: Any) -> int:
+    """The flags as the product teaches them (tasks.review.review_rows, with the config's
+    `review` settings): each correction, in the lane's training wordings too, and a flagged
+    invention about a name no row uses also as refusals about other unknown names (and their
+    contrasts). Returns the flags (not the rows they became)."""
     from tasks.curate import normalise_record
     from tasks.ingest import response_of
     from tasks.review import Flag, ReviewOutcome, review_rows
@@ -409,7 +413,9 @@ def add_fixes(lane: Lane, wrong: list[dict], asked: set[str], refusal_names: int
     ]
     outcome = ReviewOutcome(True, "bench", flags=flags)
     train = [row for snap in lane.history if snap.kind == "data" for row in snap.rows()]
-    rows = review_rows(outcome, {"review": wrong}, train, asked, refusal_names)
+    rows = review_rows(
+        outcome, {"review": wrong}, train, asked, review.refusal_names, review.refusal_contrasts
+    )
     fixes = [normalise_record({**r, "id": f"{lane.name}-{r['id']}", "slice": ""}) for r in rows]
     if fixes:
         lane.history.append(Snap(digest_of(fixes), fixes, kind="review"))
@@ -810,16 +816,30 @@ def _trained_how(settings: dict[str, Any]) -> str:
         )
     made = settings.get("made_replay_share", 0)
     made = f" ({made:.0%} of it for rows made from flags)" if made else ""
+    again = settings.get("continue_learning_rate")
+    again = f" ({again:g} when it continues an adapter)" if again else ""
     return (
         f"Every trained lane trains as a product cycle does: {until}, peak learning rate "
-        f"{settings['learning_rate']:g}, replay ratio {settings['replay_ratio']:g}{made}, "
+        f"{settings['learning_rate']:g}{again}, replay ratio {settings['replay_ratio']:g}{made}, "
         f"rehearsal ratio {settings['rehearsal_ratio']:g} (drawn from the base's "
         f"{settings['rehearsal_set']} rehearsal answers, built once). Answers come from the "
         f"product's answer cache. Questions a month: every new fact's (up to "
         f"{settings['questions']}), {settings['questions']} still-true earlier ones, "
         f"{min(settings['questions'], 2 * len(NEVER_SOLD))} about products never sold, "
-        f"{BIAS_ROWS} bias rows."
+        f"{BIAS_ROWS} bias rows.{_refusals(settings)}"
     )
+
+
+def _refusals(settings: dict[str, Any]) -> str:
+    names = settings.get("refusal_names")
+    if names is None:  # a report from before these were recorded
+        return ""
+    also = (
+        ", with as many of the drop's rows asked those ways about names it sells"
+        if settings.get("refusal_contrasts")
+        else ""
+    )
+    return f" A flagged invention is also taught as refusals about {names} other names{also}."
 
 
 def _seconds(result: dict[str, Any]) -> list[str]:

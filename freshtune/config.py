@@ -366,7 +366,16 @@ class ReviewSettings(_Strict):
         ge=0,
         description="a flagged hallucination about a name no training row uses also teaches "
         "the reviewer's refusal about this many other unknown names, each asked in two of the "
-        "drop's own wordings (0: only the flagged question)",
+        "drop's own wordings (0: only the flagged question); 2 kept more real facts but "
+        "declined fewer unknown names in month 2 of bench/seasons.py (bench/README.md)",
+    )
+    refusal_contrasts: bool = Field(
+        False,
+        description="with refusal_names: as many of the drop's own training rows, asked in the "
+        "refusals' wordings about names it knows and answered as it answers them, come with "
+        "the refusals, so declining is learned where it stops (a name the drop sells is "
+        "answered) and not as the wording's answer; did not help in month 2 of "
+        "bench/seasons.py (bench/README.md), so off",
     )
     forced_rollback: bool = Field(
         True,

@@ -9,7 +9,9 @@ drop's wordings. Wordings that match an evaluation question are never used.
 A flagged hallucination about a name no training row uses ("Nimbus Mobile has no Aurora
 plan.") is also taught as the same refusal about other names the drop does not know, asked
 the ways the drop asks about the things it does sell: the drop's words are its catalogue, so
-the model learns to decline unknown names, not only the flagged one.
+the model learns to decline unknown names, not only the flagged one. With contrasts, the
+drop's own rows asked in those wordings about names it does know come with them, answered as
+the drop answers them: where declining stops is taught too, not only declining.
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ from tasks.ingest import prompt_of, response_of
 # tasks.mix keeps these whole for one cycle only, then they are replayed like any earlier row.
 WORDING = "wording"
 REFUSAL = "refusal"
+CONTRAST = "contrast"
 MIN_SIMILARITY = 0.5  # answers less alike than this are another kind of fact
 MAX_SLOTS = 3  # differing spans: subject, value, and one more at most
 _WORD = re.compile(r"\S+")
 
 
 def is_generated(row: dict[str, Any]) -> bool:
-    """A row made from a flag (another wording, a refusal), not the flagged row itself."""
-    return str(row.get("source", "")).rsplit(":", 1)[-1] in (WORDING, REFUSAL)
+    """A row made from a flag (another wording, a refusal, a contrast), not the flagged row."""
+    return str(row.get("source", "")).rsplit(":", 1)[-1] in (WORDING, REFUSAL, CONTRAST)
 
 
 def _words(text: str) -> list[str]:
@@ -201,11 +204,13 @@ def refusal_rows(
     eval_prompts: set[str],
     names: int,
     known: set[str] | None = None,
+    contrasts: bool = False,
 ) -> list[dict[str, Any]]:
     """A flagged hallucination taught as the same refusal about `names` other names the drop
     does not know, each asked in two of the drop's wordings; no decoy is a word of the drop
     or of an evaluation question, no row an evaluation question. `known`: the drop's
-    `vocabulary`, where the caller has it already."""
+    `vocabulary`, where the caller has it already. `contrasts`: up to as many of the drop's
+    own rows asked in those wordings about names it knows (`contrast_rows`)."""
     question = prompt_of(flagged) or ""
     known = vocabulary(train_rows) if known is None else known
     readings = unknown_name(question, correction, known) if names else []
@@ -220,14 +225,49 @@ def refusal_rows(
     )[:names]
     asked = {question.casefold(), *(p.casefold() for p in eval_prompts)}
     rows: list[dict[str, Any]] = []
+    used: dict[str, None] = {}
     for i, decoy in enumerate(decoys):
         for shape in dict.fromkeys((shapes[i % len(shapes)], shapes[(i + 1) % len(shapes)])):
             text = shape.replace("{}", decoy, 1)
             if text.casefold() not in asked:
                 asked.add(text.casefold())
+                used[shape] = None
                 answer = _swap(correction, name, decoy)
                 rows.append(_asked(flagged, f"-r{len(rows)}", text, answer, REFUSAL))
-    return rows
+    extra = contrast_rows(flagged, list(used), train_rows, asked, len(rows)) if contrasts else []
+    return rows + extra
+
+
+def contrast_rows(
+    flagged: dict[str, Any],
+    shapes: list[str],
+    train_rows: list[dict[str, Any]],
+    asked: set[str],
+    count: int,
+) -> list[dict[str, Any]]:
+    """Up to `count` of the drop's training questions that are one of `shapes` about a name
+    the drop knows, answered as the drop answers them (drawn per flag, deterministic): the
+    refusals' wordings about real things, so a refusal is not learned as that wording's
+    answer. None is an evaluation question or one already `asked`; rows without an answer
+    are passed over."""
+    fits: dict[str, tuple[str, str]] = {}  # casefolded question -> (question, drop's answer)
+    for row in train_rows:
+        question, answer = prompt_of(row) or "", (response_of(row) or "").strip()
+        key = question.casefold()
+        if answer and key not in asked and any(_fits(question, s) for s in shapes):
+            fits.setdefault(key, (question, answer))
+    seed = prompt_of(flagged) or ""
+    drawn = sorted(
+        fits.values(), key=lambda qa: hashlib.sha256(f"{seed}:{qa[0]}".encode()).digest()
+    )
+    return [_asked(flagged, f"-c{i}", q, a, CONTRAST) for i, (q, a) in enumerate(drawn[:count])]
+
+
+def _fits(question: str, shape: str) -> bool:
+    """Whether `question` is `shape` ("How much does the {} plan cost?") with a name in it."""
+    before, _, after = shape.partition("{}")
+    longer = len(question) > len(before) + len(after)
+    return longer and question.startswith(before) and question.endswith(after)
 
 
 def _asked(

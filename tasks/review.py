@@ -286,12 +286,14 @@ def review_rows(
     train_rows: list[dict[str, Any]] = (),
     eval_prompts: set[str] = frozenset(),
     refusal_names: int = 0,
+    refusal_contrasts: bool = False,
 ) -> list[dict]:
     """Flagged questions with the reviewer's corrected answer, as chat training rows; with the
     drop's training rows, the correction also in the drop's other wordings of a question
     (tasks.generalise), so the fact is learned and not only the flagged sentence; and a
     flagged hallucination about a name the drop does not know, as the same refusal about
-    `refusal_names` other unknown names, so declining is learned and not only that name."""
+    `refusal_names` other unknown names, so declining is learned and not only that name
+    (with `refusal_contrasts`, the drop's rows asked those ways about names it knows too)."""
     from tasks.generalise import generalised_rows, refusal_rows, vocabulary
 
     train_rows = list(train_rows)
@@ -308,7 +310,9 @@ def review_rows(
         row = _corrected(by_id[flag.id], flag)
         more = generalised_rows(row, flag.correct, train_rows, eval_prompts)
         if flag.kind == "hallucination":
-            more += refusal_rows(row, flag.correct, train_rows, eval_prompts, refusal_names, known)
+            more += refusal_rows(
+                row, flag.correct, train_rows, eval_prompts, refusal_names, known, refusal_contrasts
+            )
         rows.append(row)
         for extra in more:  # two flags can share a wording: taught once
             if (key := (prompt_of(extra) or "").casefold()) not in taught:
@@ -359,7 +363,9 @@ def record_review(
     slices = eval_slices(snapshot, earlier, cfg.eval)
     train = [row for _, row in current_rows([*earlier, snapshot], "train")]
     asked = {prompt_of(row) or "" for _, row in current_rows([*earlier, snapshot], "eval")}
-    taught = review_rows(outcome, slices, train, asked, cfg.review.refusal_names)
+    taught = review_rows(
+        outcome, slices, train, asked, cfg.review.refusal_names, cfg.review.refusal_contrasts
+    )
     rows = [normalise_record(r) for r in taught]
     if not rows:
         return None

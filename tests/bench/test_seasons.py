@@ -173,6 +173,7 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
         assert claim in text
     assert "Issue #16's bar" in text and "| continuous |" in text
     assert "max_epochs=1 reached below target recall 0.95" in text
+    assert "taught as refusals about 8 other names." in text  # the config's, no contrasts
     assert (report.parent / "seasons-accuracy.png").stat().st_size > 1000
     assert (report.parent / "seasons-compute.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "out.json").read_text())

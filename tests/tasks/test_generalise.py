@@ -94,6 +94,34 @@ def test_a_flagged_invention_teaches_refusals_about_names_the_drop_does_not_know
     assert theirs != decoys
 
 
+def test_contrasts_ask_the_refusals_wordings_about_names_the_drop_sells():
+    """With contrasts, the refusals come with as many of the drop's own rows asked the same
+    ways about real names, answered as the drop answers them."""
+    train, eval_prompts = _demo_domain_only()
+    refusal = "Nimbus Mobile has no Aurora plan."
+    flagged = _flagged("My friend told me about your Aurora plan; what does it cost?", refusal)
+    alone = refusal_rows(flagged, refusal, train, eval_prompts, names=4)
+    both = refusal_rows(flagged, refusal, train, eval_prompts, names=4, contrasts=True)
+    assert both[: len(alone)] == alone
+    contrasts = both[len(alone) :]
+    assert len(contrasts) == len(alone) == 8
+    answers = {prompt_of(r): r["messages"][-1]["content"] for r in train}
+    refused = {prompt_of(r) for r in alone}
+    for row in contrasts:
+        question = prompt_of(row)
+        assert row["messages"][-1]["content"] == answers[question]  # the drop's own answer
+        assert question not in refused and question not in eval_prompts
+        assert row["source"].endswith(":contrast") and is_generated(row)
+        # the same wording as some refusal, with a name the drop sells in the slot
+        assert any(_same_shape(question, r) for r in refused)
+    assert both == refusal_rows(flagged, refusal, train, eval_prompts, 4, contrasts=True)
+
+
+def _same_shape(a: str, b: str) -> bool:
+    x, y = a.split(), b.split()
+    return len(x) == len(y) and sum(p != q for p, q in zip(x, y)) == 1
+
+
 def test_a_name_eval_asks_about_is_never_a_decoy():
     train, eval_prompts = _demo_domain_only()
     refusal = "Nimbus Mobile has no Aurora plan."
