@@ -835,7 +835,7 @@ def _refusals(settings: dict[str, Any]) -> str:
     if names is None:  # a report from before these were recorded
         return ""
     also = (
-        ", with as many of the drop's rows asked those ways about names it sells"
+        ", with up to as many of the drop's rows asked those ways about names it sells"
         if settings.get("refusal_contrasts")
         else ""
     )

@@ -198,24 +198,19 @@ def _reference_scores(model, ids, mask, width) -> tuple[list[tuple[float, int]],
     back to all but the prompt's last token (which generation feeds to start decoding)."""
     import torch
 
-    # The positions generation gives left-padded rows, so the cached keys fit its decoding.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    from tasks.decode import positions, reference_scores
+
     with torch.inference_mode():
         out = model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=positions(mask, ids),
             use_cache=True,
             logits_to_keep=ids.shape[1] - width + 1,
         )
-        target = ids[:, width:].masked_fill(mask[:, width:] == 0, IGNORE)
-        losses = torch.nn.functional.cross_entropy(
-            out.logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE,
-            reduction="none",
-        )  # fmt: skip
-    counts = (target != IGNORE).sum(dim=1)
+        scores = reference_scores(out.logits, ids, mask, width)
     out.cache.crop(-(ids.shape[1] - width + 1))  # a negative count: tokens removed
-    return [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts)], out.cache
+    return scores, out.cache
 
 
 def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

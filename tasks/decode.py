@@ -93,9 +93,11 @@ def answer_batch(
     cache = _batch_cache(prefix, len(rests))
     with torch.inference_mode():
         keep = ids.shape[1] - width + 1  # the prompts' last token and the references
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask, ids),
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask, ids),
                     cache=cache, use_cache=True, logits_to_keep=keep)  # fmt: skip
-        scores = _scores(out.logits, ids, mask, width) if any(refs) else [None] * len(rests)
+        scores = (
+            reference_scores(out.logits, ids, mask, width) if any(refs) else [None] * len(rests)
+        )
         if ids.shape[1] > width:
             out.cache.crop(width - ids.shape[1])  # a negative count: the references leave
         mask = mask[:, : prefix.length + width]
@@ -117,8 +119,9 @@ def layout(prefix: Prefix, rests, refs, pad_id: int, device: Any) -> tuple[Any, 
     return torch.tensor(rows, device=device), torch.tensor(masks, device=device), width
 
 
-def _positions(mask: Any, ids: Any) -> Any:
-    """Each input token's position in its own row, pads and prefix counted as they are."""
+def positions(mask: Any, ids: Any) -> Any:
+    """Each input token's position in its own row, as generation gives left-padded rows (so
+    cached keys fit its decoding); `mask` may also cover a cached prefix before `ids`."""
     return (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
 
 
@@ -132,7 +135,7 @@ def _batch_cache(prefix: Prefix, rows: int) -> Any:
     return cache
 
 
-def _scores(logits: Any, ids: Any, mask: Any, width: int) -> list[tuple[float, int]]:
+def reference_scores(logits: Any, ids: Any, mask: Any, width: int) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of the references after column `width`."""
     import torch
 

@@ -91,7 +91,7 @@ def test_the_beginning_a_batch_shares_is_encoded_once_at_the_positions_it_has_al
     rests = [p[shared:] for p in prompts]
     ids, mask, _ = decode.layout(prefix, rests, [[]] * len(rests), 2, model.device)
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=decode._positions(mask, ids),
+        out = model(input_ids=ids, attention_mask=mask, position_ids=decode.positions(mask, ids),
                     cache=decode._batch_cache(prefix, len(rests)))  # fmt: skip
         for row, prompt in enumerate(prompts):
             alone = model(input_ids=torch.tensor([prompt])).logits[0, -1]
