@@ -191,30 +191,48 @@ def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     not_dense = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
     if not_dense:
         raise RuntimeError(f"{name}: parameters left quantized after loading: {not_dense[:5]}")
-    # Once, under a loaded suite, saving failed on a (49152, 576) tensor left on the meta
-    # device: the tied head. Tie it again, and name anything still unloaded.
-    model.tie_weights()
-    on_meta = [n for n, t in model.state_dict().items() if t.is_meta]
-    if on_meta:
-        raise RuntimeError(f"{name}: tensors not loaded from the GGUF: {on_meta[:5]}")
+    template, tensor_names = _gguf_contents(gguf_path)
+    tie_head(model, tied="output.weight" not in tensor_names, source=name)
     # The weights are plain tensors now; save_pretrained refuses while a quantizer is attached.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    template = _gguf_chat_template(gguf_path)
     if template and tokenizer.chat_template != template:
         logger.warning("%s: restoring the chat template transformers did not carry over", name)
         tokenizer.chat_template = template
     return model, tokenizer
 
 
-def _gguf_chat_template(gguf_path: Path) -> str | None:
+def tie_head(model: Any, *, tied: bool, source: str) -> None:
+    """Make the output head what the file says it is, and name any tensor still unloaded.
+
+    llama.cpp writes `output.weight` only when the head is not the embedding matrix. Twice, in
+    clean-clone suite runs, transformers loaded SmolLM2 (no `output.weight`) with
+    `tie_word_embeddings=False` and left the head on the meta device; the file, not the loaded
+    config, decides.
+    """
+    if tied and model.config.tie_word_embeddings is not True:
+        logger.warning("%s: the head is the embedding matrix; tying it again", source)
+    model.config.tie_word_embeddings = tied
+    if tied:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+        # what save_pretrained reads to write the shared matrix once
+        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    on_meta = [n for n, t in model.state_dict().items() if t.is_meta]
+    if on_meta:
+        raise RuntimeError(f"{source}: tensors not loaded from the GGUF: {on_meta[:5]}")
+
+
+def _gguf_contents(gguf_path: Path) -> tuple[str | None, set[str]]:
+    """The file's chat template (if any) and the names of the tensors it holds."""
     from gguf import GGUFReader
 
-    field = GGUFReader(gguf_path).fields.get("tokenizer.chat_template")
+    reader = GGUFReader(gguf_path)
+    names = {tensor.name for tensor in reader.tensors}
+    field = reader.fields.get("tokenizer.chat_template")
     if field is None:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+        return None, names
+    return bytes(field.parts[field.data[0]]).decode("utf-8"), names
 
 
 def load_causal_lm(

@@ -118,8 +118,11 @@ def _tiny_model(tokenizer: Any, *, seed: int) -> Any:
     return LlamaForCausalLM(config).eval()
 
 
-def write_tiny_gguf(checkpoint: Path, out: Path) -> Path:
-    """Write `checkpoint` (from `build_tiny_llama`) as an F32 GGUF laid out as llama.cpp does."""
+def write_tiny_gguf(checkpoint: Path, out: Path, *, tied: bool = False) -> Path:
+    """Write `checkpoint` (from `build_tiny_llama`) as an F32 GGUF laid out as llama.cpp does.
+
+    `tied`: no `output.weight`, as llama.cpp writes a model whose head is its embedding matrix.
+    """
     import gguf
     from safetensors.numpy import load_file
 
@@ -131,6 +134,8 @@ def write_tiny_gguf(checkpoint: Path, out: Path) -> Path:
     _add_llama_metadata(writer, config)
     _add_tokenizer_metadata(writer, tokenizer, config)
     for name, array in _gguf_tensors(tensors, config):
+        if tied and name == "output.weight":
+            continue
         writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -79,6 +79,43 @@ def test_logit_check_catches_a_missing_qk_permutation(
     assert not torch.allclose(_logits(wrong), _logits(tiny_llama), atol=1e-4)
 
 
+def test_a_gguf_without_an_output_head_converts_with_the_embedding_as_head(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """SmolLM2's file has no `output.weight`: its head is its embedding matrix."""
+    from safetensors.torch import load_file
+
+    gguf = write_tiny_gguf(tiny_llama, tmp_path / "tied.gguf", tied=True)
+    out = convert_gguf(gguf, tmp_path / "tied")
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    model = load_causal_lm(str(out))
+    embedding = load_file(str(tiny_llama / "model.safetensors"))["model.embed_tokens.weight"]
+    assert model.get_output_embeddings().weight.equal(embedding)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_a_head_left_unloaded_is_tied_when_the_file_has_none_and_named_when_it_has(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """What two clean-clone suite runs saw: SmolLM2 loaded untied, its head on the meta device."""
+    import torch
+
+    def loaded_untied() -> object:
+        model = load_causal_lm(str(tiny_llama))
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(torch.empty_like(head.weight, device="meta"))
+        return model
+
+    with pytest.raises(RuntimeError, match=r"x\.gguf: tensors not loaded .*lm_head\.weight"):
+        models.tie_head(loaded_untied(), tied=False, source="x.gguf")
+    model = loaded_untied()
+    models.tie_head(model, tied=True, source="x.gguf")
+    model.save_pretrained(tmp_path / "saved")
+    again = load_causal_lm(str(tmp_path / "saved"))
+    assert again.get_output_embeddings().weight.equal(again.get_input_embeddings().weight)
+    assert again.get_input_embeddings().weight.equal(model.get_input_embeddings().weight)
+
+
 def test_converted_tokenizer_matches_the_original(tiny_llama: Path, converted: Path) -> None:
     original, tokenizer = load_tokenizer(str(tiny_llama)), load_tokenizer(str(converted))
     for text in (SAMPLE, "Ünïcode & emoji 📶 fine?", "  two  spaces\nand\ttabs 0123456789"):
