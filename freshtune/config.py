@@ -366,8 +366,8 @@ class ReviewSettings(_Strict):
         ge=0,
         description="a flagged hallucination about a name no training row uses also teaches "
         "the reviewer's refusal about this many other unknown names, each asked in two of the "
-        "drop's own wordings (0: only the flagged question); 2 kept more real facts but "
-        "declined fewer unknown names in month 2 of bench/seasons.py (bench/README.md)",
+        "drop's own wordings (0: only the flagged question); in month 2 of bench/seasons.py "
+        "the arms differed most by the epoch the target stopped at, not by this (bench/README.md)",
     )
     refusal_contrasts: bool = Field(
         False,
