@@ -197,6 +197,7 @@ def gains_over(arms: dict[str, dict], reference: str, keys: tuple[str, ...]) -> 
 def refusal_review(flagged, train_rows, eval_prompts, names: int) -> list[dict[str, Any]]:
     """The product's review rows (tasks.review.review_rows) for hallucination flags,
     normalised as record_review stores them."""
+    from freshtune.config import ReviewSettings
     from tasks.curate import normalise_record
     from tasks.ingest import response_of
     from tasks.review import Flag, ReviewOutcome, review_rows
@@ -204,7 +205,8 @@ def refusal_review(flagged, train_rows, eval_prompts, names: int) -> list[dict[s
     flags = [Flag(id=r["id"], kind="hallucination", correct=response_of(r)) for r in flagged]
     outcome = ReviewOutcome(True, "bench", flags=flags)
     slices = {"hallucination": flagged}
-    taught = review_rows(outcome, slices, train_rows, eval_prompts, names)
+    settings = ReviewSettings(refusal_names=names)
+    taught = review_rows(outcome, slices, train_rows, eval_prompts, settings)
     return [normalise_record(r) for r in taught]
 
 

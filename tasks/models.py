@@ -207,8 +207,9 @@ def tie_head(model: Any, *, tied: bool, source: str) -> None:
     """Make the output head what the file says it is, and name any tensor still unloaded.
 
     llama.cpp writes `output.weight` only when the head is not the embedding matrix. Twice, in
-    clean-clone suite runs, transformers loaded SmolLM2 (no `output.weight`) with
-    `tie_word_embeddings=False` and left the head on the meta device; the file, not the loaded
+    clean-clone suite runs, SmolLM2 (no `output.weight`) was loaded with its head left on the
+    meta device; the second run's load report showed transformers had built it untied
+    (`lm_head.weight` MISSING), the first left only the failed save. The file, not the loaded
     config, decides.
     """
     if tied and model.config.tie_word_embeddings is not True:

@@ -23,7 +23,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from freshtune import faults
-from freshtune.config import FreshtuneConfig
+from freshtune.config import FreshtuneConfig, ReviewSettings
 from tasks import events, waiting
 from tasks.gate import GateDecision, Scores, check_record, checks_table
 from tasks.ingest import prompt_of
@@ -285,19 +285,21 @@ def review_rows(
     slices: dict[str, list[dict[str, Any]]],
     train_rows: list[dict[str, Any]] = (),
     eval_prompts: set[str] = frozenset(),
-    refusal_names: int = 0,
-    refusal_contrasts: bool = False,
+    settings: ReviewSettings | None = None,
 ) -> list[dict]:
     """Flagged questions with the reviewer's corrected answer, as chat training rows; with the
     drop's training rows, the correction also in the drop's other wordings of a question
     (tasks.generalise), so the fact is learned and not only the flagged sentence; and a
     flagged hallucination about a name the drop does not know, as the same refusal about
-    `refusal_names` other unknown names, so declining is learned and not only that name
-    (with `refusal_contrasts`, the drop's rows asked those ways about names it knows too)."""
+    `settings.refusal_names` other unknown names, so declining is learned and not only that
+    name (with `refusal_contrasts`, the drop's rows asked those ways about names it knows
+    too). Without `settings`, the flagged rows and their wordings only."""
     from tasks.generalise import generalised_rows, refusal_rows, vocabulary
 
+    names = settings.refusal_names if settings else 0
+    contrasts = bool(settings and settings.refusal_contrasts)
     train_rows = list(train_rows)
-    known = vocabulary(train_rows) if refusal_names else set()
+    known = vocabulary(train_rows) if names else set()
     by_id = {row["id"]: row for rows in slices.values() for row in rows}
     eval_prompts = {*eval_prompts, *(prompt_of(r) or "" for rows in slices.values() for r in rows)}
     rows, taught = [], set()
@@ -311,7 +313,7 @@ def review_rows(
         more = generalised_rows(row, flag.correct, train_rows, eval_prompts)
         if flag.kind == "hallucination":
             more += refusal_rows(
-                row, flag.correct, train_rows, eval_prompts, refusal_names, known, refusal_contrasts
+                row, flag.correct, train_rows, eval_prompts, names, known, contrasts
             )
         rows.append(row)
         for extra in more:  # two flags can share a wording: taught once
@@ -363,9 +365,7 @@ def record_review(
     slices = eval_slices(snapshot, earlier, cfg.eval)
     train = [row for _, row in current_rows([*earlier, snapshot], "train")]
     asked = {prompt_of(row) or "" for _, row in current_rows([*earlier, snapshot], "eval")}
-    taught = review_rows(
-        outcome, slices, train, asked, cfg.review.refusal_names, cfg.review.refusal_contrasts
-    )
+    taught = review_rows(outcome, slices, train, asked, cfg.review)
     rows = [normalise_record(r) for r in taught]
     if not rows:
         return None

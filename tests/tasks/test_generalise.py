@@ -148,6 +148,7 @@ def test_a_known_name_or_an_unmatched_kind_teaches_no_refusal():
 
 def test_review_rows_teach_each_wording_once_across_flags():
     """Two flags on one unknown name share the drop's wordings: each is trained once."""
+    from freshtune.config import ReviewSettings
     from tasks.review import Flag, ReviewOutcome, review_rows
 
     train, eval_prompts = _demo_domain_only()
@@ -158,7 +159,8 @@ def test_review_rows_teach_each_wording_once_across_flags():
     ]
     flags = [Flag(id=r["id"], kind="hallucination", correct=refusal) for r in flagged]
     outcome = ReviewOutcome(True, "auto", flags=flags)
-    rows = review_rows(outcome, {"hallucination": flagged}, train, eval_prompts, 4)
+    settings = ReviewSettings(refusal_names=4)
+    rows = review_rows(outcome, {"hallucination": flagged}, train, eval_prompts, settings)
     prompts = [prompt_of(r).casefold() for r in rows]
     assert len(prompts) == len(set(prompts)) and len(rows) > len(flagged) + 4
     assert [r["id"] for r in rows[:1]] == ["review-q0"] and "review-q1" in {r["id"] for r in rows}
