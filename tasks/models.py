@@ -15,7 +15,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -183,11 +184,15 @@ def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    # dequantize=True: never keep packed GGUF blocks, even where transformers has kernels for them.
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-    )
+    with _gguf_bar_quiet():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        # dequantize=True: never keep packed GGUF blocks, even where transformers has kernels.
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),
+        )
     not_dense = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
     if not_dense:
         raise RuntimeError(f"{name}: parameters left quantized after loading: {not_dense[:5]}")
@@ -201,6 +206,26 @@ def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
         logger.warning("%s: restoring the chat template transformers did not carry over", name)
         tokenizer.chat_template = template
     return model, tokenizer
+
+
+@contextmanager
+def _gguf_bar_quiet() -> Iterator[None]:
+    """transformers reads GGUF tensors under a tqdm bar of its own, which its progress-bar
+    switch does not reach: off while the terminal is quiet (`freshtune demo` on a fresh
+    workspace printed it above the first cycle)."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    from freshtune import console
+
+    bar = reader.tqdm
+    if console.quiet():
+        reader.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
 
 
 def tie_head(model: Any, *, tied: bool, source: str) -> None:

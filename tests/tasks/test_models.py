@@ -67,6 +67,21 @@ def test_converted_checkpoint_computes_the_same_logits(tiny_llama: Path, convert
     assert torch.allclose(actual, expected, atol=1e-5), (actual - expected).abs().max()
 
 
+def test_conversion_prints_no_library_bar_while_the_terminal_is_quiet(
+    tiny_gguf: Path, tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`freshtune demo` on a fresh workspace printed transformers' GGUF bar above its first
+    cycle; the bar still shows where the terminal is not quiet (`-v`)."""
+    from freshtune import console
+
+    monkeypatch.setenv(console.QUIET, "1")
+    convert_gguf(tiny_gguf, tmp_path / "quiet")
+    assert "GGUF tensors" not in capfd.readouterr().err
+    monkeypatch.delenv(console.QUIET)
+    convert_gguf(tiny_gguf, tmp_path / "loud")
+    assert "GGUF tensors" in capfd.readouterr().err
+
+
 def test_logit_check_catches_a_missing_qk_permutation(
     tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
