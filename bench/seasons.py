@@ -1,7 +1,7 @@
 """Twelve months of a changing domain: do the claims made for fine-tuning hold here?
 
 Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months (~3 h)
-     python bench/seasons.py --quick            # 3 months, a smoke run of the same (~35 min fp32)
+     python bench/seasons.py --quick            # 3 months, a smoke run of the same (~40 min)
      python bench/seasons.py --preset gpu --model PATH   # a larger base on a GPU
      python bench/seasons.py --render RUN.json  # the report and plots again, no training
      (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
