@@ -206,7 +206,7 @@ def refusal_review(flagged, train_rows, eval_prompts, names: int) -> list[dict[s
     outcome = ReviewOutcome(True, "bench", flags=flags)
     slices = {"hallucination": flagged}
     settings = ReviewSettings(refusal_names=names)
-    taught = review_rows(outcome, slices, train_rows, eval_prompts, settings)
+    taught = review_rows(outcome, slices, settings, train_rows, eval_prompts)
     return [normalise_record(r) for r in taught]
 
 

@@ -413,7 +413,7 @@ def add_fixes(lane: Lane, wrong: list[dict], asked: set[str], review: Any) -> in
     ]
     outcome = ReviewOutcome(True, "bench", flags=flags)
     train = [row for snap in lane.history if snap.kind == "data" for row in snap.rows()]
-    rows = review_rows(outcome, {"review": wrong}, train, asked, review)
+    rows = review_rows(outcome, {"review": wrong}, review, train, asked)
     fixes = [normalise_record({**r, "id": f"{lane.name}-{r['id']}", "slice": ""}) for r in rows]
     if fixes:
         lane.history.append(Snap(digest_of(fixes), fixes, kind="review"))

@@ -283,9 +283,9 @@ def ask_terminal(report: str, cfg: FreshtuneConfig) -> ReviewOutcome:
 def review_rows(
     outcome: ReviewOutcome,
     slices: dict[str, list[dict[str, Any]]],
+    settings: ReviewSettings,
     train_rows: list[dict[str, Any]] = (),
     eval_prompts: set[str] = frozenset(),
-    settings: ReviewSettings | None = None,
 ) -> list[dict]:
     """Flagged questions with the reviewer's corrected answer, as chat training rows; with the
     drop's training rows, the correction also in the drop's other wordings of a question
@@ -293,11 +293,10 @@ def review_rows(
     flagged hallucination about a name the drop does not know, as the same refusal about
     `settings.refusal_names` other unknown names, so declining is learned and not only that
     name (with `refusal_contrasts`, the drop's rows asked those ways about names it knows
-    too). Without `settings`, the flagged rows and their wordings only."""
+    too)."""
     from tasks.generalise import generalised_rows, refusal_rows, vocabulary
 
-    names = settings.refusal_names if settings else 0
-    contrasts = bool(settings and settings.refusal_contrasts)
+    names, contrasts = settings.refusal_names, settings.refusal_contrasts
     train_rows = list(train_rows)
     known = vocabulary(train_rows) if names else set()
     by_id = {row["id"]: row for rows in slices.values() for row in rows}
@@ -365,7 +364,7 @@ def record_review(
     slices = eval_slices(snapshot, earlier, cfg.eval)
     train = [row for _, row in current_rows([*earlier, snapshot], "train")]
     asked = {prompt_of(row) or "" for _, row in current_rows([*earlier, snapshot], "eval")}
-    taught = review_rows(outcome, slices, train, asked, cfg.review)
+    taught = review_rows(outcome, slices, cfg.review, train, asked)
     rows = [normalise_record(r) for r in taught]
     if not rows:
         return None

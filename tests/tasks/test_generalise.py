@@ -160,7 +160,7 @@ def test_review_rows_teach_each_wording_once_across_flags():
     flags = [Flag(id=r["id"], kind="hallucination", correct=refusal) for r in flagged]
     outcome = ReviewOutcome(True, "auto", flags=flags)
     settings = ReviewSettings(refusal_names=4)
-    rows = review_rows(outcome, {"hallucination": flagged}, train, eval_prompts, settings)
+    rows = review_rows(outcome, {"hallucination": flagged}, settings, train, eval_prompts)
     prompts = [prompt_of(r).casefold() for r in rows]
     assert len(prompts) == len(set(prompts)) and len(rows) > len(flagged) + 4
     assert [r["id"] for r in rows[:1]] == ["review-q0"] and "review-q1" in {r["id"] for r in rows}
