@@ -17,8 +17,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from tasks.stepmetrics import StepMetrics
 from tasks.target import build_probe, recall_curve, stop_reason, target_callback
 
 log = logging.getLogger(__name__)
+_FITTING = threading.Lock()
 
 TRAIN_FLOW = "train-on-gpu"  # the flow in flows/train.py; its deployment is named after the pool
 # Settings that change where or how fast a run goes, never the adapter it produces.
@@ -407,9 +410,10 @@ def train_adapter(
                 base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
             )
         else:
-            stats = fit_adapter(
-                base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
-            )
+            with one_fit_at_a_time(out_dir.name):
+                stats = fit_adapter(
+                    base_model, rows, settings, parent, seed, staging, resume, on_log, mirror
+                )
     except TrainingDiverged:
         # Its checkpoints may hold the poisoned weights: a rerun must not resume from them.
         shutil.rmtree(staging, ignore_errors=True)
@@ -476,6 +480,21 @@ def cycle_dataset(
         return dataset, settings, "random" if flat else "group_by_length"
     once = settings.model_copy(update={"epochs": 1.0})
     return build_dataset(tokenizer, plan, settings.max_length), once, "sequential"
+
+
+@contextmanager
+def one_fit_at_a_time(name: str) -> Iterator[None]:
+    """Trainings in one process (two cycles run as threads) take turns: transformers keeps one
+    accelerate state per process and every TrainingArguments resets it, so a Trainer built
+    while another trains breaks that one (CI: "`AcceleratorState` object has no attribute
+    `num_processes`"); `set_seed` is process-wide too."""
+    if not _FITTING.acquire(blocking=False):
+        log.info("adapter %s waits for this process's other training to finish", name)
+        _FITTING.acquire()
+    try:
+        yield
+    finally:
+        _FITTING.release()
 
 
 def fit_adapter(

@@ -303,3 +303,52 @@ def test_base_kl_keeps_untaught_predictions_near_the_base(tiny_model: Path, tmp_
         for name, fit in (("free", free), ("held", held))
     }
     assert drift["held"] < 0.5 * drift["free"], drift
+
+
+def test_two_trainings_in_one_process_train_one_after_the_other(
+    tiny_model: Path, tmp_path: Path, monkeypatch
+):
+    """transformers keeps one accelerate state per process and every TrainingArguments resets
+    it: a second Trainer being built while another trained broke the first in CI (two drops
+    at once). The second is held just after its TrainingArguments until the first steps."""
+    import threading
+
+    import tasks.train
+    from freshtune.config import TrainSettings
+
+    settings = TrainSettings(
+        epochs=2, batch_size=4, max_length=64, logging_steps=1, lora={"r": 4, "alpha": 8}
+    )
+    second_built, first_stepped = threading.Event(), threading.Event()
+    real_probe = tasks.train.build_probe
+
+    def probe_after_the_reset(*args):
+        if threading.current_thread().name == "second":
+            second_built.set()
+            first_stepped.wait(3)
+        return real_probe(*args)
+
+    def first_sink(metrics: dict, step: int) -> None:
+        if second_built.is_set():
+            first_stepped.set()
+        elif step == 1:
+            second.start()
+            second_built.wait(3)  # unless it waits for this training to end
+
+    monkeypatch.setattr(tasks.train, "build_probe", probe_after_the_reset)
+    results, errors = {}, []
+
+    def train(name: str, sink) -> None:
+        try:
+            out = tmp_path / name
+            results[name] = train_adapter(str(tiny_model), _rows(), settings, out, on_log=sink)
+        except Exception as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=train, args=("first", first_sink), name="first")
+    second = threading.Thread(target=train, args=("second", None), name="second")
+    first.start()
+    first.join(300)
+    second.join(300)
+    assert not errors, errors
+    assert {name: r.steps for name, r in results.items()} == {"first": 8, "second": 8}
