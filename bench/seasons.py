@@ -156,6 +156,7 @@ def settings_of(cfg: Any, rehearsal: list[dict], questions: int) -> dict[str, An
         "replay_ratio": train.replay_ratio,
         "made_replay_share": train.made_replay_share,
         "rehearsal_ratio": train.rehearsal_ratio,
+        "continue_rehearsal_ratio": train.continue_rehearsal_ratio,
         "rehearsal_set": len(rehearsal),
         "questions": questions,
         "refusal_names": cfg.review.refusal_names,
@@ -316,7 +317,7 @@ def train_lane(
         cfg.seed,
         mode,
         rehearsal,
-        train.rehearsal_ratio,
+        train.rehearsal_for(lane.mode == "incremental" and lane.adapter is not None),
         train.made_replay_share,
     )
     parent = lane.adapter if lane.mode == "incremental" else None
@@ -816,10 +817,12 @@ def _trained_how(settings: dict[str, Any]) -> str:
     made = f" ({made:.0%} of it for rows made from flags)" if made else ""
     again = settings.get("continue_learning_rate")
     again = f" ({again:g} when it continues an adapter)" if again else ""
+    rehearse = settings.get("continue_rehearsal_ratio")
+    rehearse = f" ({rehearse:g} when it continues an adapter)" if rehearse is not None else ""
     return (
         f"Every trained lane trains as a product cycle does: {until}, peak learning rate "
         f"{settings['learning_rate']:g}{again}, replay ratio {settings['replay_ratio']:g}{made}, "
-        f"rehearsal ratio {settings['rehearsal_ratio']:g} (drawn from the base's "
+        f"rehearsal ratio {settings['rehearsal_ratio']:g}{rehearse} (drawn from the base's "
         f"{settings['rehearsal_set']} rehearsal answers, built once). Answers come from the "
         f"product's answer cache. Questions a month: every new fact's (up to "
         f"{settings['questions']}), {settings['questions']} still-true earlier ones, "

@@ -84,7 +84,7 @@ def cycle(staged: StagedDrop, config: FreshtuneConfig) -> dict[str, Any]:
     champion = find_champion(config, staged.digest)
     run_id = open_cycle_run(snapshot, champion, config)
     rehearsal = build_rehearsal(config)
-    mix = build_training_mix(snapshot, rehearsal, config)
+    mix = build_training_mix(snapshot, rehearsal, champion, config)
     candidate = train_candidate(mix, champion, config, run_id)
     scores = evaluate_candidate(snapshot, candidate.adapter_dir, champion, config, run_id)
     decision = apply_gate(scores, config, run_id)

@@ -33,6 +33,7 @@ from freshtune import faults
 from freshtune.config import FreshtuneConfig
 from tasks.generalise import is_generated
 from tasks.ingest import response_of
+from tasks.registry import Champion
 from tasks.rehearsal import RehearsalSet
 from tasks.snapshot import Snapshot, earlier_snapshots
 
@@ -333,11 +334,17 @@ def load_mix(path: Path) -> TrainingMix:
 @task(name="build-training-mix", cache_policy=NO_CACHE)
 @faults.after("mix")
 def build_training_mix(
-    snapshot: Snapshot, rehearsal: RehearsalSet | None, cfg: FreshtuneConfig
+    snapshot: Snapshot,
+    rehearsal: RehearsalSet | None,
+    champion: Champion | None,
+    cfg: FreshtuneConfig,
 ) -> TrainingMix:
+    """The cycle's rows; it continues `champion` in `incremental` mode (train_candidate's rule),
+    which sets how much it rehearses."""
     earlier = earlier_snapshots(cfg, snapshot.digest)
     rows = rehearsal.rows() if rehearsal is not None else []
     train = cfg.train
+    continues = train.mode == "incremental" and champion is not None
     return build_mix(
         snapshot,
         earlier,
@@ -345,6 +352,6 @@ def build_training_mix(
         cfg.seed,
         train.mode,
         rows,
-        train.rehearsal_ratio,
+        train.rehearsal_for(continues),
         train.made_replay_share,
     )

@@ -148,8 +148,9 @@ def _row(prompt: dict[str, Any], answer: str, open_: bool, drop: str) -> dict[st
 @task(name="build-rehearsal-set", cache_policy=NO_CACHE)
 def build_rehearsal(cfg: FreshtuneConfig) -> RehearsalSet | None:
     """The base model's answers to the everyday prompts (`train.rehearsal_file` or the
-    shipped set); None when `train.rehearsal_ratio` is 0."""
-    if cfg.train.rehearsal_ratio == 0:
+    shipped set); None when no cycle rehearses (`train.rehearsal_ratio` and
+    `train.continue_rehearsal_ratio` 0)."""
+    if cfg.train.rehearsal_for(False) == 0 and cfg.train.rehearsal_for(True) == 0:
         return None
     base = cfg.resolved_base_model()
     prompts = cfg.train.rehearsal_file or EVERYDAY_FILE

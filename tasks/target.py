@@ -20,6 +20,7 @@ from tasks.ingest import response_of
 from tasks.metrics import recalled
 
 RECALL_KEY = "target_recall"
+HOLD_OUT_FROM = 3  # wordings a fact needs before one is held out: two still train it
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,18 @@ class Probe:
     min_epochs: float = 1.0  # no stop before this many, whatever the recall
 
 
-def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) -> Probe | None:
+def build_probe(
+    rows: list[dict[str, Any]],
+    settings: TrainSettings,
+    seed: int,
+    held_out: list[dict[str, Any]] | None = None,
+) -> Probe | None:
     """The questions that say whether this cycle learned its facts, and with
-    `target_replay_sample`, still knows the earlier ones it replays; None: fixed epochs."""
+    `target_replay_sample`, still knows the earlier ones it replays; None: fixed epochs.
+    `held_out` (`hold_out_wordings`) stand in for the new rows when there are any."""
     if settings.target_recall is None:
         return None
-    new = [r for r in rows if r.get("origin") == "new"] or [r for r in rows if "origin" not in r]
+    new = held_out or own_rows(rows)
     fixes = [r for r in rows if r.get("origin") == "review"]
     if not new and not fixes:
         return None
@@ -50,6 +57,30 @@ def build_probe(rows: list[dict[str, Any]], settings: TrainSettings, seed: int) 
     probe_settings = EvalSettings(max_new_tokens=budget, batch_size=2 * settings.batch_size)
     target = settings.target_recall
     return Probe(picked, target, settings.epochs, probe_settings, settings.target_min_epochs)
+
+
+def own_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("origin") == "new"] or [r for r in rows if "origin" not in r]
+
+
+def hold_out_wordings(
+    rows: list[dict[str, Any]], settings: TrainSettings, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows to train, rows held out). With `target_held_out`: of up to `target_sample` of
+    the month's new facts taught in `HOLD_OUT_FROM` or more wordings (rows with the same
+    answer), one wording is not trained this cycle; the probe asks it, so the target
+    measures the fact learned rather than its question memorised."""
+    if settings.target_recall is None or not settings.target_held_out:
+        return rows, []
+    by_answer: dict[str, list[dict[str, Any]]] = {}
+    for row in own_rows(rows):
+        by_answer.setdefault(" ".join((response_of(row) or "").lower().split()), []).append(row)
+    facts = [group for answer, group in sorted(by_answer.items()) if answer]
+    facts = [group for group in facts if len(group) >= HOLD_OUT_FROM]
+    rng = random.Random(f"held-out-{seed}")
+    held = [rng.choice(g) for g in rng.sample(facts, min(settings.target_sample, len(facts)))]
+    ids = {id(r) for r in held}
+    return [r for r in rows if id(r) not in ids], held
 
 
 def probe_sample(

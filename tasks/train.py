@@ -35,7 +35,13 @@ from tasks.chat import IGNORE, collate, encode_chat
 from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
 from tasks.registry import Champion
 from tasks.stepmetrics import StepMetrics
-from tasks.target import build_probe, recall_curve, stop_reason, target_callback
+from tasks.target import (
+    build_probe,
+    hold_out_wordings,
+    recall_curve,
+    stop_reason,
+    target_callback,
+)
 
 log = logging.getLogger(__name__)
 _FITTING = threading.Lock()
@@ -58,6 +64,7 @@ KEYED_ELSEWHERE = (
     "replay_ratio",
     "made_replay_share",  # the made rows replayed are in the mix digest
     "rehearsal_ratio",  # the rehearsal rows are in the mix digest
+    "continue_rehearsal_ratio",
     "rehearsal_file",
     "rehearsal_max_tokens",
     "continue_epochs",
@@ -72,6 +79,7 @@ KEYED_WHEN_SET = {
     "target_sample": 32,
     "target_replay_sample": 0,
     "target_min_epochs": 1.0,
+    "target_held_out": False,
     "base_kl": 0.0,
 }
 LORA_KEYED_WHEN_SET = {"use_dora": False}
@@ -519,11 +527,12 @@ def fit_adapter(
     tokenizer = load_tokenizer(base_model)
     model = attach_adapter(load_training_model(base_model, settings), settings, parent)
     collator, flat = data_collator(model, tokenizer, settings.padding_free)
+    rows, held_out = hold_out_wordings(rows, settings, seed)
     dataset, run_settings, sampling = cycle_dataset(tokenizer, rows, settings, seed, flat)
     args = training_args(run_settings, staging / "checkpoints", seed, sampling, flat)
     peak = math.nan if args.use_cpu else _gpu_peak()
     accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
-    probe = build_probe(rows, settings, seed)
+    probe = build_probe(rows, settings, seed, held_out)
     callbacks = [_metrics_callback(accounting, on_log), _divergence_guard()]
     if mirror is not None and settings.save_steps:
         callbacks.append(_mirror_callback(mirror))

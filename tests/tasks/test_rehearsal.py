@@ -121,3 +121,26 @@ def test_a_bad_prompt_line_names_the_file_and_line(tmp_path: Path):
     bad.write_text('{"id": "a", "prompt": "ok"}\n{"id": "b"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"p\.jsonl:2: a rehearsal prompt"):
         read_prompts(bad)
+
+
+def test_a_cycle_that_continues_a_champion_rehearses_at_its_own_ratio(tiny_config, tmp_path):
+    from tasks.mix import build_training_mix
+    from tasks.registry import Champion
+    from tasks.rehearsal import RehearsalSet
+
+    path = tmp_path / "rehearsal.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rehearsal_rows(40)))
+    rehearsal = RehearsalSet(path, "abc")
+    champion = Champion("1", "run", "models:/x/1", {}, tmp_path)
+    cfg = tiny_config("train.rehearsal_ratio=1.0", "train.continue_rehearsal_ratio=0.25")
+    _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old question {i}?", "Old.") for i in range(8)])
+    new = _commit(
+        cfg, "b" * 64, [chat_row(f"n{i}", f"New question {i}?", "New.") for i in range(10)]
+    )
+    first = build_training_mix.fn(new, rehearsal, None, cfg)
+    domain = first.new_rows + first.replay_rows
+    assert first.rehearsal_rows == domain  # from the base: the whole ratio
+    going_on = build_training_mix.fn(new, rehearsal, champion, cfg)
+    assert going_on.rehearsal_rows == round(0.25 * domain)
+    fresh = cfg.model_copy(update={"train": cfg.train.model_copy(update={"mode": "fresh"})})
+    assert build_training_mix.fn(new, rehearsal, champion, fresh).rehearsal_rows == domain

@@ -4,8 +4,9 @@ budget; the probe never reads evaluation rows."""
 from pathlib import Path
 
 from freshtune.config import TrainSettings
+from tasks.ingest import response_of
 from tasks.metrics import recalled
-from tasks.target import build_probe
+from tasks.target import build_probe, hold_out_wordings
 from tasks.train import adapter_key, train_adapter
 from tests.helpers.rows import chat_row
 
@@ -72,6 +73,55 @@ def test_the_probe_asks_replayed_rows_only_when_told_to():
     assert origins.count("new") == 20 and origins.count("replay") == 8 and len(origins) == 28
     few = build_probe(_rows(40) + _rows(3, "replay"), settings, seed=0)
     assert [r["origin"] for r in few.rows].count("replay") == 3  # all there are
+
+
+def _worded(facts: int, wordings: int, first: int = 0) -> list[dict]:
+    """`wordings` training questions for each of `facts` facts (rows with the same answer)."""
+    asks = ("Price of plan {}?", "How much is plan {}?", "What does plan {} cost?", "Plan {}?")
+    system = {"role": "system", "content": "You are the support assistant."}
+    rows = []
+    for f in range(first, first + facts):
+        for w in range(wordings):
+            row = chat_row(f"f{f}-w{w}", asks[w].format(f), f"Plan {f} costs ${90 + f}.")
+            rows.append({**row, "messages": [system, *row["messages"]], "origin": "new"})
+    return rows
+
+
+def test_the_probe_asks_held_out_wordings_the_cycle_does_not_train():
+    rows = _worded(6, 4) + _worded(3, 2, first=6) + _rows(10, "replay")
+    settings = SETTINGS.model_copy(
+        update={"target_recall": 0.9, "target_sample": 4, "target_held_out": True}
+    )
+    train, held = hold_out_wordings(rows, settings, seed=0)
+    answers = [response_of(r) for r in held]
+    assert len(held) == 4 and len(set(answers)) == 4  # one wording of four facts
+    assert len(train) == len(rows) - 4 and not any(r in train for r in held)
+    assert all(sum(response_of(r) == a for r in train) == 3 for a in answers)
+    assert all(int(r["id"][1]) < 6 for r in held)  # two wordings: both stay trained
+    assert hold_out_wordings(rows, settings, seed=0) == (train, held)  # seeded
+    probe = build_probe(train, settings, 0, held)
+    assert sorted(r["id"] for r in probe.rows) == sorted(r["id"] for r in held)
+    asked = settings.model_copy(update={"target_held_out": False})
+    assert hold_out_wordings(rows, asked, seed=0) == (rows, [])  # off: questions as trained
+    assert hold_out_wordings(_worded(4, 2), settings, seed=0) == (_worded(4, 2), [])
+
+
+def test_a_held_out_wording_is_not_trained(tiny_model: Path, tmp_path: Path):
+    from tasks.chat import encode_chat
+    from tasks.models import load_tokenizer
+
+    settings = SETTINGS.model_copy(update={"target_recall": 1.0, "max_epochs": 1})
+    held = settings.model_copy(update={"target_held_out": True})
+    rows = _worded(2, 4)
+    fit = train_adapter(str(tiny_model), rows, settings, tmp_path / "asked")
+    fit_held = train_adapter(str(tiny_model), rows, held, tmp_path / "held")
+    tokenizer = load_tokenizer(str(tiny_model))
+    _, out = hold_out_wordings(rows, held, seed=0)
+    unseen = sum(len(encode_chat(tokenizer, r["messages"], 64)["input_ids"]) for r in out)
+    assert len(out) == 2 and fit_held.tokens == fit.tokens - unseen > 0
+    assert len(fit_held.recall_curve) == 1
+    keys = {adapter_key("base", s, "mix", None, 0, False) for s in (settings, held)}
+    assert len(keys) == 2
 
 
 def _known_rows(tiny_model: Path) -> list[dict]:

@@ -1,0 +1,125 @@
+"""One strategy of bench/seasons.py alone, for a paired experiment on a training setting.
+
+Run: python bench/one_lane.py A.json --quick --set train.dtype=bfloat16 [--set ...]
+     python bench/one_lane.py B.json --quick --set ... --set train.target_held_out=true
+     python bench/one_lane.py --compare B.json A.json   # B - A, paired, with 95% intervals
+     (every seasons.py option applies; --lane picks the strategy, continuous by default)
+
+The lane trains, is scored and reviewed exactly as in seasons.py (its drops, curation, mix,
+train-to-target, evaluation slices and simulated reviewer), without the other strategies: 3
+months of the continuous lane took 16-21 minutes with two runs side by side on 2 cores,
+against 67-74 for seasons.py --quick. Two runs with the same seed ask the same questions, so
+their outcomes pair up; what it cannot say is how a setting moves the claims between lanes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import seasons
+from bench.seasons_claims import judge, known_interval, pts, unbits
+
+FACTS = ("current", "earlier")  # the facts true that month
+
+
+def run(out: Path, argv: list[str], lane: str = "continuous") -> list[dict[str, Any]]:
+    """Months 1..n of `lane`; each month's entry (as seasons.py writes it) into `out`."""
+    args = seasons.parse_args(argv)
+    args.change_share = seasons.PRESETS[args.preset]["change_share"]
+    cfg = seasons.bench_config(args)
+    cfg.paths.ensure()
+    args.questions = cfg.eval.max_questions or seasons.PRESETS[args.preset]["questions"]
+    rehearsal = seasons.rehearsal_rows(cfg)
+    team, months = {lane: seasons.lanes()[lane]}, []
+    for month in range(1, args.months + 1):
+        started = time.perf_counter()
+        records = seasons.as_records(
+            seasons.dirty_drop(month, args.change_share, args.noise, cfg.seed)
+        )
+        spent = seasons.train_lane(team[lane], month, records, cfg, rehearsal)
+        scored = seasons.evaluate_month(month, team, args, cfg)
+        general = general_scores(cfg, lane, team[lane].adapter)
+        scored["outcomes"][lane]["general"] = seasons.bits(general.outcomes)
+        flags = seasons.review_lanes(team, month, args, cfg)
+        strategy = {**scored["figures"][lane], **spent, "general": general.accuracy}
+        strategy["flags"] = flags.get(lane, 0)
+        months.append(
+            {
+                "month": month,
+                "strategies": {lane: strategy},
+                "outcomes": {lane: scored["outcomes"][lane]},
+                "questions": scored["questions"],
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+        out.write_text(json.dumps({"lane": lane, "argv": argv, "months": months}, indent=1))
+    return months
+
+
+def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:
+    """The product's shipped general questions (the gate's general slice), which seasons.py
+    does not ask: what a setting that trains less rehearsal would cost."""
+    from tasks.evaluate import GENERAL_FILE, load_eval_file
+
+    rows = load_eval_file(cfg.eval.general_file or GENERAL_FILE, "general")
+    rows = rows[: cfg.eval.max_questions] if cfg.eval.max_questions else rows
+    return seasons.score_models(cfg, {lane: adapter}, {"general": rows})[lane]["general"]
+
+
+def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
+    """x - y on the same questions: the facts true each month, months 2..n pooled, per slice."""
+    lane = x["lane"]
+    pairs = list(zip(x["months"], y["months"], strict=True))
+    if any(a["questions"] != b["questions"] for a, b in pairs):
+        raise SystemExit("the two runs asked different questions: not paired (seed, --quick?)")
+    lines = []
+    for a, b in pairs:
+        sa, sb = a["strategies"][lane], b["strategies"][lane]
+        ka, kb = known_interval(a, lane), known_interval(b, lane)
+        lines.append(
+            f"month {a['month']}: facts true {ka.estimate:.0%} vs {kb.estimate:.0%}, "
+            f"general {sa.get('general', math.nan):.0%} vs {sb.get('general', math.nan):.0%}, "
+            f"epochs {sa['epochs']:g} vs {sb['epochs']:g}, tokens {sa['tokens']} vs {sb['tokens']}"
+        )
+    for name, slices, first in (
+        ("facts true that month, months 2..n", FACTS, 2),
+        ("earlier facts, months 2..n", ("earlier",), 2),
+        ("never-sold declined, every month", ("hallucination",), 1),
+        ("general questions, every month", ("general",), 1),
+    ):
+        xs, ys = ([], [])
+        for a, b in pairs[first - 1 :]:
+            for s in slices:
+                xs += unbits(a["outcomes"][lane].get(s, ""))
+                ys += unbits(b["outcomes"][lane].get(s, ""))
+        j = judge(xs, ys, +1)
+        lines.append(
+            f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
+            f"n={j['n']}): {j['verdict']}"
+        )
+    tokens = [sum(m["strategies"][lane]["tokens"] for m in r["months"]) for r in (x, y)]
+    lines.append(f"training tokens: {tokens[0]} vs {tokens[1]} ({tokens[0] / tokens[1]:.2f}x)")
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--compare"]:
+        x, y = (json.loads(Path(p).read_text()) for p in argv[1:3])
+        print("\n".join(compare(x, y)))
+        return
+    lane = "continuous"
+    if "--lane" in argv:
+        at = argv.index("--lane")
+        lane, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
+    run(Path(argv[0]), argv[1:], lane)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,39 @@
+"""bench/one_lane.py: one strategy of the seasons benchmark, and two runs compared paired."""
+
+import json
+
+import pytest
+
+from bench import one_lane
+
+TINY = [
+    "--set", "train.max_epochs=1", "--set", "train.target_sample=4",
+    "--set", "train.rehearsal_max_tokens=8", "--set", "eval.max_new_tokens=8",
+    "--set", "eval.max_questions=8", "--review-n", "6", "--months", "1",
+]  # fmt: skip
+
+
+def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
+    tiny_model, tmp_path
+):
+    runs = {}
+    for name, extra in (("asked", []), ("held", ["--set", "train.target_held_out=true"])):
+        out = tmp_path / f"{name}.json"
+        argv = [str(out), "--model", str(tiny_model), "--workspace", str(tmp_path / name)]
+        one_lane.main([*argv, *TINY, *extra])
+        runs[name] = json.loads(out.read_text())
+    (asked,), (held,) = (r["months"] for r in runs.values())
+    lane = asked["strategies"]["continuous"]
+    assert lane["rehearsal_rows"] == lane["new_rows"] > 0 and lane["epochs"] == 1.0
+    assert held["strategies"]["continuous"]["tokens"] < lane["tokens"]  # wordings held out
+    assert asked["questions"] == held["questions"]
+    assert len(asked["outcomes"]["continuous"]["current"]) == len(asked["questions"]["current"])
+    lines = one_lane.compare(runs["held"], runs["asked"])
+    assert lines[0].startswith("month 1: facts true") and "epochs 1 vs 1" in lines[0]
+    assert lines[-1].startswith("training tokens:") and "never-sold declined" in lines[-3]
+    assert lines[-2].startswith("general questions, every month:") and "n=8" in lines[-2]
+    assert len(asked["outcomes"]["continuous"]["general"]) == 8  # eval.max_questions
+    assert 0 <= lane["general"] <= 1
+    with pytest.raises(SystemExit, match="not paired"):
+        other = {**runs["asked"], "months": [{**asked, "questions": {"current": ["x"]}}]}
+        one_lane.compare(runs["held"], other)
