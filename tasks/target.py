@@ -10,6 +10,7 @@ train_result.json.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from freshtune.config import EvalSettings, TrainSettings
 from tasks.ingest import response_of
 from tasks.metrics import recalled
 
+log = logging.getLogger(__name__)
 RECALL_KEY = "target_recall"
 HOLD_OUT_FROM = 3  # wordings a fact needs before one is held out: two still train it
 
@@ -80,7 +82,14 @@ def hold_out_wordings(
     rng = random.Random(f"held-out-{seed}")
     held = [rng.choice(g) for g in rng.sample(facts, min(settings.target_sample, len(facts)))]
     ids = {id(r) for r in held}
+    # The mix's manifest lists every row; the log says which of them this cycle did not train.
+    log.info("target probe: %d wordings held out of training: %s", len(held), _ids(held))
     return [r for r in rows if id(r) not in ids], held
+
+
+def _ids(rows: list[dict[str, Any]], shown: int = 8) -> str:
+    names = [str(r.get("id")) for r in rows[:shown]]
+    return ", ".join(names) + (f" and {len(rows) - shown} more" if len(rows) > shown else "")
 
 
 def probe_sample(

@@ -87,12 +87,17 @@ def _worded(facts: int, wordings: int, first: int = 0) -> list[dict]:
     return rows
 
 
-def test_the_probe_asks_held_out_wordings_the_cycle_does_not_train():
+def test_the_probe_asks_held_out_wordings_the_cycle_does_not_train(caplog):
+    import logging
+
     rows = _worded(6, 4) + _worded(3, 2, first=6) + _rows(10, "replay")
     settings = SETTINGS.model_copy(
         update={"target_recall": 0.9, "target_sample": 4, "target_held_out": True}
     )
-    train, held = hold_out_wordings(rows, settings, seed=0)
+    with caplog.at_level(logging.INFO, logger="tasks.target"):
+        train, held = hold_out_wordings(rows, settings, seed=0)
+    said = f"4 wordings held out of training: {', '.join(r['id'] for r in held)}"
+    assert said in caplog.text  # the mix lists them; the log says they were not trained
     answers = [response_of(r) for r in held]
     assert len(held) == 4 and len(set(answers)) == 4  # one wording of four facts
     assert len(train) == len(rows) - 4 and not any(r in train for r in held)
