@@ -76,7 +76,9 @@ def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:
 def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
     """x - y on the same questions: the facts true each month, months 2..n pooled, per slice."""
     lane = x["lane"]
-    pairs = list(zip(x["months"], y["months"], strict=True))
+    if len(x["months"]) != len(y["months"]):
+        raise SystemExit(f"{len(x['months'])} months against {len(y['months'])}: not paired")
+    pairs = list(zip(x["months"], y["months"]))
     if any(a["questions"] != b["questions"] for a, b in pairs):
         raise SystemExit("the two runs asked different questions: not paired (seed, --quick?)")
     lines = []

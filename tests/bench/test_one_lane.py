@@ -34,6 +34,8 @@ def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
     assert lines[-2].startswith("general questions, every month:") and "n=8" in lines[-2]
     assert len(asked["outcomes"]["continuous"]["general"]) == 8  # eval.max_questions
     assert 0 <= lane["general"] <= 1
-    with pytest.raises(SystemExit, match="not paired"):
+    with pytest.raises(SystemExit, match="different questions: not paired"):
         other = {**runs["asked"], "months": [{**asked, "questions": {"current": ["x"]}}]}
         one_lane.compare(runs["held"], other)
+    with pytest.raises(SystemExit, match="1 months against 2: not paired"):
+        one_lane.compare(runs["held"], {**runs["asked"], "months": [asked, asked]})
