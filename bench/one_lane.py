@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import seasons
-from bench.seasons_claims import judge, known_interval, pts, unbits
+from bench.seasons_claims import judge, known_interval, pooled, pts
 
 FACTS = ("current", "earlier")  # the facts true that month
 
@@ -96,11 +96,8 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
         ("never-sold declined, every month", ("hallucination",), 1),
         ("general questions, every month", ("general",), 1),
     ):
-        xs, ys = ([], [])
-        for a, b in pairs[first - 1 :]:
-            for s in slices:
-                xs += unbits(a["outcomes"][lane].get(s, ""))
-                ys += unbits(b["outcomes"][lane].get(s, ""))
+        xs = [o for s in slices for o in pooled(x["months"], lane, s, first)]
+        ys = [o for s in slices for o in pooled(y["months"], lane, s, first)]
         j = judge(xs, ys, +1)
         lines.append(
             f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
