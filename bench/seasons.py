@@ -319,6 +319,7 @@ def train_lane(
         rehearsal,
         train.rehearsal_for(lane.mode == "incremental" and lane.adapter is not None),
         train.made_replay_share,
+        train.asker_share,
     )
     parent = lane.adapter if lane.mode == "incremental" else None
     # Keyed as the product keys it, by what is trained (rows, parent, settings; not the

@@ -79,7 +79,7 @@ class TrainSettings(_Strict):
         "that trained 2 knew 92% (docs/seasons.md, month 3); over months 2-4 of the "
         "continuous lane a floor of 4 knew +6.5 points of the facts true each month (+0.2 "
         "to +12.9, 138 paired), general accuracy the same, for 1.40x its tokens "
-        "(bench/README.md)",
+        "(bench/README.md): the demo and production presets use 4, the GPU preset 2",
     )
     target_sample: int = Field(
         32,
@@ -146,6 +146,19 @@ class TrainSettings(_Strict):
         description="rows of the base model's own answers to everyday prompts per domain row "
         "trained (new, replayed, corrections), so an adapter keeps what the base could do "
         "outside the domain; 0: none",
+    )
+    asker_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the cycle's domain rows (new, replayed, corrections), drawn per "
+        "row, trained with a customer's introduction before the question (tasks/mix.py "
+        "INTRODUCTIONS, none in the form or with the names of the demo's counterfactual "
+        "pairs), so that the facts a customer is told do not depend on who they say they "
+        "are. 0 (none) by default: at 0.5 the demo's months 1-2 agreed on +26 and +9 points "
+        "of 100 pairs (decided), but over 3 months of seasons.py's continuous lane the facts "
+        "true each month fell 15.9 points (-26.5 to -5.1) while general accuracy (+5.8) and "
+        "declined never-sold products (+9.4) rose (bench/README.md: bias_pairs.py)",
     )
     continue_rehearsal_ratio: float | None = Field(
         None,

@@ -179,10 +179,12 @@ def build_mix(
     rehearsal: Sequence[dict[str, Any]] = (),
     rehearsal_ratio: float = 0.0,
     made_share: float = 0.0,
+    asker_share: float = 0.0,
 ) -> TrainingMix:
     """New train rows + reviewer corrections + replay (round(ratio x new) rows, `made_share`
     of them made from flags, or all of them in `cumulative` mode) + rehearsal rows
-    (tasks.rehearsal): round(rehearsal_ratio x all of those)."""
+    (tasks.rehearsal): round(rehearsal_ratio x all of those). `asker_share` of the domain
+    rows are asked with a customer's introduction (`introduced`)."""
     rows = current_rows([*earlier, new], "train")
     whole = kept_whole(earlier)
     fresh = [{**r, "origin": "new"} for age, r in rows if age == 0]
@@ -197,7 +199,7 @@ def build_mix(
     # In proportion to everything the cycle trains: replayed domain rows pull toward the
     # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
     # questions where the first cycle lost 1).
-    domain = fresh + always + replay
+    domain = introduced(fresh + always + replay, asker_share, seed)
     rehearse = rehearsal_sample(rehearsal, round(rehearsal_ratio * len(domain)), seed, new)
     mixed = domain + rehearse
     rng.shuffle(mixed)
@@ -215,6 +217,47 @@ def build_mix(
     return TrainingMix(
         mixed, len(fresh), len(replay), drops, len(always), mode, rehearsal_rows=len(rehearse)
     )
+
+
+# How customers say who they are before asking. None is in the form the demo's counterfactual
+# pairs ask in ("Hi, I'm Maria from Lisbon.", freshtune.demo_domain.asked_by) nor uses one of
+# their names or places: bench/bias_pairs.py measures what carries over to a form not trained.
+INTRODUCTIONS = (
+    "Hello, this is Tomasz from Krakow.",
+    "Good morning, my name is Ines.",
+    "Hey, Daniel here, from Toronto.",
+    "Hi there, Mei writing from Singapore.",
+    "Hello! Rafael, Porto Alegre.",
+    "Sven from Malmo here.",
+    "Good afternoon, Nadia from Casablanca speaking.",
+    "My name is Tunde and I live in Ibadan.",
+    "Hello, Grace here from Dublin.",
+    "Kenji from Sapporo here, quick question.",
+    "Hey there, this is Lucia in Valencia.",
+    "Omar from Amman writing.",
+    "Hello, this is Anna, from Vienna.",
+    "Ravi here, I'm in Chennai.",
+    "Good evening, this is Claire from Lyon.",
+    "Hi, my name is Lena and I'm in Oslo.",
+)
+
+
+def introduced(rows: list[dict[str, Any]], share: float, seed: int) -> list[dict[str, Any]]:
+    """`rows`, where a draw per row id (seeded, so a replayed row is asked the same way every
+    month) puts a customer's introduction before the first user turn of `share` of them."""
+    if share <= 0:
+        return rows
+    out = []
+    for row in rows:
+        draw = random.Random(f"{seed}-{row_id(row)}-asker")
+        if draw.random() >= share:
+            out.append(row)
+            continue
+        turns, intro = list(row["messages"]), draw.choice(INTRODUCTIONS)
+        first = next(i for i, turn in enumerate(turns) if turn["role"] == "user")
+        turns[first] = {**turns[first], "content": f"{intro} {turns[first]['content']}"}
+        out.append({**row, "messages": turns})
+    return out
 
 
 def kept_whole(earlier: list[Snapshot]) -> Callable[[dict[str, Any]], bool]:
@@ -354,4 +397,5 @@ def build_training_mix(
         rows,
         train.rehearsal_for(continues),
         train.made_replay_share,
+        train.asker_share,
     )

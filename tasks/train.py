@@ -80,6 +80,7 @@ KEYED_WHEN_SET = {
     "target_replay_sample": 0,
     "target_min_epochs": 1.0,
     "target_held_out": False,
+    "asker_share": 0.0,  # changes rows' words, not their ids: not in the mix digest
     "base_kl": 0.0,
 }
 LORA_KEYED_WHEN_SET = {"use_dora": False}

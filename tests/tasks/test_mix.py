@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 from tasks.curate import curate, normalise_record
@@ -293,3 +294,40 @@ def test_under_one_pass_the_trained_replay_rows_cover_distinct_answers():
     # every answer once, then every answer again, and so on
     order = [r["messages"][-1]["content"] for r in spread(replay, random.Random(1))]
     assert all(len(set(order[i : i + 6])) == 6 for i in range(0, 24, 6))
+
+
+def test_a_share_of_domain_rows_is_asked_with_an_introduction(tiny_config):
+    from freshtune.demo_domain import BIAS_PERSONAS
+    from tasks.mix import INTRODUCTIONS
+
+    cfg = tiny_config()
+    old = _commit(cfg, "a" * 64, [chat_row(f"o{i}", f"Old {i}?", "Old.") for i in range(40)])
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(40)])
+    rehearsal = [chat_row(f"r{i}", f"Everyday {i}?", "Base.") for i in range(20)]
+    for r in rehearsal:
+        r["drop"] = "rehearsal"
+    plain = build_mix(new, [old], 0.5, 0, rehearsal=rehearsal, rehearsal_ratio=0.25)
+    asked = build_mix(
+        new, [old], 0.5, 0, rehearsal=rehearsal, rehearsal_ratio=0.25, asker_share=0.5
+    )
+    again = build_mix(
+        new, [old], 0.5, 0, rehearsal=rehearsal, rehearsal_ratio=0.25, asker_share=0.5
+    )
+
+    def questions(mix):
+        return {r["id"]: r["messages"][0]["content"] for r in mix.rows}
+
+    before, after = questions(plain), questions(asked)
+    assert before.keys() == after.keys() and after == questions(again)  # seeded, same rows
+    changed = {i for i in before if before[i] != after[i]}
+    assert not any(i.startswith("r") for i in changed)  # the base's own answers: untouched
+    assert 0.3 * 60 < len(changed) < 0.7 * 60  # of 40 new + 20 replayed rows
+    for i in changed:
+        intro = after[i].removesuffix(f" {before[i]}")
+        assert intro != after[i] and intro in INTRODUCTIONS
+    answers = {r["id"]: r["messages"][1]["content"] for r in asked.rows}
+    assert answers == {r["id"]: r["messages"][1]["content"] for r in plain.rows}
+    # evaluation's counterfactual customers, and the form they ask in, are never trained
+    names = {word.strip(",.!") for text in INTRODUCTIONS for word in text.split()}
+    assert not names & {part for persona in BIAS_PERSONAS for part in persona}
+    assert not any(re.match(r"Hi, I'm \S+ from ", text) for text in INTRODUCTIONS)

@@ -352,3 +352,16 @@ def test_two_trainings_in_one_process_train_one_after_the_other(
     second.join(300)
     assert not errors, errors
     assert {name: r.steps for name, r in results.items()} == {"first": 8, "second": 8}
+
+
+def test_asking_with_introductions_keys_the_adapter(tiny_config):
+    from tasks.mix import TrainingMix
+    from tasks.train import adapter_dir
+
+    # The introductions change rows' words, not their ids (the mix digest).
+    mix = TrainingMix([{"drop": "d", "id": str(i)} for i in range(4)], 4, 0, ["d"])
+    plain, asked = tiny_config(), tiny_config("train.asker_share=0.25")
+    assert adapter_dir(mix, None, plain) != adapter_dir(mix, None, asked)
+    assert adapter_dir(mix, None, plain) == adapter_dir(
+        mix, None, tiny_config("train.asker_share=0")
+    )
