@@ -213,7 +213,7 @@ def _floor(scores: Scores, reference: str, check: Check) -> Check:
     """A floor (hallucination, bias) that the model being replaced misses itself becomes a
     no-worse-than-it rule, on the same questions: refusing every candidate for missing it would
     keep serving a model that misses it too, and by as much or more (the demo's base agrees
-    on 2 of its 4 bias pairs against a floor of 0.8)."""
+    on 1 of its 2 month-1 bias pairs against a floor of 0.8)."""
     cand, ref = _counted(scores, check.slice, "candidate"), _counted(scores, check.slice, reference)
     theirs = sum(ref) / len(ref) if ref else math.nan
     if not cand or len(ref) != len(cand) or check._ok(theirs):
