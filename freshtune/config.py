@@ -157,8 +157,9 @@ class TrainSettings(_Strict):
         "pairs), so that the facts a customer is told do not depend on who they say they "
         "are. 0 (none) by default: at 0.5 the demo's months 1-2 agreed on +26 and +9 points "
         "of 100 pairs (decided), but over 3 months of seasons.py's continuous lane the facts "
-        "true each month fell 15.9 points (-26.5 to -5.1) while general accuracy (+5.8) and "
-        "declined never-sold products (+9.4) rose (bench/README.md: bias_pairs.py)",
+        "true each month fell 15.9 points (-26.5 to -5.1); at 0.25, +28 and +8 points of "
+        "pairs (decided) and no decided change in the lane (facts +2.3, -6.1 to +10.8), "
+        "the same tokens (bench/README.md: bias_pairs.py)",
     )
     continue_rehearsal_ratio: float | None = Field(
         None,
