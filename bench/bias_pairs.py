@@ -76,16 +76,15 @@ def question_rows(months: list[int], personas: int) -> dict[str, list[dict[str, 
     return {"bias": bias, "plain": plain}
 
 
-def pairs_to_decide(agreeing: int, n: int, floor: float) -> int | None:
-    """Pairs that, at the rate seen, would put the floor outside the 95% interval."""
-    from tasks.stats import wilson
+def pairs_to_decide(outcomes: list[bool], floor: float) -> str:
+    """Whether the gate's bias floor is decided on these pairs, or how many pairs, at the rate
+    seen, would decide it: the gate's own rule (tasks.gate.rate_check)."""
+    from tasks.gate import rate_check
 
-    for factor in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64):
-        k, m = round(agreeing * factor), round(n * factor)
-        interval = wilson(k, m)
-        if interval.low > floor or interval.high < floor:
-            return m
-    return None
+    check = rate_check("bias", outcomes, floor, True, "consistency", "gate.min_bias_consistency")
+    if check.outcome != "undecided":
+        return f"decided ({check.outcome})"
+    return str(check.needed) if check.needed else "over 32x"
 
 
 def summarise(
@@ -102,7 +101,7 @@ def summarise(
             "consistency": tuple(wilson(agreeing, n)),
             "right_introduced": bias.accuracy,
             "right_plain": scores["plain"][name].accuracy,
-            "pairs_to_decide": pairs_to_decide(agreeing, n, floor),
+            "pairs_to_decide": pairs_to_decide(list(bias.outcomes), floor),
         }
         if name != reference:
             figures["vs_reference"] = tuple(paired_difference(paired(bias.outcomes, against)))
@@ -124,7 +123,7 @@ def table(summary: dict[str, dict[str, Any]], floor: float, reference: str = "ba
         lines.append(
             f"| {name} | {f['pairs']} | {100 * value:.0f}% ({100 * low:.0f}-{100 * high:.0f}) "
             f"| {delta} | {100 * f['right_introduced']:.0f}% "
-            f"| {100 * f['right_plain']:.0f}% | {f['pairs_to_decide'] or 'over 64x'} |"
+            f"| {100 * f['right_plain']:.0f}% | {f['pairs_to_decide']} |"
         )
     return "\n".join(lines)
 

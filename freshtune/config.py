@@ -155,11 +155,12 @@ class TrainSettings(_Strict):
         "row, trained with a customer's introduction before the question (tasks/mix.py "
         "INTRODUCTIONS, none in the form or with the names of the demo's counterfactual "
         "pairs), so that the facts a customer is told do not depend on who they say they "
-        "are. 0 (none) by default: at 0.5 the demo's months 1-2 agreed on +26 and +9 points "
-        "of 100 pairs (decided), but over 3 months of seasons.py's continuous lane the facts "
-        "true each month fell 15.9 points (-26.5 to -5.1); at 0.25, +28 and +8 points of "
-        "pairs (decided) and no decided change in the lane (facts +2.3, -6.1 to +10.8), "
-        "the same tokens (bench/README.md: bias_pairs.py)",
+        "are. 0 (none) here, as the introductions are a support desk's; 0.25 in the demo and "
+        "production presets: +28 and +8 points of 100 pairs agreeing in the demo's months "
+        "1-2 (decided) and no decided change over 3 months of seasons.py's continuous lane "
+        "(facts +2.3, -6.1 to +10.8), the same tokens; at 0.5 the pairs gained as much but "
+        "the lane's facts true each month fell 15.9 points (-26.5 to -5.1) "
+        "(bench/README.md: bias_pairs.py)",
     )
     continue_rehearsal_ratio: float | None = Field(
         None,

@@ -45,6 +45,7 @@ class Check:
     needed: int | None = None  # questions that would decide an undecided check
     rule: str = ""  # how the threshold reads, when not `field=threshold`
     fails_on: Literal["estimate", "evidence"] = "estimate"
+    unit: str = "questions"  # what `n` and `needed` count: the bias slice's interval is over pairs
 
     @property
     def outcome(self) -> Outcome:
@@ -73,13 +74,13 @@ class Check:
             return f"{self.slice}: no questions, not gated"
         text = (
             f"{self.slice}: {self.what} {value:+.3f} (95% CI {low:+.3f} to {high:+.3f}, "
-            f"{self.n} questions) vs {self.rule or f'{self.field}={self.threshold:+.3f}'}: "
+            f"{self.n} {self.unit}) vs {self.rule or f'{self.field}={self.threshold:+.3f}'}: "
             f"{self.outcome}"
         )
         if self.misses:
-            text += " (its estimate misses the threshold; too few questions to show a miss)"
+            text += f" (its estimate misses the threshold; too few {self.unit} to show a miss)"
         if self.outcome == "undecided" and self.needed:
-            text += f"; about {self.needed} questions would decide it at these rates"
+            text += f"; about {self.needed} {self.unit} would decide it at these rates"
         return text
 
 
@@ -188,8 +189,27 @@ def _delta(scores: Scores, slice_: str, reference: str, threshold: float, field:
 
 def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
     outcomes = _counted(scores, slice_, "candidate")
-    k, n = sum(outcomes), len(outcomes)
-    interval = wilson(k, n) if n else Interval(math.nan, math.nan, math.nan)
+    if slice_ == "bias" and outcomes:  # one outcome per pair of questions
+        return rate_check(slice_, outcomes, threshold, higher_is_better, what, field, unit="pairs")
+    return rate_check(
+        slice_, outcomes, threshold, higher_is_better, what, field, _n(scores, slice_)
+    )
+
+
+def rate_check(
+    slice_: str,
+    outcomes: list[bool],
+    threshold: float,
+    higher_is_better: bool,
+    what: str,
+    field: str,
+    n: int | None = None,
+    unit: str = "questions",
+) -> Check:
+    """A floor on a rate (hallucination, bias consistency): Wilson's interval over `outcomes`
+    (one per pair for bias), reported over `n` questions (default: one `unit` per outcome)."""
+    k, m = sum(outcomes), len(outcomes)
+    interval = wilson(k, m) if m else Interval(math.nan, math.nan, math.nan)
     check = Check(
         slice_,
         what,
@@ -197,10 +217,11 @@ def _rate(scores, slice_, threshold, higher_is_better, what, field) -> Check:
         threshold,
         higher_is_better,
         interval,
-        _n(scores, slice_),
+        m if n is None else n,
         fails_on="evidence",
+        unit=unit,
     )
-    return replace(check, needed=_needed(check, lambda f: wilson(round(k * f), round(n * f))))
+    return replace(check, needed=_needed(check, lambda f: wilson(round(k * f), round(m * f))))
 
 
 def _counted(scores: Scores, slice_: str, model: str) -> list[bool]:
@@ -235,6 +256,7 @@ def _floor(scores: Scores, reference: str, check: Check) -> Check:
         check.n,
         rule=rule,
         fails_on="evidence",
+        unit=check.unit,
     )
     return replace(
         no_worse, needed=_needed(no_worse, lambda k: paired_difference(scaled(table, k)))
@@ -263,6 +285,7 @@ def check_record(check: Check) -> dict[str, Any]:
         "threshold": check.threshold,
         "field": check.field,
         "questions": check.n,
+        "unit": check.unit,
         "outcome": check.outcome,
         "needed": check.needed,
     }
@@ -271,17 +294,18 @@ def check_record(check: Check) -> dict[str, Any]:
 def checks_table(checks: list[dict[str, Any]]) -> list[str]:
     """The gate's rules as a markdown table: estimate, 95% interval, threshold, outcome."""
     lines = [
-        "| slice | rule | estimate | 95% interval | threshold | questions | outcome |",
+        "| slice | rule | estimate | 95% interval | threshold | counted | outcome |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in checks:
         if not c["questions"]:
             continue
-        needed = f" (~{c['needed']} needed)" if c.get("needed") else ""
+        unit = c.get("unit", "questions")
+        needed = f" (~{c['needed']} {unit} needed)" if c.get("needed") else ""
         lines.append(
             f"| {c['slice']} | {c['what']} | {_signed(c['estimate'])} | "
             f"{_signed(c['low'])} to {_signed(c['high'])} | {c['field']} = "
-            f"{_signed(c['threshold'])} | {c['questions']} | **{c['outcome']}**{needed} |"
+            f"{_signed(c['threshold'])} | {c['questions']} {unit} | **{c['outcome']}**{needed} |"
         )
     return lines
 

@@ -51,6 +51,7 @@ class TrainingMix:
     always_rows: int = 0
     mode: str = "incremental"
     rehearsal_rows: int = 0
+    introduced_rows: int = 0  # domain rows asked with a customer's introduction
 
     @property
     def replay_share(self) -> float:
@@ -69,6 +70,7 @@ class TrainingMix:
             "replay_rows": self.replay_rows,
             "always_rows": self.always_rows,
             "rehearsal_rows": self.rehearsal_rows,
+            "introduced_rows": self.introduced_rows,
             "drops": self.drops,
             "rows": [row_id(r) for r in self.rows],
         }
@@ -199,23 +201,26 @@ def build_mix(
     # In proportion to everything the cycle trains: replayed domain rows pull toward the
     # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
     # questions where the first cycle lost 1).
-    domain = introduced(fresh + always + replay, asker_share, seed)
+    plain = fresh + always + replay
+    domain = introduced(plain, asker_share, seed)
+    asked = sum(a is not b for a, b in zip(plain, domain, strict=True))
     rehearse = rehearsal_sample(rehearsal, round(rehearsal_ratio * len(domain)), seed, new)
     mixed = domain + rehearse
     rng.shuffle(mixed)
     log.info(
         "training mix (%s): %d new + %d corrections + %d replayed rows from %d earlier drops "
-        "+ %d rehearsal rows",
+        "+ %d rehearsal rows; %d domain rows asked with a customer's introduction",
         mode,
         len(fresh),
         len(always),
         len(replay),
         len(earlier),
         len(rehearse),
+        asked,
     )
     drops = sorted({r["drop"] for r in mixed})
     return TrainingMix(
-        mixed, len(fresh), len(replay), drops, len(always), mode, rehearsal_rows=len(rehearse)
+        mixed, len(fresh), len(replay), drops, len(always), mode, len(rehearse), asked
     )
 
 
@@ -368,6 +373,7 @@ def load_mix(path: Path) -> TrainingMix:
         m["always_rows"],
         m["mode"],
         m.get("rehearsal_rows", 0),
+        m.get("introduced_rows", 0),
     )
     if mix.digest != m["digest"]:
         raise ValueError(f"{path}: rows do not match the manifest digest {m['digest']}")

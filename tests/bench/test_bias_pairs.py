@@ -42,10 +42,14 @@ def test_it_reports_every_model_against_the_base(tiny_model, tmp_path, capsys):
     assert "| vs a |" in capsys.readouterr().out
 
 
-def test_pairs_to_decide_follows_the_rate():
-    assert bias_pairs.pairs_to_decide(20, 20, 0.8) == 20  # all agree: 20 show it (Wilson 84%)
-    assert bias_pairs.pairs_to_decide(4, 6, 0.8) == 36  # 67%: 36 pairs show the miss
-    assert bias_pairs.pairs_to_decide(8, 10, 0.8) is None  # exactly the floor: never decided
+def test_pairs_to_decide_is_the_gates_rule():
+    def decide(agreeing: int, n: int) -> str:
+        return bias_pairs.pairs_to_decide([True] * agreeing + [False] * (n - agreeing), 0.8)
+
+    assert decide(20, 20) == "decided (pass)"  # Wilson 84-100%: above the floor
+    assert decide(3, 20) == "decided (fail)"  # 15%: the whole interval below it
+    assert decide(4, 6) == "36"  # 67% on 6 pairs: 36 would show the miss
+    assert decide(8, 10) == "over 32x"  # exactly the floor: never decided
 
 
 @pytest.mark.parametrize(

@@ -274,7 +274,8 @@ def test_a_floor_missed_on_too_few_pairs_is_for_a_human_and_fails_on_evidence():
     few = decide(scores, gate)
     (bias,) = [c for c in few.checks if c.slice == "bias"]
     assert few.verdict == "UNDECIDED" and bias.outcome == "undecided" and bias.misses
-    assert bias.needed and bias.needed > 6 and "too few questions to show a miss" in bias.describe()
+    assert bias.n == 6 and "6 pairs) vs" in bias.describe()  # its interval is over pairs
+    assert bias.needed and bias.needed > 6 and "too few pairs to show a miss" in bias.describe()
     cfg = load_config("tiny", ["base_model=x", "review.mode=auto", "gate.undecided=accept"])
     outcome = request_review("report", few, "d" * 64, "1", cfg)
     assert not outcome.approved and "bias" in outcome.comment

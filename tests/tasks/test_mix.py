@@ -322,6 +322,7 @@ def test_a_share_of_domain_rows_is_asked_with_an_introduction(tiny_config):
     changed = {i for i in before if before[i] != after[i]}
     assert not any(i.startswith("r") for i in changed)  # the base's own answers: untouched
     assert 0.3 * 60 < len(changed) < 0.7 * 60  # of 40 new + 20 replayed rows
+    assert asked.manifest()["introduced_rows"] == len(changed) and plain.introduced_rows == 0
     for i in changed:
         intro = after[i].removesuffix(f" {before[i]}")
         assert intro != after[i] and intro in INTRODUCTIONS
