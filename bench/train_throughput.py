@@ -9,6 +9,8 @@ Run: python bench/train_throughput.py [--model PATH] [--steps 8] [--rounds 3] [-
 Same model, same rows, same LoRA (r=16, alpha 32, all linear layers), same batch size:
   freshtune       tasks.train.fit_adapter (transformers Trainer, length-grouped padded
                   batches; bf16 weights and autocast on a GPU)
+  freshtune-all-logits  the same trainer computing logits at every position of a padded batch,
+                  as it did before it kept them from the first trained position (CPU or GPU)
   freshtune-liger the same with train.liger_kernel (fused RMSNorm, SwiGLU, RoPE, linear +
                   cross-entropy; GPU only); freshtune-liger-compile adds train.compile
   freshtune-flex  padding-free batches (train.padding_free, logits only where the assistant's
@@ -28,13 +30,14 @@ with the theoretical peak beside it. On a GPU: peak memory per contender.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LR = 1e-4
 CONTENDERS = (
     "freshtune",
+    "freshtune-all-logits",
     "freshtune-liger",
     "freshtune-liger-compile",
     "freshtune-flex",
@@ -59,6 +63,7 @@ GPU_ONLY = ("freshtune-liger", "freshtune-liger-compile", "freshtune-flex")
 # freshtune's variants: the settings each changes.
 VARIANTS: dict[str, dict[str, Any]] = {
     "freshtune": {},
+    "freshtune-all-logits": {},  # run_freshtune patches the collator's choice
     "freshtune-liger": {"liger_kernel": True},
     "freshtune-liger-compile": {"liger_kernel": True, "compile": True},
     "freshtune-flex": {"padding_free": True, "attn_implementation": "flex_attention"},
@@ -123,7 +128,8 @@ def run_freshtune(
         dtype=args.freshtune_dtype,
     )
     marks: list[tuple[float, int]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    every = variant == "freshtune-all-logits"
+    with tempfile.TemporaryDirectory() as tmp, _all_logits(every):
         fit_adapter(
             model,
             rows,
@@ -134,6 +140,20 @@ def run_freshtune(
             on_log=lambda m, step: marks.append((time.perf_counter(), int(m["tokens"]))),
         )
     return marks
+
+
+@contextlib.contextmanager
+def _all_logits(on: bool) -> Iterator[None]:
+    """The trainer with logits at every position (tasks.train asks `_keeps_logits`)."""
+    from unittest import mock
+
+    import tasks.train
+
+    if not on:
+        yield
+        return
+    with mock.patch.object(tasks.train, "_keeps_logits", lambda model: False):
+        yield
 
 
 def _timing_callback(marks: list[tuple[float, int]]) -> Any:

@@ -155,6 +155,38 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model: Path):
         assert not torch.allclose(model(**flat_batch).loss, padded_loss, atol=1e-3)
 
 
+def test_padded_batches_compute_logits_from_the_first_trained_position(tiny_model: Path):
+    from tasks.train import build_dataset, collate, data_collator
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model))
+    rows = _rows(4)
+    for i, row in enumerate(rows):  # answers of different lengths: the batch pads
+        row["messages"][-1]["content"] += " Thanks for asking." * i
+    features = build_dataset(tokenizer, rows, max_length=96).to_list()
+    keep, flat = data_collator(model, tokenizer, padding_free=False)
+    everything, _ = data_collator(model, tokenizer, padding_free=False, all_logits=True)
+    assert not flat and everything(features).keys() == collate(0)(features).keys()
+    kept, full = keep(features), everything(features)
+    width = full["input_ids"].shape[1]
+    assert 0 < kept["logits_to_keep"] < width / 2  # the prompts are most of a row
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out, grads
+
+    (ours, ours_grads), (theirs, theirs_grads) = loss_and_grads(kept), loss_and_grads(full)
+    assert ours.logits.shape[1] == kept["logits_to_keep"] and theirs.logits.shape[1] == width
+    assert torch.allclose(ours.loss, theirs.loss, atol=1e-6), (ours.loss, theirs.loss)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours_grads, theirs_grads))
+    # One label trained too early shifts the window: every label still counts.
+    kept["shift_labels"][:, 0] = kept["input_ids"][:, width - kept["logits_to_keep"] + 1]
+    assert not torch.allclose(model(**kept).loss, theirs.loss, atol=1e-3)
+
+
 def test_a_changed_runtime_setting_keeps_the_adapter_key():
     from freshtune.config import TrainSettings
     from tasks.train import adapter_key
