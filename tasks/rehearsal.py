@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from freshtune.config import EvalSettings, FreshtuneConfig
 from freshtune.files import file_digest
+from tasks.evalcache import model_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,14 @@ class RehearsalSet:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def rehearsal_key(base_model: str, prompts: Path, max_new_tokens: int) -> str:
-    blob = json.dumps([base_model, file_digest(prompts), max_new_tokens, "open-answers"])
+def rehearsal_key(base_model: str, prompts: Path, settings: EvalSettings) -> str:
+    """Named by what answers (the base's weights, not their folder: workers' workspaces
+    differ, and new weights in the same folder answer anew; the numeric runtime), the prompts
+    and the answer budget. The name is in every row id, so in the digest of every mix."""
+    from tasks.models import inference_runtime
+
+    model = model_digest(base_model, None, inference_runtime(settings.dtype))
+    blob = json.dumps([model, file_digest(prompts), settings.max_new_tokens, "open-answers"])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -80,7 +87,7 @@ def base_answers(
 
     tokenizer = load_tokenizer(base_model)
     rows = [{"messages": _chat(p["prompt"], "")} for p in prompts]
-    model = load_inference_model(base_model).eval()
+    model = load_inference_model(base_model, settings.dtype).eval()
     batches = -(-len(rows) // settings.batch_size)
     with tqdm(total=batches, desc="rehearsal set", unit="batch", leave=False, disable=False) as bar:
         answers = generate_answers(model, tokenizer, rows, settings, bar)
@@ -155,5 +162,5 @@ def build_rehearsal(cfg: FreshtuneConfig) -> RehearsalSet | None:
     base = cfg.resolved_base_model()
     prompts = cfg.train.rehearsal_file or EVERYDAY_FILE
     settings = cfg.eval.model_copy(update={"max_new_tokens": cfg.train.rehearsal_max_tokens})
-    key = rehearsal_key(base, prompts, settings.max_new_tokens)
+    key = rehearsal_key(base, prompts, settings)
     return write_rehearsal(base, prompts, cfg.paths.root / "rehearsal" / f"{key}.jsonl", settings)

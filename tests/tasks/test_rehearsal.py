@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from freshtune.config import EvalSettings
 from tasks.mix import build_mix
@@ -94,9 +96,10 @@ def test_a_mix_takes_rehearsal_rows_in_proportion_and_leaves_the_rest_alone(tiny
 def test_the_set_is_generated_once_per_base_and_prompt_file(tiny_model: Path, tmp_path: Path):
     prompts = tmp_path / "everyday.jsonl"
     prompts.write_text('{"id": "a", "prompt": "What is 2 plus 2?"}\n', encoding="utf-8")
-    key = rehearsal_key(str(tiny_model), prompts, 64)
+    settings = EvalSettings(max_new_tokens=64)
+    key = rehearsal_key(str(tiny_model), prompts, settings)
     out = tmp_path / "rehearsal" / f"{key}.jsonl"
-    made = write_rehearsal(str(tiny_model), prompts, out, EvalSettings(max_new_tokens=64))
+    made = write_rehearsal(str(tiny_model), prompts, out, settings)
     assert made.path == out and out.exists() and made.digest == key
     # A random tiny model never ends an answer: what it writes is kept open, cut at a word.
     (row,) = made.rows()
@@ -105,7 +108,22 @@ def test_the_set_is_generated_once_per_base_and_prompt_file(tiny_model: Path, tm
     write_rehearsal(str(tiny_model), prompts, out, EvalSettings(max_new_tokens=64))
     assert out.stat().st_mtime_ns == before
     prompts.write_text('{"id": "a", "prompt": "What is 3 plus 3?"}\n', encoding="utf-8")
-    assert rehearsal_key(str(tiny_model), prompts, 64) != key
+    assert rehearsal_key(str(tiny_model), prompts, settings) != key
+
+
+def test_the_set_is_named_by_the_base_weights_not_their_folder(tiny_model: Path, tmp_path):
+    prompts = tmp_path / "everyday.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "What is 2 plus 2?"}\n', encoding="utf-8")
+    settings = EvalSettings(max_new_tokens=64)
+    key = rehearsal_key(str(tiny_model), prompts, settings)
+    elsewhere = shutil.copytree(tiny_model, tmp_path / "another-workspace" / "model")
+    assert rehearsal_key(str(elsewhere), prompts, settings) == key  # another worker, same set
+    weights = elsewhere / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    assert rehearsal_key(str(elsewhere), prompts, settings) != key  # new weights answer anew
+    assert rehearsal_key(str(tiny_model), prompts, settings.model_copy(
+        update={"dtype": "bfloat16"})) != key  # fmt: skip
 
 
 def test_the_shipped_prompts_are_not_the_general_eval_questions():
