@@ -86,7 +86,8 @@ def cmd_throughput_smollm2(ctx: Context) -> list[str]:
     sizes = ["--steps", "2", "--rounds", "1", "--batch-size", "4"] if ctx.rehearse else [
         "--steps", "12", "--rounds", "1", "--batch-size", "64"
     ]  # fmt: skip
-    only = ["freshtune-liger", "freshtune", "plain", "trl"]
+    # freshtune-shared (train.share_prompt_prefix): measured on CPUs only so far.
+    only = ["freshtune-liger", "freshtune", "freshtune-shared", "plain", "trl"]
     return _bench(
         ctx,
         "train_throughput.py",

@@ -2,6 +2,8 @@
 
 Run: python bench/train_throughput.py [--model PATH] [--steps 8] [--rounds 3] [--json out.json]
      [--freshtune-dtype bfloat16]   (freshtune in bf16 autocast; the peers stay as below)
+     [--default-turn 0.5]   (half the rows in the template's default system turn, as a cycle's
+      rehearsal rows: what freshtune-shared meets in a cycle's mix)
      [--model random:llama-1b --tokenizer PATH]   (a randomly initialised 1B-class Llama:
       weights do not matter for speed; built from a config, nothing downloaded)
      (TRL comes with the `bench` extra: pip install -e '.[bench]'; without it trl is skipped)
@@ -9,8 +11,10 @@ Run: python bench/train_throughput.py [--model PATH] [--steps 8] [--rounds 3] [-
 Same model, same rows, same LoRA (r=16, alpha 32, all linear layers), same batch size:
   freshtune       tasks.train.fit_adapter (transformers Trainer, length-grouped padded
                   batches; bf16 weights and autocast on a GPU)
-  freshtune-all-logits  the same trainer computing logits at every position of a padded batch,
-                  as it did before it kept them from the first trained position (CPU or GPU)
+  freshtune-shared  the same with train.share_prompt_prefix (batches of one system turn whose
+                  shared beginning is computed once; --default-turn mixes two turns)
+  freshtune-all-logits  the same trainer, unshared, computing logits at every position of a
+                  padded batch, as it did before it kept them from the first trained position
   freshtune-liger the same with train.liger_kernel (fused RMSNorm, SwiGLU, RoPE, linear +
                   cross-entropy; GPU only); freshtune-liger-compile adds train.compile
   freshtune-flex  padding-free batches (train.padding_free, logits only where the assistant's
@@ -30,14 +34,13 @@ with the theoretical peak beside it. On a GPU: peak memory per contender.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LR = 1e-4
 CONTENDERS = (
     "freshtune",
+    "freshtune-shared",
     "freshtune-all-logits",
     "freshtune-liger",
     "freshtune-liger-compile",
@@ -63,7 +67,8 @@ GPU_ONLY = ("freshtune-liger", "freshtune-liger-compile", "freshtune-flex")
 # freshtune's variants: the settings each changes.
 VARIANTS: dict[str, dict[str, Any]] = {
     "freshtune": {},
-    "freshtune-all-logits": {},  # run_freshtune patches the collator's choice
+    "freshtune-shared": {"share_prompt_prefix": True},
+    "freshtune-all-logits": {},  # fit_adapter(all_logits=True)
     "freshtune-liger": {"liger_kernel": True},
     "freshtune-liger-compile": {"liger_kernel": True, "compile": True},
     "freshtune-flex": {"padding_free": True, "attn_implementation": "flex_attention"},
@@ -89,19 +94,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["auto", "float32", "bfloat16"],
         help="train.dtype for freshtune (auto: fp32 on CPU, as the careful TRL)",
     )
+    parser.add_argument(
+        "--default-turn",
+        type=float,
+        default=0.0,
+        help="share of rows without their system message (the template's default turn), as "
+        "a cycle's rehearsal rows are: 0.5 is a cycle at rehearsal ratio 1",
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     return parser.parse_args(argv)
 
 
-def demo_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Train rows of the demo domain (months 1..6), shuffled with a fixed seed."""
+def demo_rows(n: int, seed: int = 0, default_turn: float = 0.0) -> list[dict[str, Any]]:
+    """Train rows of the demo domain (months 1..6), shuffled with a fixed seed; a
+    `default_turn` share of them (spread evenly) without their system message."""
     from freshtune.demo_domain import make_drop
 
     rows = [r for m in range(1, 7) for r in make_drop(m, noise=False) if r["split"] == "train"]
     random.Random(seed).shuffle(rows)
     if len(rows) < n:
         rows = (rows * (n // len(rows) + 1))[:n]
-    return [{"id": str(i), "messages": r["messages"]} for i, r in enumerate(rows[:n])]
+    plain = (
+        {round(k / default_turn) for k in range(round(n * default_turn))} if default_turn else set()
+    )
+    return [
+        {"id": str(i), "messages": r["messages"][1:] if i in plain else r["messages"]}
+        for i, r in enumerate(rows[:n])
+    ]
 
 
 def steady_rate(marks: list[tuple[float, int]]) -> tuple[float, int, float]:
@@ -128,8 +147,7 @@ def run_freshtune(
         dtype=args.freshtune_dtype,
     )
     marks: list[tuple[float, int]] = []
-    every = variant == "freshtune-all-logits"
-    with tempfile.TemporaryDirectory() as tmp, _all_logits(every):
+    with tempfile.TemporaryDirectory() as tmp:
         fit_adapter(
             model,
             rows,
@@ -138,22 +156,9 @@ def run_freshtune(
             0,
             Path(tmp),
             on_log=lambda m, step: marks.append((time.perf_counter(), int(m["tokens"]))),
+            all_logits=variant == "freshtune-all-logits",
         )
     return marks
-
-
-@contextlib.contextmanager
-def _all_logits(on: bool) -> Iterator[None]:
-    """The trainer with logits at every position (tasks.train asks `_keeps_logits`)."""
-    from unittest import mock
-
-    import tasks.train
-
-    if not on:
-        yield
-        return
-    with mock.patch.object(tasks.train, "_keeps_logits", lambda model: False):
-        yield
 
 
 def _timing_callback(marks: list[tuple[float, int]]) -> Any:
@@ -309,7 +314,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if name == "trl-default" and round_ > 0:
                 continue
             steps = args.default_steps if name == "trl-default" else args.steps
-            rows = demo_rows((steps + 1) * args.batch_size, seed=round_)
+            rows = demo_rows((steps + 1) * args.batch_size, round_, args.default_turn)
             try:
                 measured = measure(run, rows)
             except Exception as exc:  # one contender's failure must not hide the others'
@@ -368,11 +373,13 @@ def print_table(results: dict, per_token: float, figures: dict) -> None:
         print(f"a contender beat the measured peak: shares are against {peak:.1f} GFLOP/s")
     reference = results.get("trl", (math.nan,))[0]
     header = ("trainer", "tokens", "s", "tokens/s", "vs trl", "GFLOP/s", "peak", "mem GiB")
-    print("{:<16} {:>7} {:>7} {:>9} {:>7} {:>8} {:>6} {:>8}".format(*header))
+    width = max(16, *map(len, results))
+    print(f"{{:<{width}}} {{:>7}} {{:>7}} {{:>9}} {{:>7}} {{:>8}} {{:>6}} {{:>8}}".format(*header))
     for name, (rate, tokens, seconds, memory) in results.items():
         gflops = rate * per_token / 1e9
+        versus = "-" if math.isnan(reference) else f"{rate / reference:.2f}x"
         print(
-            f"{name:<16} {tokens:>7} {seconds:>7.1f} {rate:>9.1f} {rate / reference:>6.2f}x "
+            f"{name:<{width}} {tokens:>7} {seconds:>7.1f} {rate:>9.1f} {versus:>7} "
             f"{gflops:>8.1f} {gflops / peak:>6.1%} {memory:>8.1f}"
         )
 

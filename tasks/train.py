@@ -57,6 +57,7 @@ RUNTIME_ONLY = (
     "compile",
     "liger_kernel",  # the same function, fused
     "attn_implementation",  # the same function, another kernel
+    "share_prompt_prefix",  # the same loss and gradients, summed in another order
 )
 # Settings a key holds in another form: the replayed rows (mix digest), the epochs and
 # learning rate a cycle resolves them to (TrainSettings.for_cycle).
@@ -167,15 +168,28 @@ def _drop_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> None:
             dumped.pop(name, None)
 
 
-def build_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int):
+def build_dataset(
+    tokenizer: Any, rows: list[dict[str, Any]], max_length: int, by_system_turn: bool = False
+):
+    """Rows encoded for the Trainer, with their `length`; `by_system_turn` adds `system_turn`,
+    the rank of the row's system turn, for `turn_grouped_indices`."""
     from datasets import Dataset
 
-    encoded = [
-        encode_chat(tokenizer, row["messages"], max_length, open_end=bool(row.get("open")))
-        for row in rows
-    ]
-    encoded = [e for e in encoded if any(label != IGNORE for label in e["labels"])]
-    return Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in encoded])
+    turns = {turn: rank for rank, turn in enumerate(sorted({system_turn(r) for r in rows}))}
+    encoded = []
+    for row in rows:
+        e = encode_chat(tokenizer, row["messages"], max_length, open_end=bool(row.get("open")))
+        e["length"] = len(e["input_ids"])
+        if by_system_turn:
+            e["system_turn"] = turns[system_turn(row)]
+        encoded.append(e)
+    return Dataset.from_list([e for e in encoded if any(x != IGNORE for x in e["labels"])])
+
+
+def system_turn(row: dict[str, Any]) -> str:
+    """The row's own system message; "" for rows the chat template gives its default."""
+    first = row["messages"][0]
+    return first["content"] if first["role"] == "system" else ""
 
 
 def attach_adapter(model: Any, settings: TrainSettings, parent: Path | None) -> Any:
@@ -246,11 +260,16 @@ def supports_flattening(model: Any) -> bool:
 
 
 def data_collator(
-    model: Any, tokenizer: Any, padding_free: bool, all_logits: bool = False
+    model: Any,
+    tokenizer: Any,
+    padding_free: bool,
+    all_logits: bool = False,
+    share_prefix: bool = False,
 ) -> tuple[Any, bool]:
     """Flatten each batch into one row when the model can; else right-pad (length-grouped).
     Logits are computed only where labels are trained unless `all_logits` (train.base_kl
-    compares every untaught position with the base)."""
+    compares every untaught position with the base); with `share_prefix` a padded batch
+    says how many leading tokens all its rows share (`shared_prefix`, for `cycle_trainer`)."""
     from transformers import DataCollatorWithFlattening
 
     keeps = not all_logits and _keeps_logits(model)
@@ -262,7 +281,19 @@ def data_collator(
         flatten = DataCollatorWithFlattening(separator_id=IGNORE, return_flash_attn_kwargs=flash)
         return (logits_where_trained(flatten) if keeps else flatten), True
     padded = collate(tokenizer.pad_token_id)
-    return (logits_from_first_trained(padded) if keeps else padded), False
+    return (logits_from_first_trained(padded, share_prefix) if keeps else padded), False
+
+
+def cycle_collator(
+    model: Any, tokenizer: Any, settings: TrainSettings, all_logits: bool = False
+) -> tuple[Any, bool, bool]:
+    """`data_collator` as a cycle's settings ask for it, whether it flattens and whether it
+    shares a batch's prompt prefix."""
+    # Liger's fused loss on padded batches was measured with every position (docs/gpu.md).
+    liger_padded = settings.liger_kernel and not settings.padding_free
+    every = all_logits or bool(settings.base_kl) or liger_padded
+    share = not every and settings.share_prompt_prefix
+    return *data_collator(model, tokenizer, settings.padding_free, every, share), share
 
 
 def logits_where_trained(flatten: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
@@ -281,11 +312,13 @@ def logits_where_trained(flatten: Callable[[list[dict]], dict]) -> Callable[[lis
     return _collate
 
 
-def logits_from_first_trained(pad: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+def logits_from_first_trained(
+    pad: Callable[[list[dict]], dict], share_prefix: bool = False
+) -> Callable[[list[dict]], dict]:
     """Padded batches: logits from the first position any row trains to the end. A chat row's
     prompt comes first and carries no loss; `logits_to_keep` keeps a batch's last positions,
-    so the prompts' shared beginning is skipped (0.88x the step time on demo-like rows, the
-    same loss and gradients)."""
+    so the prompts' shared beginning is skipped (1.27x the tokens/s on 2 AVX2 cores,
+    bench/train_throughput.py freshtune-all-logits; the same loss and gradients)."""
     import torch
 
     def _collate(batch: list[dict]) -> dict:
@@ -297,9 +330,22 @@ def logits_from_first_trained(pad: Callable[[list[dict]], dict]) -> Callable[[li
         first = int(trained[0])
         last = torch.full((shifted.shape[0], 1), IGNORE)  # the last position predicts nothing
         shift_labels = torch.cat([shifted[:, first:], last], dim=1)
-        return {**out, "logits_to_keep": shift_labels.shape[1], "shift_labels": shift_labels}
+        out = {**out, "logits_to_keep": shift_labels.shape[1], "shift_labels": shift_labels}
+        if share_prefix and (length := shared_columns(out, first)):
+            out["shared_prefix"] = length
+        return out
 
     return _collate
+
+
+def shared_columns(batch: dict[str, Any], limit: int) -> int:
+    """How many leading tokens every row of a padded batch has in common, at most `limit`
+    (the first position whose logits are kept); 0 when there is nothing to share."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    same = ((ids == ids[:1]) & mask.bool()).all(dim=0)
+    differs = (~same).nonzero()
+    length = min(int(differs[0]) if len(differs) else ids.shape[1], limit)
+    return length if ids.shape[0] > 1 and length > 0 else 0
 
 
 def _keeps_logits(model: Any) -> bool:
@@ -502,9 +548,15 @@ def _result(out_dir, parent, settings, stats: FitStats, wall: float) -> TrainRes
 
 
 def cycle_dataset(
-    tokenizer: Any, rows: list[dict[str, Any]], settings: TrainSettings, seed: int, flat: bool
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    settings: TrainSettings,
+    seed: int,
+    flat: bool,
+    share: bool = False,
 ) -> tuple[Any, TrainSettings, str]:
-    """The tokenised rows, the settings the Trainer runs with and its sampling strategy.
+    """The tokenised rows, the settings the Trainer runs with and its sampling strategy:
+    length-grouped batches, of one system turn where batches share their prompt prefix.
 
     With `train.replay_passes` the cycle is planned row by row (tasks.mix.cycle_plan) and the
     Trainer makes one sequential pass over the plan, which already holds every epoch.
@@ -512,8 +564,9 @@ def cycle_dataset(
     batch = 0 if flat else settings.batch_size * settings.grad_accum
     plan = cycle_plan(rows, settings.epochs, settings.replay_passes, seed, batch)
     if plan is None:
-        dataset = build_dataset(tokenizer, rows, settings.max_length)
-        return dataset, settings, "random" if flat else "group_by_length"
+        dataset = build_dataset(tokenizer, rows, settings.max_length, by_system_turn=share)
+        grouped = "group_by_system_turn" if share else "group_by_length"
+        return dataset, settings, "random" if flat else grouped
     once = settings.model_copy(update={"epochs": 1.0})
     return build_dataset(tokenizer, plan, settings.max_length), once, "sequential"
 
@@ -543,10 +596,12 @@ def fit_adapter(
     resume: Path | None = None,
     on_log: Sink | None = None,
     mirror: CheckpointMirror | None = None,
+    all_logits: bool = False,
 ) -> FitStats:
     """Run the Trainer (this process's share under torchrun); the main process saves the
-    adapter into `staging`."""
-    from transformers import Trainer, set_seed
+    adapter into `staging`. `all_logits`: logits at every position of a padded batch and no
+    shared prefix, as before either saving (bench/train_throughput.py's peer)."""
+    from transformers import set_seed
 
     from tasks.models import load_tokenizer
     from tasks.throughput import flops_per_token
@@ -554,11 +609,9 @@ def fit_adapter(
     set_seed(seed)
     tokenizer = load_tokenizer(base_model)
     model = attach_adapter(load_training_model(base_model, settings), settings, parent)
-    # Liger's fused loss on padded batches was measured with every position (docs/gpu.md).
-    every = bool(settings.base_kl) or (settings.liger_kernel and not settings.padding_free)
-    collator, flat = data_collator(model, tokenizer, settings.padding_free, all_logits=every)
+    collator, flat, share = cycle_collator(model, tokenizer, settings, all_logits)
     rows, held_out = hold_out_wordings(rows, settings, seed)
-    dataset, run_settings, sampling = cycle_dataset(tokenizer, rows, settings, seed, flat)
+    dataset, run_settings, sampling = cycle_dataset(tokenizer, rows, settings, seed, flat, share)
     args = training_args(run_settings, staging / "checkpoints", seed, sampling, flat)
     peak = math.nan if args.use_cpu else _gpu_peak()
     accounting = Accounting(flops_per_token(model), peak, settings, args.use_cpu)
@@ -569,7 +622,7 @@ def fit_adapter(
     callbacks += _injected_faults()
     if probe is not None:
         callbacks.append(target_callback(probe, load_tokenizer(base_model), on_log))
-    trainer = (anchored_trainer(settings.base_kl) if settings.base_kl else Trainer)(
+    trainer = cycle_trainer(settings)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -602,6 +655,86 @@ def fit_adapter(
         tuple(curve),
         stop_reason(curve, probe),
     )
+
+
+def cycle_trainer(settings: TrainSettings) -> Any:
+    """The Trainer class a cycle runs: anchored to the base with train.base_kl, else one that
+    computes a batch's shared prompt prefix once when its collator says it may."""
+    from transformers import Trainer
+
+    if settings.base_kl:
+        return anchored_trainer(settings.base_kl)
+
+    class PrefixSharingTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if "system_turn" not in getattr(dataset, "column_names", ()):
+                return super()._get_train_sampler(train_dataset)
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return TurnGroupedSampler(dataset["system_turn"], dataset["length"], batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if length := inputs.pop("shared_prefix", 0):
+                inputs = after_prefix(model, inputs, length)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return PrefixSharingTrainer
+
+
+class TurnGroupedSampler:
+    """Each epoch's order from `turn_grouped_indices` (a torch Sampler by duck typing: the
+    Trainer asks for `__iter__` and `__len__`)."""
+
+    def __init__(self, turns: list[int], lengths: list[int], batch: int) -> None:
+        self.turns, self.lengths, self.batch = turns, lengths, batch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(turn_grouped_indices(self.turns, self.lengths, self.batch))
+
+
+def turn_grouped_indices(turns: list[int], lengths: list[int], batch: int) -> list[int]:
+    """Batches of one system turn and like lengths, in random order, so the turns mix over
+    the epoch as before grouping. Within a turn, transformers' length grouping: its rows in
+    random order, cut into parts (at most 50 batches; 4 parts where it has the rows), each
+    sorted by length. The rows a turn leaves over (under a batch) fill the last batches, one
+    turn after the other: the data loader cuts the epoch's one short batch at the end. The
+    longest whole batch goes first, as in transformers, so one too big for memory fails at
+    once. Draws from torch's generator (seeded by the Trainer)."""
+    import torch
+
+    shuffled = torch.randperm(len(turns)).tolist()
+    whole, spare = [], []
+    for turn in sorted(set(turns)):
+        for rows in _length_batches([i for i in shuffled if turns[i] == turn], lengths, batch):
+            (whole if len(rows) == batch else spare).append(rows)
+    whole = [whole[i] for i in torch.randperm(len(whole)).tolist()]
+    if whole:
+        longest = max(range(len(whole)), key=lambda b: max(lengths[i] for i in whole[b]))
+        whole[0], whole[longest] = whole[longest], whole[0]
+    return [i for rows in whole + spare for i in rows]
+
+
+def _length_batches(rows: list[int], lengths: list[int], batch: int) -> list[list[int]]:
+    part = batch * max(1, min(len(rows) // (batch * 4), 50))
+    batches = []
+    for start in range(0, len(rows), part):
+        chunk = sorted(rows[start : start + part], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
+    return batches
+
+
+def after_prefix(model: Any, inputs: dict[str, Any], length: int) -> dict[str, Any]:
+    """The batch past its rows' shared first `length` tokens, with their keys and values
+    computed for one row and repeated for every row: each row attends to them as in a full
+    pass, and their gradients sum over the rows through the repeat. Positions and the
+    attention mask (over the whole row) follow from the cache's length."""
+    ids = inputs["input_ids"]
+    cache = model(input_ids=ids[:1, :length], use_cache=True, logits_to_keep=1).cache
+    cache.batch_repeat_interleave(ids.shape[0])
+    return {**inputs, "input_ids": ids[:, length:], "cache": cache, "use_cache": True}
 
 
 def anchored_trainer(weight: float) -> Any:
@@ -689,6 +822,7 @@ def training_args(
 
     distributed = settings.processes > 1
     precision = pick_precision(settings.dtype)
+    by_turn = sampling == "group_by_system_turn"
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
@@ -705,7 +839,8 @@ def training_args(
         report_to="none",
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy=sampling,
+        # Batches of one system turn come from cycle_trainer's sampler, which replaces this one.
+        train_sampling_strategy="group_by_length" if by_turn else sampling,
         # A flattened batch has no padding (and no attention mask to count it by).
         include_num_input_tokens_seen="all" if flat else "non_padding",
         remove_unused_columns=False,

@@ -1,4 +1,6 @@
+import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -155,15 +157,22 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model: Path):
         assert not torch.allclose(model(**flat_batch).loss, padded_loss, atol=1e-3)
 
 
-def test_padded_batches_compute_logits_from_the_first_trained_position(tiny_model: Path):
-    from tasks.train import build_dataset, collate, data_collator
+def _padded_batch(tiny_model: Path) -> tuple[Any, Any, list[dict]]:
+    """The tiny model, its tokenizer and 4 encoded rows whose answers differ in length."""
+    from tasks.train import build_dataset
 
     tokenizer = load_tokenizer(str(tiny_model))
-    model = load_causal_lm(str(tiny_model))
     rows = _rows(4)
     for i, row in enumerate(rows):  # answers of different lengths: the batch pads
         row["messages"][-1]["content"] += " Thanks for asking." * i
     features = build_dataset(tokenizer, rows, max_length=96).to_list()
+    return load_causal_lm(str(tiny_model)), tokenizer, features
+
+
+def test_padded_batches_compute_logits_from_the_first_trained_position(tiny_model: Path):
+    from tasks.train import collate, data_collator
+
+    model, tokenizer, features = _padded_batch(tiny_model)
     keep, flat = data_collator(model, tokenizer, padding_free=False)
     everything, _ = data_collator(model, tokenizer, padding_free=False, all_logits=True)
     assert not flat and everything(features).keys() == collate(0)(features).keys()
@@ -185,6 +194,134 @@ def test_padded_batches_compute_logits_from_the_first_trained_position(tiny_mode
     # One label trained too early shifts the window: every label still counts.
     kept["shift_labels"][:, 0] = kept["input_ids"][:, width - kept["logits_to_keep"] + 1]
     assert not torch.allclose(model(**kept).loss, theirs.loss, atol=1e-3)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_a_batch_computes_the_prompt_prefix_its_rows_share_once(tiny_model: Path):
+    from tasks.train import after_prefix, data_collator
+
+    model, tokenizer, features = _padded_batch(tiny_model)
+    shared, _ = data_collator(model, tokenizer, padding_free=False, share_prefix=True)
+    everything, _ = data_collator(model, tokenizer, padding_free=False, all_logits=True)
+    batch = shared(features)
+    length = batch.pop("shared_prefix")
+    ids = batch["input_ids"]
+    # The system turn and "How much does plan" are common; the plan's number is not.
+    assert (ids[:, :length] == ids[0, :length]).all() and len(set(ids[:, length].tolist())) > 1
+    assert length <= ids.shape[1] - batch["logits_to_keep"]  # no kept logit lies in the prefix
+
+    ours_loss, ours = _loss_and_grads(model, after_prefix(model, batch, length))
+    full_loss, full = _loss_and_grads(model, everything(features))
+    assert torch.allclose(ours_loss, full_loss, atol=1e-6), (ours_loss, full_loss)
+    assert len(ours) == len(full)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, full))
+    # Rows attend to the prefix at its own positions: one column less cached is another loss.
+    shifted = {**batch, "attention_mask": batch["attention_mask"][:, 1:]}
+    moved = after_prefix(model, {**shifted, "input_ids": ids[:, 1:]}, length - 1)
+    assert not torch.allclose(model(**moved).loss, full_loss, atol=1e-3)
+
+
+def test_one_row_or_nothing_in_common_shares_no_prefix(tiny_model: Path):
+    from tasks.train import build_dataset, data_collator
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model))
+    shared, _ = data_collator(model, tokenizer, padding_free=False, share_prefix=True)
+    rows = _rows(2)
+    rows[1]["messages"][0]["content"] = "Answer briefly."  # another system turn
+    one, two = (build_dataset(tokenizer, r, max_length=96).to_list() for r in (rows[:1], rows))
+    assert "shared_prefix" not in shared(one)
+    differs = shared(two)
+    assert differs.get("shared_prefix", 0) < len(tokenizer("<|im_start|>system\nYou")["input_ids"])
+
+
+def test_batches_that_share_their_prefix_hold_rows_of_one_system_turn(tiny_model, tmp_path):
+    from freshtune.config import TrainSettings
+    from tasks.train import cycle_dataset, cycle_trainer, training_args
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    model = load_causal_lm(str(tiny_model))
+    rows = _rows(24) + _rows(24)
+    for i, row in enumerate(rows):  # two turns of one length, answers of several
+        row["messages"][-1]["content"] += " Thanks for asking." * (i % 5)
+        if i >= 24:
+            row["messages"][0]["content"] = "You are the sales assistant."
+    turn = [r["messages"][0]["content"] for r in rows]
+    settings = TrainSettings(batch_size=4, max_length=96)
+
+    def batches(share: bool) -> list[list[int]]:
+        torch.manual_seed(0)
+        dataset, run, sampling = cycle_dataset(tokenizer, rows, settings, 0, False, share)
+        assert len(dataset) == len(rows)  # in order: row i's turn is rows[i]'s
+        args = training_args(run, tmp_path / str(share), 0, sampling)
+        trainer = cycle_trainer(settings)(model=model, args=args, train_dataset=dataset)
+        order = list(trainer._get_train_sampler())
+        assert sorted(order) == list(range(len(rows)))  # every row once an epoch
+        return [order[i : i + 4] for i in range(0, len(order), 4)]
+
+    def mixed(batches: list[list[int]]) -> int:
+        return sum(len({turn[i] for i in batch}) > 1 for batch in batches)
+
+    grouped, plain = batches(True), batches(False)
+    assert mixed(grouped) == 0 < mixed(plain)
+    # The batches come in random order, not one turn's after the other's.
+    assert sum(turn[a[0]] != turn[b[0]] for a, b in itertools.pairwise(grouped)) > 2
+    # Rows a turn leaves over share the last batches: 25 + 23 rows, one of them mixed.
+    rows[24]["messages"][0]["content"] = rows[0]["messages"][0]["content"]
+    turn = [r["messages"][0]["content"] for r in rows]
+    grouped = batches(True)
+    assert mixed(grouped) == 1 and mixed(grouped[:-1]) == 0
+
+
+def test_a_cycle_that_shares_prefixes_trains_every_batch_past_them(
+    tiny_model, tmp_path, monkeypatch
+):
+    import tasks.train
+    from freshtune.config import TrainSettings
+
+    shared: list[int] = []
+    real = tasks.train.after_prefix
+    monkeypatch.setattr(
+        tasks.train, "after_prefix", lambda m, inputs, n: shared.append(n) or real(m, inputs, n)
+    )
+    rows = _rows(8) + _rows(8)
+    for i, row in enumerate(rows[8:]):
+        row["id"], row["messages"][0]["content"] = f"s{i}", "You are the sales assistant."
+    settings = TrainSettings(
+        epochs=1, learning_rate=5e-3, batch_size=4, max_length=64, lora={"r": 4, "alpha": 8}
+    )
+    on = settings.model_copy(update={"share_prompt_prefix": True})
+    fit = train_adapter(str(tiny_model), rows, on, tmp_path / "shared", seed=0)
+    plain = train_adapter(str(tiny_model), rows, settings, tmp_path / "plain", seed=0)
+    assert len(shared) == fit.steps == plain.steps == 4  # every batch, each of one turn
+    system = len(load_tokenizer(str(tiny_model))("You are the sales assistant.")["input_ids"])
+    assert min(shared) > system
+    weights = [
+        fit.adapter_dir / "adapter_model.safetensors",
+        plain.adapter_dir / "adapter_model.safetensors",
+    ]
+    ours, theirs = (load_file(str(w)) for w in weights)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.isfinite(v).all() for v in ours.values())
+    assert abs(fit.loss - plain.loss) < 0.25 * plain.loss  # the same rows, in another order
+
+
+def test_prefix_sharing_is_refused_where_it_cannot_run():
+    from pydantic import ValidationError
+
+    from freshtune.config import TrainSettings
+
+    assert TrainSettings(share_prompt_prefix=True).share_prompt_prefix
+    for clash in ({"gradient_checkpointing": True}, {"processes": 2}, {"padding_free": True}):
+        with pytest.raises(ValidationError, match=f"turn off train.{next(iter(clash))}"):
+            TrainSettings(share_prompt_prefix=True, **clash)
+    TrainSettings(processes=2)  # off, nothing clashes
 
 
 def test_a_changed_runtime_setting_keeps_the_adapter_key():
