@@ -191,9 +191,14 @@ def test_padded_batches_compute_logits_from_the_first_trained_position(tiny_mode
     assert ours.logits.shape[1] == kept["logits_to_keep"] and theirs.logits.shape[1] == width
     assert torch.allclose(ours.loss, theirs.loss, atol=1e-6), (ours.loss, theirs.loss)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours_grads, theirs_grads))
-    # One label trained too early shifts the window: every label still counts.
-    kept["shift_labels"][:, 0] = kept["input_ids"][:, width - kept["logits_to_keep"] + 1]
-    assert not torch.allclose(model(**kept).loss, theirs.loss, atol=1e-3)
+    # The window starts at a trained label: one position shorter drops it, and the loss moves.
+    assert (kept["shift_labels"][:, 0] != IGNORE).any()
+    short = {
+        **kept,
+        "logits_to_keep": kept["logits_to_keep"] - 1,
+        "shift_labels": kept["shift_labels"][:, 1:].contiguous(),
+    }
+    assert not torch.allclose(model(**short).loss, theirs.loss, atol=1e-3)
 
 
 def _loss_and_grads(model, batch):
