@@ -211,8 +211,9 @@ class TrainSettings(_Strict):
         description="padded batches of one system turn each, whose shared prompt beginning (the "
         "chat template's system turn) is computed once, for one row, every row attending to "
         "it: the same loss and gradients (with LoRA dropout the rows share one dropout mask "
-        "there). Off: on 2 CPU cores it measured 1.16x the tokens/s on rows of one turn and "
-        "1.03x (best round 1.09x) on a cycle's mix of domain and rehearsal rows, and the batches' "
+        "there). Off: on 2 CPU cores, batches of 8, it measured 1.16x the tokens/s on rows of one "
+        "turn and 1.03x (best round 1.09x) on a cycle's mix of domain and rehearsal rows (the "
+        "one-row pass costs what it saves, less as batches grow), and the batches' "
         "order changes what a cycle learns; unmeasured on GPUs (bench/train_throughput.py "
         "freshtune-shared). Not with padding_free, base_kl, liger_kernel, compile, "
         "gradient_checkpointing or processes > 1",
