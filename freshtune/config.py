@@ -213,7 +213,7 @@ class TrainSettings(_Strict):
         "it: the same loss and gradients (with LoRA dropout the rows share one dropout mask "
         "there). Off: on 2 CPU cores, batches of 8, it measured 1.16x the tokens/s on rows of one "
         "turn and 1.03x (best round 1.09x) on a cycle's mix of domain and rehearsal rows (the "
-        "one-row pass costs what it saves, less as batches grow), and the batches' "
+        "one-row pass takes back most of what it saves), and the batches' "
         "order changes what a cycle learns; unmeasured on GPUs (bench/train_throughput.py "
         "freshtune-shared). Not with padding_free, base_kl, liger_kernel, compile, "
         "gradient_checkpointing or processes > 1",

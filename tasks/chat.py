@@ -123,7 +123,9 @@ def _answered(
 
     prompts = [_prompt_ids(tokenizer, r["messages"][:-1]) for r in rows]
     refs = [_reference_ids(tokenizer, r["messages"]) if score else [] for r in rows]
-    keys = [(_system(r), len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)]
+    keys = [
+        (system_turn(r), len(r["messages"][-1]["content"]), len(p)) for r, p in zip(rows, prompts)
+    ]
     order = batch_order(keys, grouped)
     size = settings.batch_size
     batches = [order[start : start + size] for start in range(0, len(order), size)]
@@ -163,7 +165,7 @@ def _answerer(model, tokenizer, settings, use_generate) -> Callable[..., list]:
     return answer
 
 
-def _system(row: dict[str, Any]) -> str:
+def system_turn(row: dict[str, Any]) -> str:
     """The row's system turn ("" for the template's default): rows that share it share the
     beginning of their prompts, which a batch encodes once."""
     first = row["messages"][0]

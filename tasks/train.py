@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from freshtune import console, faults
 from freshtune.config import FreshtuneConfig, TrainSettings
 from freshtune.errors import AdapterMismatch
-from tasks.chat import IGNORE, collate, encode_chat
+from tasks.chat import IGNORE, collate, encode_chat, system_turn
 from tasks.mix import TrainingMix, cycle_plan, load_mix, replayed, save_mix
 from tasks.registry import Champion
 from tasks.stepmetrics import StepMetrics
@@ -175,21 +175,15 @@ def build_dataset(
     the rank of the row's system turn, for `turn_grouped_indices`."""
     from datasets import Dataset
 
-    turns = {turn: rank for rank, turn in enumerate(sorted({system_turn(r) for r in rows}))}
     encoded = []
     for row in rows:
         e = encode_chat(tokenizer, row["messages"], max_length, open_end=bool(row.get("open")))
-        e["length"] = len(e["input_ids"])
-        if by_system_turn:
-            e["system_turn"] = turns[system_turn(row)]
-        encoded.append(e)
+        encoded.append({**e, "length": len(e["input_ids"])})
+    if by_system_turn:
+        rank = {turn: i for i, turn in enumerate(sorted({system_turn(r) for r in rows}))}
+        for e, row in zip(encoded, rows, strict=True):
+            e["system_turn"] = rank[system_turn(row)]
     return Dataset.from_list([e for e in encoded if any(x != IGNORE for x in e["labels"])])
-
-
-def system_turn(row: dict[str, Any]) -> str:
-    """The row's own system message; "" for rows the chat template gives its default."""
-    first = row["messages"][0]
-    return first["content"] if first["role"] == "system" else ""
 
 
 def attach_adapter(model: Any, settings: TrainSettings, parent: Path | None) -> Any:
@@ -556,7 +550,8 @@ def cycle_dataset(
     share: bool = False,
 ) -> tuple[Any, TrainSettings, str]:
     """The tokenised rows, the settings the Trainer runs with and its sampling strategy:
-    length-grouped batches, of one system turn where batches share their prompt prefix.
+    length-grouped (of one system turn each where the dataset has `system_turn`: the cycle's
+    Trainer samples those itself).
 
     With `train.replay_passes` the cycle is planned row by row (tasks.mix.cycle_plan) and the
     Trainer makes one sequential pass over the plan, which already holds every epoch.
@@ -565,8 +560,7 @@ def cycle_dataset(
     plan = cycle_plan(rows, settings.epochs, settings.replay_passes, seed, batch)
     if plan is None:
         dataset = build_dataset(tokenizer, rows, settings.max_length, by_system_turn=share)
-        grouped = "group_by_system_turn" if share else "group_by_length"
-        return dataset, settings, "random" if flat else grouped
+        return dataset, settings, "random" if flat else "group_by_length"
     once = settings.model_copy(update={"epochs": 1.0})
     return build_dataset(tokenizer, plan, settings.max_length), once, "sequential"
 
@@ -697,33 +691,26 @@ class TurnGroupedSampler:
 
 def turn_grouped_indices(turns: list[int], lengths: list[int], batch: int) -> list[int]:
     """Batches of one system turn and like lengths, in random order, so the turns mix over
-    the epoch as before grouping. Within a turn, transformers' length grouping: its rows in
-    random order, cut into parts (at most 50 batches; 4 parts where it has the rows), each
-    sorted by length. The rows a turn leaves over (under a batch) fill the last batches, one
-    turn after the other: the data loader cuts the epoch's one short batch at the end. The
-    longest whole batch goes first, as in transformers, so one too big for memory fails at
-    once. Draws from torch's generator (seeded by the Trainer)."""
+    the epoch as before grouping: transformers' length grouping within each turn, cut into
+    batches. The rows a turn leaves over (under a batch) fill the last batches, one turn
+    after the other: the data loader cuts the epoch's one short batch at the end. The longest
+    whole batch goes first, as in transformers, so one too big for memory fails at once.
+    Draws from torch's generator (seeded by the Trainer)."""
     import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    shuffled = torch.randperm(len(turns)).tolist()
     whole, spare = [], []
     for turn in sorted(set(turns)):
-        for rows in _length_batches([i for i in shuffled if turns[i] == turn], lengths, batch):
+        mine = [i for i, t in enumerate(turns) if t == turn]
+        order = get_length_grouped_indices([lengths[i] for i in mine], batch)
+        for start in range(0, len(order), batch):
+            rows = [mine[k] for k in order[start : start + batch]]
             (whole if len(rows) == batch else spare).append(rows)
     whole = [whole[i] for i in torch.randperm(len(whole)).tolist()]
     if whole:
         longest = max(range(len(whole)), key=lambda b: max(lengths[i] for i in whole[b]))
         whole[0], whole[longest] = whole[longest], whole[0]
     return [i for rows in whole + spare for i in rows]
-
-
-def _length_batches(rows: list[int], lengths: list[int], batch: int) -> list[list[int]]:
-    part = batch * max(1, min(len(rows) // (batch * 4), 50))
-    batches = []
-    for start in range(0, len(rows), part):
-        chunk = sorted(rows[start : start + part], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
-    return batches
 
 
 def after_prefix(model: Any, inputs: dict[str, Any], length: int) -> dict[str, Any]:
@@ -822,7 +809,6 @@ def training_args(
 
     distributed = settings.processes > 1
     precision = pick_precision(settings.dtype)
-    by_turn = sampling == "group_by_system_turn"
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
@@ -839,8 +825,7 @@ def training_args(
         report_to="none",
         seed=seed,
         data_seed=seed,
-        # Batches of one system turn come from cycle_trainer's sampler, which replaces this one.
-        train_sampling_strategy="group_by_length" if by_turn else sampling,
+        train_sampling_strategy=sampling,
         # A flattened batch has no padding (and no attention mask to count it by).
         include_num_input_tokens_seen="all" if flat else "non_padding",
         remove_unused_columns=False,
