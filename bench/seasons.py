@@ -97,7 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 months (a smoke run)")
     parser.add_argument("--months", type=int, help="override the preset's 12")
     parser.add_argument("--review-n", type=int, default=16, help="answers the reviewer checks")
-    parser.add_argument("--noise", type=float, default=0.3, help="dirty rows per clean row")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.3,
+        help="dirty rows per clean training row, split evenly over the 5 kinds and rounded "
+        "down, one of each at least (0.3 on a 24-row drop: 5 rows, 1 stale and 1 wrong)",
+    )
     parser.add_argument(
         "--relevance", type=float, default=0.5, help="share of month 1's accuracy that counts"
     )
@@ -210,7 +216,9 @@ def dirty_drop(month: int, change_share: float, noise: float, seed: int = 0) -> 
 
 
 def _dirt(kind, rng, train, changed, before, facts, fact_rows, wrong_value) -> dict | None:
-    if kind == "stale" and changed:
+    if kind == "stale":  # nothing changed (month 1): nothing can be stale
+        if not changed:
+            return None
         fact = rng.choice(changed)
         row = rng.choice(fact_rows(fact, before[fact.fact_id].value))
     elif kind == "wrong":
@@ -292,7 +300,9 @@ IDLE: dict[str, Any] = {
     "replay_rows": 0,
     "review_rows": 0,
     "rehearsal_rows": 0,
+    "untrue_rows": 0,
 }
+UNTRUE = ("dirt:stale", "dirt:wrong")  # dirt that teaches a false answer; the rest is harmless
 
 
 def train_lane(
@@ -331,7 +341,9 @@ def train_lane(
     lane.tokens += result.tokens
     lane.flops += result.flops
     lane.wall_s += result.wall_s
-    return spent(result, mix)
+    # The month's own rows that state a false answer and reached training (replay aside).
+    untrue = sum(r.get("source") in UNTRUE and r["split"] == "train" for r in rows)
+    return {**spent(result, mix), "untrue_rows": untrue}
 
 
 def spent(result: Any, mix: Any) -> dict[str, Any]:
@@ -859,7 +871,7 @@ def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
         "",
         f"Written by `bench/seasons.py` ({'--quick, ' if cfg['quick'] else ''}preset "
         f"`{cfg['preset']}`, {_done(result)}, base `{Path(cfg['model']).name}`, "
-        f"reviewer checks {cfg['review_n']} answers a month, {cfg['noise']:.0%} dirty rows) "
+        f"reviewer checks {cfg['review_n']} answers a month, --noise {cfg['noise']}) "
         f"in {wall_s / 60:.0f} minutes. Rerun it to reproduce; numbers are whatever it measures.",
         "",
         *([_trained_how(settings), ""] if settings else []),

@@ -497,21 +497,17 @@ def is_refusal(answer: str) -> bool:
 
 
 def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -> list[int]:
-    """One prompt answered differently in one drop: keep the first, flag the rest for review."""
+    """One prompt answered differently in one drop: no answer to it is trained, every one is
+    flagged for review. Keeping the first trained whichever came first, often the wrong one."""
     splits, responses, keys = table.records.splits, table.responses, table.keys
-    first: dict[str, str] = {}
-    out = []
-    for i in kept:
-        if splits[i] != "train":
-            out.append(i)
-            continue
-        answer = _key(responses[i])
-        if first.setdefault(keys[i], answer) != answer:
-            report.removed["conflicting_answer"] += 1
-            report.flagged.append(str(table.id(i)))
-        else:
-            out.append(i)
-    return out
+    train = [i for i in kept if splits[i] == "train"]
+    answers: dict[str, set[str]] = {}
+    for i in train:
+        answers.setdefault(keys[i], set()).add(_key(responses[i]))
+    torn = {i for i in train if len(answers[keys[i]]) > 1}
+    report.removed["conflicting_answer"] += len(torn)
+    report.flagged += [str(table.id(i)) for i in kept if i in torn]
+    return [i for i in kept if i not in torn]
 
 
 def earlier_data(snapshots: Iterable[Snapshot]) -> Earlier:

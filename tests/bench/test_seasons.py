@@ -32,6 +32,25 @@ def test_dirty_drop_adds_each_kind_of_dirt_to_training_rows_only():
     )
 
 
+def test_curation_keeps_false_answers_out_and_never_trains_one_beside_the_truth():
+    from freshtune.config import load_config
+
+    cfg = load_config("demo")
+    month1 = seasons.keep(seasons.as_records(seasons.dirty_drop(1, 0.15, 1.0)), True, [], cfg)
+    earlier = [seasons.Snap("m1", month1)]
+    records = seasons.as_records(seasons.dirty_drop(2, 0.15, 1.0))
+
+    def untrue(rows):
+        return [r for r in rows if r["split"] == "train" and r["source"] in seasons.UNTRUE]
+
+    curated, raw = (seasons.keep(records, c, earlier, cfg) for c in (True, False))
+    assert len(untrue(raw)) >= 8 and len(untrue(curated)) < len(untrue(raw)) / 2
+    # What passes curation answers a prompt the drop answers no other way: where the drop also
+    # holds the true answer, neither is trained, whichever came first.
+    true_prompts = {r["prompt_key"] for r in raw if not r["source"].startswith("dirt")}
+    assert not {r["prompt_key"] for r in untrue(curated)} & true_prompts
+
+
 @pytest.mark.parametrize(
     ("table", "side", "expected"),
     [
@@ -148,6 +167,8 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     # drop's other wordings and refusals about other unknown names, so more rows than flags.
     assert 0 < m1["continuous"]["flags"] < m2["continuous"]["review_rows"]
     assert m2["static"]["stop"] == "not trained"
+    for month in (m1, m2):  # the drops' stale and wrong answers: raw keeps what curation drops
+        assert month["no-curation"]["untrue_rows"] > month["continuous"]["untrue_rows"]
     for entry in result["months"]:
         for name in seasons.STRATEGIES:
             lengths = {s: len(o) for s, o in entry["outcomes"][name].items()}
@@ -171,6 +192,7 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     assert rows.count("| 1") == per_month and rows.count("| 2") == per_month
     for claim in seasons.CLAIMS.values():
         assert claim in text
+    assert "stale or wrong answers among the drops' training rows that reached training" in text
     assert "Issue #16's bar" in text and "| continuous |" in text
     assert "max_epochs=1 reached below target recall 0.95" in text
     assert "taught as refusals about 8 other names." in text  # the config's, no contrasts
