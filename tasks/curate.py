@@ -147,6 +147,7 @@ RULES = (
     "long_row",
     "refusal",
     "conflicting_answer",
+    "lone_change",
 )
 
 
@@ -159,7 +160,7 @@ class CurationReport:
     eval_rows: int = 0
     normalised: int = 0
     pii: Counter = field(default_factory=Counter)
-    flagged: list[str] = field(default_factory=list)  # ids of conflicting answers, for review
+    flagged: list[str] = field(default_factory=list)  # ids of answers held for review
     drift: DriftReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per step, for the benchmark
 
@@ -185,7 +186,8 @@ class CurationReport:
         rows += [{"rule": f"scrubbed: <{kind}>", "rows": self.pii[kind]} for kind in PLACEHOLDERS]
         if self.flagged:
             ids = ", ".join(self.flagged[:5])
-            rows.append({"rule": f"flagged for review (conflicting answers): {ids}", "rows": 0})
+            rule = f"flagged for review (conflicting answers, lone changes): {ids}"
+            rows.append({"rule": rule, "rows": 0})
         if self.drift:
             rows.append({"rule": f"drift: {self.drift.summary()}", "rows": self.drift.score})
         out = f"{self.rows_out} ({self.train_rows} / {self.eval_rows})"
@@ -207,6 +209,7 @@ class Earlier:
     eval_keys: set[str] = field(default_factory=set)  # prompt keys of eval rows
     eval_prompts: list[str] = field(default_factory=list)  # their text, for n-gram overlap
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response), for drift
+    answers: dict[str, str] = field(default_factory=dict)  # training prompt key -> latest answer
 
 
 @dataclass
@@ -276,6 +279,7 @@ def curate(
         ("pii_scrub", lambda t, kept: _scrub_rows(t, kept, report.pii)),
         ("decontaminate", lambda t, kept: _decontam(t, kept, report, eval_keys, earlier, settings)),
         ("quality", lambda t, kept: _quality(t, kept, report, settings)),
+        ("lone_change", lambda t, kept: _lone_changes(t, kept, report, earlier)),
         ("drift", lambda t, kept: _measure_drift(t, kept, report, earlier, settings)),
     ]
     start = time.perf_counter()
@@ -497,17 +501,46 @@ def is_refusal(answer: str) -> bool:
 
 
 def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -> list[int]:
-    """One prompt answered differently in one drop: no answer to it is trained, every one is
-    flagged for review. Keeping the first trained whichever came first, often the wrong one."""
+    """One prompt answered differently in one drop: the answer the drop also gives to other
+    prompts (the same fact asked another way) is kept when exactly one is; otherwise none is
+    trained. The rest are flagged for review. Keeping the first kept whichever came first."""
     splits, responses, keys = table.records.splits, table.responses, table.keys
     train = [i for i in kept if splits[i] == "train"]
     answers: dict[str, set[str]] = {}
     for i in train:
         answers.setdefault(keys[i], set()).add(_key(responses[i]))
-    torn = {i for i in train if len(answers[keys[i]]) > 1}
-    report.removed["conflicting_answer"] += len(torn)
-    report.flagged += [str(table.id(i)) for i in kept if i in torn]
-    return [i for i in kept if i not in torn]
+    asked = Counter(a for options in answers.values() for a in options)  # prompts per answer
+    out = []
+    for i in kept:
+        options = answers.get(keys[i], ()) if splits[i] == "train" else ()
+        backed = [a for a in options if asked[a] > 1]
+        if len(options) > 1 and (len(backed) != 1 or _key(responses[i]) != backed[0]):
+            report.removed["conflicting_answer"] += 1
+            report.flagged.append(str(table.id(i)))
+        else:
+            out.append(i)
+    return out
+
+
+def _lone_changes(
+    table: _Table, kept: list[int], report: CurationReport, earlier: Earlier
+) -> list[int]:
+    """A training row that changes an earlier answer which several prompts share (one fact
+    asked several ways), while the drop changes none of its other prompts: a changed fact is
+    restated, a typo or a wrong copy changes one wording. Held out, flagged for review."""
+    splits, responses, keys = table.records.splits, table.responses, table.keys
+    changed: dict[str, list[int]] = {}  # earlier answer -> this drop's rows that change it
+    for i in kept:
+        old = earlier.answers.get(keys[i]) if splits[i] == "train" else None
+        if old is not None and old != _key(responses[i]):
+            changed.setdefault(old, []).append(i)
+    if not changed:
+        return kept
+    shared = Counter(v for v in earlier.answers.values() if v in changed)
+    lone = {rows[0] for old, rows in changed.items() if len(rows) == 1 and shared[old] > 1}
+    report.removed["lone_change"] += len(lone)
+    report.flagged += [str(table.id(i)) for i in kept if i in lone]
+    return [i for i in kept if i not in lone]
 
 
 def earlier_data(snapshots: Iterable[Snapshot]) -> Earlier:
@@ -516,6 +549,8 @@ def earlier_data(snapshots: Iterable[Snapshot]) -> Earlier:
         for row in snap.rows():
             earlier.rows.add(f"{row['split']}:{row_key(row)}")
             earlier.pairs.append((prompt_of(row) or "", response_of(row) or ""))
+            if row["split"] == "train":  # landing order: a later answer replaces an earlier
+                earlier.answers[row["prompt_key"]] = _key(response_of(row))
             if row["split"] == "eval":
                 earlier.eval_keys.add(row["prompt_key"])
                 earlier.eval_prompts.append(prompt_of(row) or "")

@@ -94,6 +94,20 @@ def _month(month: int, outcomes: dict[str, dict[str, str]], flops: dict[str, flo
     }
 
 
+def test_curation_is_judged_on_every_fact_true_that_month_not_only_the_new_ones():
+    good, bad = bits([True] * 40), bits([True] * 10 + [False] * 30)
+    first = {"current": good, "earlier": "", "hallucination": "", "bias": ""}  # none earlier
+    right = {**first, "earlier": good}
+    # The raw lane learns the new facts as well but misses earlier facts its false rows hit.
+    months = [
+        _month(1, {"static": first}, {}),
+        _month(2, {"static": right, "no-curation": {**right, "earlier": bad}}, {}),
+    ]
+    (curation,) = (c for c in seasons_claims.claims(months, 0.5) if c["key"] == "curation")
+    assert curation["estimate"] == pytest.approx(30 / 120) and curation["verdict"] == HOLDS
+    assert "on the new facts alone +0.0 points" in curation["how"]
+
+
 def test_claims_pool_months_and_count_the_relevance_window_over_all_of_them():
     good, bad = bits([True] * 40), bits([True] * 10 + [False] * 30)
     right = {"current": good, "earlier": good, "hallucination": bits([False] * 32), "bias": ""}

@@ -6,7 +6,14 @@ import pytest
 
 from freshtune.config import DataSettings
 from freshtune.errors import DropRejected
-from tasks.curate import Earlier, check_curated, curate, normalise_text, row_key
+from tasks.curate import (
+    Earlier,
+    check_curated,
+    curate,
+    earlier_data,
+    normalise_text,
+    row_key,
+)
 from tests.helpers.rows import chat_row
 
 
@@ -156,6 +163,52 @@ def test_a_prompt_answered_two_ways_trains_neither_answer_whichever_comes_first(
         assert kept == [] and sorted(report.flagged) in (["right", "wrong"], ["again", "wrong"])
     kept, _ = curate([right, again])
     assert [r["id"] for r in kept] == ["right"]  # one answer, however often: no conflict
+
+
+def test_the_answer_the_drop_gives_another_wording_settles_a_conflict():
+    right = chat_row("right", "Price of Horizon?", "$52 per month.")
+    wrong = chat_row("wrong", "Price of Horizon?", "$55 per month.")
+    asked = chat_row("asked", "What does Horizon cost a month?", "$52 per month.")
+    for order in ([right, wrong, asked], [wrong, asked, right]):
+        kept, report = curate([json.loads(json.dumps(r)) for r in order])
+        assert sorted(r["id"] for r in kept) == ["asked", "right"] and report.flagged == ["wrong"]
+    # Both answers backed by another wording: nothing settles it.
+    other = chat_row("other", "Horizon, monthly?", "$55 per month.")
+    kept, report = curate([right, wrong, asked, other])
+    assert sorted(r["id"] for r in kept) == ["asked", "other"]
+    assert sorted(report.flagged) == ["right", "wrong"]
+
+
+def test_one_wording_of_an_earlier_fact_changed_alone_is_held_for_review():
+    earlier = [
+        chat_row(f"old{i}", q, "Horizon costs $52 per month.")
+        for i, q in enumerate(["Price of Horizon?", "What does Horizon cost?", "Horizon fee?"])
+    ]
+    snapshot = earlier_data([_Snap(earlier)])
+    lone = chat_row("lone", "Price of Horizon?", "Horizon costs $59 per month.")
+    kept, report = curate(
+        [lone, chat_row("new", "Price of Comet?", "$9 a month.")], earlier=snapshot
+    )
+    assert [r["id"] for r in kept] == ["new"]
+    assert _counts(report) == {"lone_change": 1} and report.flagged == ["lone"]
+    # The fact restated, in two wordings or more: a change, trained.
+    restated = [lone, chat_row("also", "Horizon fee?", "Horizon costs $59 per month.")]
+    kept, report = curate(restated, earlier=snapshot)
+    assert sorted(r["id"] for r in kept) == ["also", "lone"] and not report.flagged
+    # A prompt answered alone before (no other wording shares its answer) may change alone.
+    single = earlier_data([_Snap([chat_row("faq", "Opening hours?", "9 to 5.")])])
+    kept, _ = curate([chat_row("faq2", "Opening hours?", "8 to 6.")], earlier=single)
+    assert [r["id"] for r in kept] == ["faq2"]
+
+
+class _Snap:
+    def __init__(self, rows):
+        from tasks.curate import normalise_record
+
+        self._rows = [normalise_record(json.loads(json.dumps(r))) for r in rows]
+
+    def rows(self):
+        return self._rows
 
 
 def _many(prefix: str, words: str, n: int = 30, split: str = "train") -> list[dict]:
