@@ -506,15 +506,26 @@ def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -
     trained. The rest are flagged for review. Keeping the first kept whichever came first."""
     splits, responses, keys = table.records.splits, table.responses, table.keys
     train = [i for i in kept if splits[i] == "train"]
-    answers: dict[str, set[str]] = {}
+    first: dict[str, str] = {}
+    torn: dict[str, set[str]] = {}  # prompt key -> its answers, only where there are several
     for i in train:
-        answers.setdefault(keys[i], set()).add(_key(responses[i]))
-    asked = Counter(a for options in answers.values() for a in options)  # prompts per answer
+        answer = _key(responses[i])
+        if first.setdefault(keys[i], answer) != answer:
+            torn.setdefault(keys[i], {first[keys[i]]}).add(answer)
+    if not torn:
+        return kept
+    del first  # a million rows' keys; a conflict is rare, so answers are hashed again below
+    answers = {i: _key(responses[i]) for i in train if keys[i] in torn}
+    disputed = set().union(*torn.values())
+    asked: dict[str, set[str]] = {}  # disputed answer -> the prompts the drop gives it to
+    for i in train:
+        answer = answers.get(i) or _key(responses[i])
+        if answer in disputed:
+            asked.setdefault(answer, set()).add(keys[i])
+    backed = {k: [a for a in options if len(asked[a]) > 1] for k, options in torn.items()}
     out = []
     for i in kept:
-        options = answers.get(keys[i], ()) if splits[i] == "train" else ()
-        backed = [a for a in options if asked[a] > 1]
-        if len(options) > 1 and (len(backed) != 1 or _key(responses[i]) != backed[0]):
+        if i in answers and backed[keys[i]] != [answers[i]]:
             report.removed["conflicting_answer"] += 1
             report.flagged.append(str(table.id(i)))
         else:
