@@ -74,8 +74,9 @@ def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:
 
 
 def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
-    """x - y on the same questions: the facts true each month, months 2..n pooled, per slice."""
-    lane = x["lane"]
+    """x - y on the same questions: the facts true each month, months 2..n pooled, per slice.
+    The runs may be of two lanes (continuous against no-curation: curation's effect)."""
+    la, lb = x["lane"], y["lane"]
     if len(x["months"]) != len(y["months"]):
         raise SystemExit(f"{len(x['months'])} months against {len(y['months'])}: not paired")
     pairs = list(zip(x["months"], y["months"]))
@@ -83,27 +84,28 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
         raise SystemExit("the two runs asked different questions: not paired (seed, --quick?)")
     lines = []
     for a, b in pairs:
-        sa, sb = a["strategies"][lane], b["strategies"][lane]
-        ka, kb = known_interval(a, lane), known_interval(b, lane)
+        sa, sb = a["strategies"][la], b["strategies"][lb]
+        ka, kb = known_interval(a, la), known_interval(b, lb)
         lines.append(
             f"month {a['month']}: facts true {ka.estimate:.0%} vs {kb.estimate:.0%}, "
             f"general {sa.get('general', math.nan):.0%} vs {sb.get('general', math.nan):.0%}, "
             f"epochs {sa['epochs']:g} vs {sb['epochs']:g}, tokens {sa['tokens']} vs {sb['tokens']}"
         )
     for name, slices, first in (
+        ("facts true that month, every month", FACTS, 1),
         ("facts true that month, months 2..n", FACTS, 2),
         ("earlier facts, months 2..n", ("earlier",), 2),
         ("never-sold declined, every month", ("hallucination",), 1),
         ("general questions, every month", ("general",), 1),
     ):
-        xs = [o for s in slices for o in pooled(x["months"], lane, s, first)]
-        ys = [o for s in slices for o in pooled(y["months"], lane, s, first)]
+        xs = [o for s in slices for o in pooled(x["months"], la, s, first)]
+        ys = [o for s in slices for o in pooled(y["months"], lb, s, first)]
         j = judge(xs, ys, +1)
         lines.append(
             f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
             f"n={j['n']}): {j['verdict']}"
         )
-    tokens = [sum(m["strategies"][lane]["tokens"] for m in r["months"]) for r in (x, y)]
+    tokens = [sum(m["strategies"][r["lane"]]["tokens"] for m in r["months"]) for r in (x, y)]
     lines.append(f"training tokens: {tokens[0]} vs {tokens[1]} ({tokens[0] / tokens[1]:.2f}x)")
     return lines
 

@@ -33,6 +33,11 @@ def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
     assert lines[-1].startswith("training tokens:") and "never-sold declined" in lines[-3]
     assert lines[-2].startswith("general questions, every month:") and "n=8" in lines[-2]
     assert len(asked["outcomes"]["continuous"]["general"]) == 8  # eval.max_questions
+    assert lines[1].startswith("facts true that month, every month:")
+    # Another lane's run pairs on the same questions (curation: continuous vs no-curation).
+    raw = {**asked, "strategies": {"no-curation": lane}}
+    raw["outcomes"] = {"no-curation": asked["outcomes"]["continuous"]}
+    assert one_lane.compare(runs["held"], {"lane": "no-curation", "months": [raw]}) == lines
     assert 0 <= lane["general"] <= 1
     with pytest.raises(SystemExit, match="different questions: not paired"):
         other = {**runs["asked"], "months": [{**asked, "questions": {"current": ["x"]}}]}
