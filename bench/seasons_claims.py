@@ -200,9 +200,11 @@ def _untrue(months: list[dict]) -> str:
     if any(c is None for lane in counts for c in lane):  # a run from before it was counted
         return ""
     cur, raw = (sum(lane) for lane in counts)
+    tokens = [sum(e["strategies"][n]["tokens"] for e in months) for n in lanes]
     return (
         f"; stale or wrong answers among the drops' training rows that reached training: "
-        f"{cur} curated, {raw} raw"
+        f"{cur} curated, {raw} raw; training tokens {tokens[0]:,} curated, {tokens[1]:,} raw "
+        "(dirt that keeps the recall target out of reach spends the epoch budget)"
     )
 
 
