@@ -502,8 +502,9 @@ def is_refusal(answer: str) -> bool:
 
 def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -> list[int]:
     """One prompt answered differently in one drop: the answer the drop also gives to other
-    prompts (the same fact asked another way) is kept when exactly one is; otherwise none is
-    trained. The rest are flagged for review. Keeping the first kept whichever came first."""
+    prompts (the same fact asked another way) is kept when exactly one is, else the first (two
+    wordings of one answer are common, and nothing says which is right); the rest are flagged
+    for review. The first alone kept a false answer whenever it came first."""
     splits, responses, keys = table.records.splits, table.responses, table.keys
     train = [i for i in kept if splits[i] == "train"]
     first: dict[str, str] = {}
@@ -514,6 +515,7 @@ def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -
             torn.setdefault(keys[i], {first[keys[i]]}).add(answer)
     if not torn:
         return kept
+    firsts = {k: first[k] for k in torn}
     del first  # a million rows' keys; a conflict is rare, so answers are hashed again below
     answers = {i: _key(responses[i]) for i in train if keys[i] in torn}
     disputed = set().union(*torn.values())
@@ -522,15 +524,21 @@ def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -
         answer = answers.get(i) or _key(responses[i])
         if answer in disputed:
             asked.setdefault(answer, set()).add(keys[i])
-    backed = {k: [a for a in options if len(asked[a]) > 1] for k, options in torn.items()}
+    keep = {k: _backed(options, asked) or firsts[k] for k, options in torn.items()}
     out = []
     for i in kept:
-        if i in answers and backed[keys[i]] != [answers[i]]:
+        if i in answers and keep[keys[i]] != answers[i]:
             report.removed["conflicting_answer"] += 1
             report.flagged.append(str(table.id(i)))
         else:
             out.append(i)
     return out
+
+
+def _backed(options: set[str], asked: dict[str, set[str]]) -> str | None:
+    """The one answer among `options` the drop also gives to another prompt, if exactly one."""
+    backed = [a for a in options if len(asked[a]) > 1]
+    return backed[0] if len(backed) == 1 else None
 
 
 def _lone_changes(

@@ -140,43 +140,32 @@ def test_quality_filters_and_conflicting_answers_are_flagged():
         chat_row("long", "Tell me everything.", "x" * 7000),
         chat_row("refusal", "Price of Nova?", "As an AI language model, I cannot help with that."),
         chat_row("conflict", "price of horizon?", "$55 per month."),
-        chat_row("other", "Price of Glacier?", "$30 per month."),
     ]
     kept, report = curate(rows, settings=DataSettings(min_answer_chars=2, max_row_chars=6000))
-    assert [r["id"] for r in kept] == ["other"]
+    assert [r["id"] for r in kept] == ["ok"]  # nothing says which is right: the first, flagged
     assert _counts(report) == {
         "short_answer": 1,
         "long_row": 1,
         "refusal": 1,
-        "conflicting_answer": 2,
+        "conflicting_answer": 1,
     }
-    assert report.flagged == ["ok", "conflict"]
-    assert report.as_metrics()["curate_flagged_conflicts"] == 2
-
-
-def test_a_prompt_answered_two_ways_trains_neither_answer_whichever_comes_first():
-    right = chat_row("right", "Price of Horizon?", "$52 per month.")
-    wrong = chat_row("wrong", "Price of Horizon?", "$55 per month.")
-    again = chat_row("again", "price of horizon?", "$52 per month.")  # a duplicate, not a vote
-    for order in ([right, wrong, again], [wrong, right, again], [again, wrong, right]):
-        kept, report = curate([json.loads(json.dumps(r)) for r in order])
-        assert kept == [] and sorted(report.flagged) in (["right", "wrong"], ["again", "wrong"])
-    kept, _ = curate([right, again])
-    assert [r["id"] for r in kept] == ["right"]  # one answer, however often: no conflict
+    assert report.flagged == ["conflict"]
+    assert report.as_metrics()["curate_flagged_conflicts"] == 1
 
 
 def test_the_answer_the_drop_gives_another_wording_settles_a_conflict():
     right = chat_row("right", "Price of Horizon?", "$52 per month.")
     wrong = chat_row("wrong", "Price of Horizon?", "$55 per month.")
     asked = chat_row("asked", "What does Horizon cost a month?", "$52 per month.")
-    for order in ([right, wrong, asked], [wrong, asked, right]):
+    again = chat_row("again", "price of horizon?", "$52 per month.")  # a duplicate, not a vote
+    for order in ([right, wrong, asked], [wrong, asked, right], [wrong, right, again, asked]):
         kept, report = curate([json.loads(json.dumps(r)) for r in order])
         assert sorted(r["id"] for r in kept) == ["asked", "right"] and report.flagged == ["wrong"]
-    # Both answers backed by another wording: nothing settles it.
+    # Both answers backed by another wording: nothing settles it, the first stays.
     other = chat_row("other", "Horizon, monthly?", "$55 per month.")
-    kept, report = curate([right, wrong, asked, other])
-    assert sorted(r["id"] for r in kept) == ["asked", "other"]
-    assert sorted(report.flagged) == ["right", "wrong"]
+    kept, report = curate([wrong, right, asked, other])
+    assert sorted(r["id"] for r in kept) == ["asked", "other", "wrong"]
+    assert report.flagged == ["right"]
 
 
 def test_one_wording_of_an_earlier_fact_changed_alone_is_held_for_review():
