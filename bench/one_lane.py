@@ -105,7 +105,7 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
             f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
             f"n={j['n']}): {j['verdict']}"
         )
-    tokens = [sum(m["strategies"][r["lane"]]["tokens"] for m in r["months"]) for r in (x, y)]
+    tokens = [sum(m["strategies"][n]["tokens"] for m in r["months"]) for r, n in ((x, la), (y, lb))]
     lines.append(f"training tokens: {tokens[0]} vs {tokens[1]} ({tokens[0] / tokens[1]:.2f}x)")
     return lines
 

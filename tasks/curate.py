@@ -508,14 +508,14 @@ def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -
     splits, responses, keys = table.records.splits, table.responses, table.keys
     train = [i for i in kept if splits[i] == "train"]
     first: dict[str, str] = {}
-    torn: dict[str, set[str]] = {}  # prompt key -> its answers, only where there are several
+    torn: dict[str, list[str]] = {}  # prompt key -> its answers in order, where there are several
     for i in train:
         answer = _key(responses[i])
         if first.setdefault(keys[i], answer) != answer:
-            torn.setdefault(keys[i], {first[keys[i]]}).add(answer)
+            options = torn.setdefault(keys[i], [first[keys[i]]])
+            options += [] if answer in options else [answer]
     if not torn:
         return kept
-    firsts = {k: first[k] for k in torn}
     del first  # a million rows' keys; a conflict is rare, so answers are hashed again below
     answers = {i: _key(responses[i]) for i in train if keys[i] in torn}
     disputed = set().union(*torn.values())
@@ -524,7 +524,7 @@ def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -
         answer = answers.get(i) or _key(responses[i])
         if answer in disputed:
             asked.setdefault(answer, set()).add(keys[i])
-    keep = {k: _backed(options, asked) or firsts[k] for k, options in torn.items()}
+    keep = {k: _backed(options, asked) or options[0] for k, options in torn.items()}
     out = []
     for i in kept:
         if i in answers and keep[keys[i]] != answers[i]:
@@ -535,7 +535,7 @@ def _resolve_conflicts(table: _Table, kept: list[int], report: CurationReport) -
     return out
 
 
-def _backed(options: set[str], asked: dict[str, set[str]]) -> str | None:
+def _backed(options: list[str], asked: dict[str, set[str]]) -> str | None:
     """The one answer among `options` the drop also gives to another prompt, if exactly one."""
     backed = [a for a in options if len(asked[a]) > 1]
     return backed[0] if len(backed) == 1 else None

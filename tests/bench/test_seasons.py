@@ -32,7 +32,7 @@ def test_dirty_drop_adds_each_kind_of_dirt_to_training_rows_only():
     )
 
 
-def test_curation_keeps_false_answers_out_and_never_trains_one_beside_the_truth():
+def test_curation_keeps_a_dirty_months_false_answers_out_of_training():
     from freshtune.config import load_config
 
     cfg = load_config("demo")

@@ -184,6 +184,13 @@ def test_one_wording_of_an_earlier_fact_changed_alone_is_held_for_review():
     restated = [lone, chat_row("also", "Horizon fee?", "Horizon costs $59 per month.")]
     kept, report = curate(restated, earlier=snapshot)
     assert sorted(r["id"] for r in kept) == ["also", "lone"] and not report.flagged
+    # Later snapshots win: two wordings moved to $59, so the third changing alone catches up
+    # with them ($52 is now its answer only) and is trained.
+    moved = [chat_row(f"m{i}", q, "Horizon costs $59 per month.") for i, q in
+             enumerate(["Price of Horizon?", "Horizon fee?"])]  # fmt: skip
+    caught_up = chat_row("third", "What does Horizon cost?", "Horizon costs $59 per month.")
+    kept, report = curate([caught_up], earlier=earlier_data([_Snap(earlier), _Snap(moved)]))
+    assert [r["id"] for r in kept] == ["third"] and not report.flagged
     # A prompt answered alone before (no other wording shares its answer) may change alone.
     single = earlier_data([_Snap([chat_row("faq", "Opening hours?", "9 to 5.")])])
     kept, _ = curate([chat_row("faq2", "Opening hours?", "8 to 6.")], earlier=single)
