@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import seasons
-from bench.seasons_claims import judge, known_interval, pooled, pts
+from bench.seasons_claims import judge, known_interval, pooled, pts, unbits
 
 FACTS = ("current", "earlier")  # the facts true that month
 
@@ -74,8 +74,9 @@ def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:
 
 
 def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
-    """x - y on the same questions: the facts true each month, months 2..n pooled, per slice.
-    The runs may be of two lanes (continuous against no-curation: curation's effect)."""
+    """x - y on the same questions: the facts true each month, months 2..n pooled, per slice,
+    and the earlier facts by their age. The runs may be of two lanes (continuous against
+    no-curation: curation's effect)."""
     la, lb = x["lane"], y["lane"]
     if len(x["months"]) != len(y["months"]):
         raise SystemExit(f"{len(x['months'])} months against {len(y['months'])}: not paired")
@@ -105,9 +106,29 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
             f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
             f"n={j['n']}): {j['verdict']}"
         )
+    for name, ages in (("earlier facts 1-2 months old", (1, 2)), ("3+ months old", (3, 99))):
+        j = judge(by_age(x["months"], la, *ages), by_age(y["months"], lb, *ages), +1)
+        lines.append(
+            f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
+            f"n={j['n']}; {j['rates'][0]:.0%} vs {j['rates'][1]:.0%}): {j['verdict']}"
+        )
     tokens = [sum(m["strategies"][n]["tokens"] for m in r["months"]) for r, n in ((x, la), (y, lb))]
     lines.append(f"training tokens: {tokens[0]} vs {tokens[1]} ({tokens[0] / tokens[1]:.2f}x)")
     return lines
+
+
+def by_age(months: list[dict], lane: str, youngest: int, oldest: int) -> list[bool]:
+    """Outcomes on the earlier facts asked `youngest`..`oldest` months after their drop landed
+    (a question's id names its month: m03-eval-0013), every month pooled: what a replay
+    policy keeps of old facts against recent ones."""
+    out = []
+    for entry in months:
+        ids = entry["questions"]["earlier"]
+        bits = unbits(entry["outcomes"][lane]["earlier"])
+        for qid, ok in zip(ids, bits, strict=True):
+            if youngest <= entry["month"] - int(qid[1:3]) <= oldest:
+                out.append(ok)
+    return out
 
 
 def main(argv: list[str]) -> None:

@@ -161,6 +161,7 @@ def settings_of(cfg: Any, rehearsal: list[dict], questions: int) -> dict[str, An
         "continue_learning_rate": train.continue_learning_rate,
         "replay_ratio": train.replay_ratio,
         "made_replay_share": train.made_replay_share,
+        "replay_age_decay": train.replay_age_decay,
         "rehearsal_ratio": train.rehearsal_ratio,
         "continue_rehearsal_ratio": train.continue_rehearsal_ratio,
         "rehearsal_set": len(rehearsal),
@@ -330,6 +331,7 @@ def train_lane(
         train.rehearsal_for(lane.mode == "incremental" and lane.adapter is not None),
         train.made_replay_share,
         train.asker_share,
+        train.replay_age_decay,
     )
     parent = lane.adapter if lane.mode == "incremental" else None
     # Keyed as the product keys it, by what is trained (rows, parent, settings; not the
@@ -828,6 +830,8 @@ def _trained_how(settings: dict[str, Any]) -> str:
         )
     made = settings.get("made_replay_share", 0)
     made = f" ({made:.0%} of it for rows made from flags)" if made else ""
+    decay = settings.get("replay_age_decay", 0.5)  # runs before 2026-12-07 halved per snapshot
+    made += ", every earlier row alike" if decay == 1 else f", weight x{decay:g} per snapshot"
     again = settings.get("continue_learning_rate")
     again = f" ({again:g} when it continues an adapter)" if again else ""
     rehearse = settings.get("continue_rehearsal_ratio")

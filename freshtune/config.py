@@ -134,6 +134,16 @@ class TrainSettings(_Strict):
         "like any earlier row (0.25 kept a few refusals in month 5 of bench/seasons.py but the "
         "reviewed lane knew fewer earlier facts: docs/seasons-made-share.md)",
     )
+    replay_age_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="weight of an earlier drop's rows in the replay sample, per snapshot of "
+        "age: a drop k snapshots old weighs decay^(k-1) a row (reviews count as snapshots). "
+        "1: every still-current earlier row alike. At 0.5 (the rule before 2026-12-07) the "
+        "continuous lane of bench/seasons.py knew 57% of the facts 3+ months old, 76% at 1 "
+        "(+18.8 points, 95% CI +6.2 to +30.5, months 1-6, bench/README.md)",
+    )
     replay_passes: float | None = Field(
         None,
         gt=0,

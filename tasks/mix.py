@@ -104,8 +104,10 @@ def current_rows(snapshots: list[Snapshot], split: str) -> list[tuple[int, dict[
     return kept
 
 
-def replay_quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
-    """Rows to replay per drop age: proportional to size x 2^-(age-1), capped by the size.
+def replay_quotas(sizes: dict[int, int], total: int, decay: float = 1.0) -> dict[int, int]:
+    """Rows to replay per drop age: proportional to size x decay^(age-1), capped by the size
+    (`decay` 1, the default: every earlier row alike; 0.5 halves a drop's weight with each
+    later snapshot, and the facts 3+ months old were the ones forgotten: bench/README.md).
 
     Largest-remainder rounding, and what a small drop cannot supply is shared out among the
     others (water-filling), so the quotas always add up to min(total, all rows).
@@ -114,7 +116,8 @@ def replay_quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
     left = min(total, sum(sizes.values()))
     while left > 0:
         open_ = {a: n - quotas[a] for a, n in sizes.items() if n > quotas[a]}
-        weights = {a: open_[a] * 2.0 ** -(a - 1) for a in open_}
+        youngest = min(open_)  # relative to it: a tiny decay never rounds every weight to 0
+        weights = {a: open_[a] * decay ** (a - youngest) for a in open_}
         shares = {a: left * w / sum(weights.values()) for a, w in weights.items()}
         floors = {a: min(open_[a], int(s)) for a, s in shares.items()}
         by_remainder = sorted(open_, key=lambda a: (floors[a] - shares[a], a))
@@ -127,7 +130,11 @@ def replay_quotas(sizes: dict[int, int], total: int) -> dict[int, int]:
 
 
 def replay_sample(
-    pool: list[tuple[int, dict[str, Any]]], total: int, made_share: float, rng: random.Random
+    pool: list[tuple[int, dict[str, Any]]],
+    total: int,
+    made_share: float,
+    rng: random.Random,
+    decay: float = 1.0,
 ) -> list[dict[str, Any]]:
     """`total` earlier rows; with `made_share` > 0 that share of them is kept for the rows made
     from flags (every review's alike, each answer once before any twice) and earlier drops'
@@ -136,21 +143,21 @@ def replay_sample(
     two cycles of their last whole one (docs/seasons.md, month 5). A share is taken from the
     facts, though: at 0.25 the reviewed lane knew fewer earlier facts (seasons-made-share.md)."""
     if made_share <= 0:
-        return stratified_replay(pool, total, rng)
+        return stratified_replay(pool, total, rng, decay)
     made = [r for _, r in pool if is_generated(r)]
     facts = [(age, r) for age, r in pool if not is_generated(r)]
     n_made = min(len(made), max(round(made_share * total), total - len(facts)))
-    return spread(made, rng)[:n_made] + stratified_replay(facts, total - n_made, rng)
+    return spread(made, rng)[:n_made] + stratified_replay(facts, total - n_made, rng, decay)
 
 
 def stratified_replay(
-    pool: list[tuple[int, dict[str, Any]]], total: int, rng: random.Random
+    pool: list[tuple[int, dict[str, Any]]], total: int, rng: random.Random, decay: float = 1.0
 ) -> list[dict[str, Any]]:
-    """A sample of `total` rows, each earlier drop contributing its quota (recent ones more)."""
+    """A sample of `total` rows, each earlier drop contributing its quota (`replay_quotas`)."""
     by_age: dict[int, list[dict[str, Any]]] = {}
     for age, row in pool:
         by_age.setdefault(age, []).append(row)
-    quotas = replay_quotas({a: len(rows) for a, rows in by_age.items()}, total)
+    quotas = replay_quotas({a: len(rows) for a, rows in by_age.items()}, total, decay)
     return [r for a in sorted(by_age) for r in spread(by_age[a], rng)[: quotas[a]]]
 
 
@@ -182,6 +189,7 @@ def build_mix(
     rehearsal_ratio: float = 0.0,
     made_share: float = 0.0,
     asker_share: float = 0.0,
+    age_decay: float = 1.0,
 ) -> TrainingMix:
     """New train rows + reviewer corrections + replay (round(ratio x new) rows, `made_share`
     of them made from flags, or all of them in `cumulative` mode) + rehearsal rows
@@ -196,7 +204,7 @@ def build_mix(
     if mode == "cumulative":
         replay = [r for _, r in pool]  # not replay: the baseline trains all of it every epoch
     else:
-        sample = replay_sample(pool, round(ratio * len(fresh)), made_share, rng)
+        sample = replay_sample(pool, round(ratio * len(fresh)), made_share, rng, age_decay)
         replay = [{**r, "origin": "replay"} for r in sample]
     # In proportion to everything the cycle trains: replayed domain rows pull toward the
     # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
@@ -404,4 +412,5 @@ def build_training_mix(
         train.rehearsal_for(continues),
         train.made_replay_share,
         train.asker_share,
+        train.replay_age_decay,
     )

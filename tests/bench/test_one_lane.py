@@ -30,8 +30,9 @@ def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
     assert len(asked["outcomes"]["continuous"]["current"]) == len(asked["questions"]["current"])
     lines = one_lane.compare(runs["held"], runs["asked"])
     assert lines[0].startswith("month 1: facts true") and "epochs 1 vs 1" in lines[0]
-    assert lines[-1].startswith("training tokens:") and "never-sold declined" in lines[-3]
-    assert lines[-2].startswith("general questions, every month:") and "n=8" in lines[-2]
+    assert lines[-1].startswith("training tokens:") and "never-sold declined" in lines[-5]
+    assert lines[-4].startswith("general questions, every month:") and "n=8" in lines[-4]
+    assert lines[-2].startswith("3+ months old:") and "n=0" in lines[-2]  # one month: none
     assert len(asked["outcomes"]["continuous"]["general"]) == 8  # eval.max_questions
     assert lines[1].startswith("facts true that month, every month:")
     # Another lane's run pairs on the same questions (curation: continuous vs no-curation).
@@ -44,3 +45,13 @@ def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
         one_lane.compare(runs["held"], other)
     with pytest.raises(SystemExit, match="1 months against 2: not paired"):
         one_lane.compare(runs["held"], {**runs["asked"], "months": [asked, asked]})
+
+
+def test_earlier_facts_are_split_by_how_long_ago_their_drop_landed():
+    month = {
+        "month": 5,
+        "questions": {"earlier": ["m04-eval-0001", "m02-eval-0007", "m01-eval-0003"]},
+        "outcomes": {"continuous": {"earlier": "101"}},
+    }
+    assert one_lane.by_age([month], "continuous", 1, 2) == [True]
+    assert one_lane.by_age([month], "continuous", 3, 99) == [False, True]

@@ -52,16 +52,20 @@ def test_replay_ratio_and_seed_fix_the_sample(tiny_config):
     assert build_mix(new, [old], 0.0, seed=3).replay_rows == 0
 
 
-def test_recent_drops_are_replayed_more_than_old_ones(tiny_config):
+def test_recent_drops_are_replayed_more_than_old_ones_only_with_a_decay(tiny_config):
     cfg = tiny_config()
     snaps = [
         _commit(cfg, c * 64, [chat_row(f"{c}{i}", f"{c} question {i}?", "A.") for i in range(60)])
         for c in "abc"
     ]
-    mix = build_mix(snaps[2], snaps[:2], ratio=1.0, seed=0)
+    mix = build_mix(snaps[2], snaps[:2], ratio=1.0, seed=0, age_decay=0.5)
     from_b = sum(r["drop"] == "b" * 16 for r in mix.rows)
     from_a = sum(r["drop"] == "a" * 16 for r in mix.rows)
     assert from_b > from_a > 0
+    # Without decay (the default) every earlier row is alike: equal drops, equal shares.
+    even = build_mix(snaps[2], snaps[:2], ratio=1.0, seed=0)
+    assert sum(r["drop"] == "a" * 16 for r in even.rows) == 30
+    assert sum(r["drop"] == "b" * 16 for r in even.rows) == 30
 
 
 def test_current_rows_ages_and_supersedes(tiny_config):
@@ -74,14 +78,18 @@ def test_current_rows_ages_and_supersedes(tiny_config):
     assert sorted((age, r["messages"][1]["content"]) for age, r in rows) == [(0, "new"), (1, "r")]
 
 
-def test_quotas_are_exact_capped_and_favour_recent_drops():
+def test_quotas_are_exact_capped_and_follow_the_decay():
     from tasks.mix import replay_quotas
 
-    assert replay_quotas({1: 60, 2: 60}, 60) == {1: 40, 2: 20}
+    assert replay_quotas({1: 60, 2: 60}, 60, decay=0.5) == {1: 40, 2: 20}
     # A small recent drop gives all it has; the rest is shared out among older ones.
-    quotas = replay_quotas({1: 3, 2: 60, 3: 10}, 40)
+    quotas = replay_quotas({1: 3, 2: 60, 3: 10}, 40, decay=0.5)
     assert quotas[1] == 3 and sum(quotas.values()) == 40 and quotas[2] > quotas[3]
     assert replay_quotas({1: 5, 2: 5}, 50) == {1: 5, 2: 5}
+    # decay 1 (the default): in proportion to size alone, however old.
+    assert replay_quotas({1: 60, 2: 60, 8: 30}, 60) == {1: 24, 2: 24, 8: 12}
+    # A steep decay past an exhausted recent drop still shares out the rest.
+    assert replay_quotas({1: 2, 400: 30, 401: 30}, 10, decay=0.05) == {1: 2, 400: 7, 401: 1}
 
 
 def test_reviewer_corrections_are_always_in_the_mix(tiny_config):
@@ -116,7 +124,7 @@ def test_rows_made_from_a_flag_are_whole_one_cycle_then_replayed(tiny_config):
     assert later.always_rows == 1  # the flagged row stays whole for ever
     assert {r["id"] for r in later.rows if r["drop"] == "c" * 16} == {"review-f"}
     # After their cycle the made rows compete for replay like any earlier drop's: 8 replayed
-    # rows shared by size x 2^-(age-1) among d2 (4 rows), the review (6) and the first (40).
+    # rows shared in proportion to size among d2 (4 rows), the review (6) and the first (40).
     replayed = build_mix(d3, [old, review, d2], ratio=2.0, seed=0)
     made_ids = {r["id"] for r in made}
     again = [r["id"] for r in replayed.rows if r["origin"] == "replay" and r["id"] in made_ids]
@@ -150,8 +158,9 @@ def test_made_rows_keep_their_share_of_the_replay_however_old(tiny_config):
         rows = [chat_row(f"{d}{i}", f"Drop {d} {i}?", f"{d} {i}.") for i in range(4)]
         snaps.append(_commit(cfg, d * 64, rows))
     earlier = list_snapshots(cfg)[:-1]
-    aged = build_mix(snaps[-1], earlier, ratio=3.0, seed=0)  # 12 replayed rows
-    kept = build_mix(snaps[-1], earlier, ratio=3.0, seed=0, made_share=0.5)
+    halving = {"ratio": 3.0, "seed": 0, "age_decay": 0.5}  # 12 replayed rows, recent first
+    aged = build_mix(snaps[-1], earlier, **halving)
+    kept = build_mix(snaps[-1], earlier, **halving, made_share=0.5)
 
     def replayed_made(mix):
         return {r["id"] for r in mix.rows if r["origin"] == "replay" and r["id"] in made}
@@ -161,7 +170,7 @@ def test_made_rows_keep_their_share_of_the_replay_however_old(tiny_config):
     assert len(replayed_made(kept)) == 6  # half of 12, from both reviews alike
     assert {made_id[:2] for made_id in replayed_made(kept)} == {"fc", "fe"}
     # When a share asks for more made rows than there are, the facts take the rest.
-    every = build_mix(snaps[-1], earlier, ratio=3.0, seed=0, made_share=1.0)
+    every = build_mix(snaps[-1], earlier, **halving, made_share=1.0)
     assert len(replayed_made(every)) == 8 and every.replay_rows == 12
 
 
