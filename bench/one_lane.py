@@ -101,20 +101,23 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
     ):
         xs = [o for s in slices for o in pooled(x["months"], la, s, first)]
         ys = [o for s in slices for o in pooled(y["months"], lb, s, first)]
-        j = judge(xs, ys, +1)
-        lines.append(
-            f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
-            f"n={j['n']}): {j['verdict']}"
-        )
+        lines.append(judged(name, xs, ys))
     for name, ages in (("earlier facts 1-2 months old", (1, 2)), ("3+ months old", (3, 99))):
-        j = judge(by_age(x["months"], la, *ages), by_age(y["months"], lb, *ages), +1)
-        lines.append(
-            f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
-            f"n={j['n']}; {j['rates'][0]:.0%} vs {j['rates'][1]:.0%}): {j['verdict']}"
-        )
+        xs, ys = by_age(x["months"], la, *ages), by_age(y["months"], lb, *ages)
+        lines.append(judged(name, xs, ys, rates=True))
     tokens = [sum(m["strategies"][n]["tokens"] for m in r["months"]) for r, n in ((x, la), (y, lb))]
     lines.append(f"training tokens: {tokens[0]} vs {tokens[1]} ({tokens[0] / tokens[1]:.2f}x)")
     return lines
+
+
+def judged(name: str, xs: list[bool], ys: list[bool], rates: bool = False) -> str:
+    """One compare line: x - y in points with its 95% interval and verdict."""
+    j = judge(xs, ys, +1)
+    both = f"; {j['rates'][0]:.0%} vs {j['rates'][1]:.0%}" if rates else ""
+    return (
+        f"{name}: {pts(j['estimate'])} points ({pts(j['low'])} to {pts(j['high'])}, "
+        f"n={j['n']}{both}): {j['verdict']}"
+    )
 
 
 def by_age(months: list[dict], lane: str, youngest: int, oldest: int) -> list[bool]:
