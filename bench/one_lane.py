@@ -3,6 +3,7 @@
 Run: python bench/one_lane.py A.json --quick --set train.dtype=bfloat16 [--set ...]
      python bench/one_lane.py B.json --quick --set ... --set train.target_held_out=true
      python bench/one_lane.py --compare B.json A.json   # B - A, paired, with 95% intervals
+     python bench/one_lane.py --summary A.json          # one run: the bar, facts by age
      (every seasons.py option applies; --lane picks the strategy, continuous by default)
 
 The lane trains, is scored and reviewed exactly as in seasons.py (its drops, curation, mix,
@@ -24,7 +25,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import seasons
-from bench.seasons_claims import judge, known_interval, pooled, pts, unbits
+from bench.seasons_claims import (
+    ages_asked,
+    by_age,
+    judge,
+    known_interval,
+    must_show,
+    pooled,
+    pts,
+)
 
 FACTS = ("current", "earlier")  # the facts true that month
 
@@ -120,21 +129,37 @@ def judged(name: str, xs: list[bool], ys: list[bool], rates: bool = False) -> st
     )
 
 
-def by_age(months: list[dict], lane: str, youngest: int, oldest: int) -> list[bool]:
-    """Outcomes on the earlier facts asked `youngest`..`oldest` months after their drop landed
-    (a question's id names its month: m03-eval-0013), every month pooled: what a replay
-    policy keeps of old facts against recent ones."""
-    out = []
-    for entry in months:
-        ids = entry["questions"]["earlier"]
-        bits = unbits(entry["outcomes"][lane]["earlier"])
-        for qid, ok in zip(ids, bits, strict=True):
-            if youngest <= entry["month"] - int(qid[1:3]) <= oldest:
-                out.append(ok)
-    return out
+def summary(x: dict[str, Any]) -> list[str]:
+    """One run alone: each month, issue #16's bar over months 2..n, the earlier facts by age."""
+    lane, months = x["lane"], x["months"]
+    lines = []
+    for m in months:
+        s, k = m["strategies"][lane], known_interval(m, lane)
+        lines.append(
+            f"month {m['month']}: facts true {k.estimate:.0%} ({k.low:.0%}-{k.high:.0%}), "
+            f"general {s.get('general', math.nan):.0%}, epochs {s['epochs']:g}, "
+            f"tokens {s['tokens']}, {m['seconds'] / 60:.1f} min"
+        )
+    bar = must_show(months, lane)
+    mean, low = bar["mean"], bar["lowest"]
+    lines.append(
+        f"facts true that month, months 2-{len(months)}: {mean.estimate:.1%} "
+        f"({mean.low:.1%}-{mean.high:.1%}), {bar['mean_verdict']} against 80%; lowest month "
+        f"{bar['lowest_month']}: {low.estimate:.0%}, {bar['floor_verdict']} against 60%"
+    )
+    for age in ages_asked(months):
+        got = by_age(months, lane, age, age)
+        lines.append(
+            f"earlier facts {age} months old: {sum(got) / len(got):.0%} ({sum(got)}/{len(got)})"
+        )
+    tokens = sum(m["strategies"][lane]["tokens"] for m in months)
+    return [*lines, f"training tokens: {tokens}"]
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--summary"]:
+        print("\n".join(summary(json.loads(Path(argv[1]).read_text()))))
+        return
     if argv[:1] == ["--compare"]:
         x, y = (json.loads(Path(p).read_text()) for p in argv[1:3])
         print("\n".join(compare(x, y)))

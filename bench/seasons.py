@@ -59,7 +59,9 @@ from bench.seasons_claims import (
     CLAIMS,
     MUST_FLOOR,
     MUST_MEAN,
+    ages_asked,
     bits,
+    by_age,
     claims,
     known_interval,
     must_show,
@@ -162,6 +164,7 @@ def settings_of(cfg: Any, rehearsal: list[dict], questions: int) -> dict[str, An
         "replay_ratio": train.replay_ratio,
         "made_replay_share": train.made_replay_share,
         "replay_age_decay": train.replay_age_decay,
+        "replay_pool_share": train.replay_pool_share,
         "rehearsal_ratio": train.rehearsal_ratio,
         "continue_rehearsal_ratio": train.continue_rehearsal_ratio,
         "rehearsal_set": len(rehearsal),
@@ -332,6 +335,7 @@ def train_lane(
         train.made_replay_share,
         train.asker_share,
         train.replay_age_decay,
+        train.replay_pool_share,
     )
     parent = lane.adapter if lane.mode == "incremental" else None
     # Keyed as the product keys it, by what is trained (rows, parent, settings; not the
@@ -770,6 +774,26 @@ def must_show_table(months: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def age_table(months: list[dict[str, Any]]) -> list[str]:
+    """Earlier facts known by how many months old their drop was, every month pooled: what
+    each strategy keeps of old facts against recent ones (a replay that favours recent drops
+    shows as a falling column)."""
+    lines = [
+        "### Earlier facts by age (months since their drop), every month pooled",
+        "",
+        "| age | " + " | ".join(STRATEGIES) + " |",
+        "|---" * (len(STRATEGIES) + 1) + "|",
+    ]
+    for age in ages_asked(months):
+        cells = [by_age(months, s, age, age) for s in STRATEGIES]
+        lines.append(f"| {age} | " + " | ".join(_share(c) for c in cells) + " |")
+    return [*lines, ""]
+
+
+def _share(outcomes: list[bool]) -> str:
+    return f"{sum(outcomes) / len(outcomes):.0%} ({sum(outcomes)}/{len(outcomes)})"
+
+
 def claims_table(result: dict[str, Any]) -> list[str]:
     return [
         "## The claims",
@@ -832,6 +856,8 @@ def _trained_how(settings: dict[str, Any]) -> str:
     made = f" ({made:.0%} of it for rows made from flags)" if made else ""
     decay = settings.get("replay_age_decay", 0.5)  # runs before 2026-12-07 halved per snapshot
     made += ", every earlier row alike" if decay == 1 else f", weight x{decay:g} per snapshot"
+    share = settings.get("replay_pool_share", 0)
+    made += f", at least {share:.0%} of the earlier rows" if share else ""
     again = settings.get("continue_learning_rate")
     again = f" ({again:g} when it continues an adapter)" if again else ""
     rehearse = settings.get("continue_rehearsal_ratio")
@@ -887,6 +913,7 @@ def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
         "",
         *_seconds(result),
         *month_tables(result["months"]),
+        *age_table(result["months"]),
         *strategy_rows(result["months"]),
     ]
     return "\n".join(lines) + "\n"

@@ -64,6 +64,25 @@ def pooled(months: list[dict], strategy: str, slice_: str, start: int = 1) -> li
     return out
 
 
+def by_age(months: list[dict], lane: str, youngest: int, oldest: int) -> list[bool]:
+    """Outcomes on the earlier facts asked `youngest`..`oldest` months after their drop landed
+    (a question's id names its month: m03-eval-0013), every month pooled: what a replay
+    policy keeps of old facts against recent ones."""
+    out = []
+    for entry in months:
+        ids = entry["questions"]["earlier"]
+        bits = unbits(entry["outcomes"][lane]["earlier"])
+        for qid, ok in zip(ids, bits, strict=True):
+            if youngest <= entry["month"] - int(qid[1:3]) <= oldest:
+                out.append(ok)
+    return out
+
+
+def ages_asked(months: list[dict]) -> list[int]:
+    """Every age (months since its drop) at which some earlier fact was asked."""
+    return sorted({m["month"] - int(q[1:3]) for m in months for q in m["questions"]["earlier"]})
+
+
 def known(entry: dict, strategy: str) -> tuple[int, int]:
     """(right, asked) on every fact true that month: the month's new facts and the sampled
     still-true earlier ones."""

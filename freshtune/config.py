@@ -144,6 +144,14 @@ class TrainSettings(_Strict):
         "continuous lane of bench/seasons.py knew 57% of the facts 3+ months old, 76% at 1 "
         "(+18.8 points, 95% CI +6.2 to +30.5, months 1-6, bench/README.md)",
     )
+    replay_pool_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="least share of the still-current earlier rows a cycle replays, whatever "
+        "its new rows (replay_ratio x new rows otherwise): the replay grows with the facts kept, "
+        "so an old fact is not trained in ever fewer cycles; 0: replay_ratio alone",
+    )
     replay_passes: float | None = Field(
         None,
         gt=0,

@@ -104,6 +104,14 @@ def current_rows(snapshots: list[Snapshot], split: str) -> list[tuple[int, dict[
     return kept
 
 
+def replay_size(new: int, pool: int, ratio: float, pool_share: float = 0.0) -> int:
+    """Earlier rows a cycle replays: `ratio` per new row, and at least `pool_share` of the
+    still-current earlier rows. By the new rows alone the replay stays the same size while the
+    pool grows (about 50 of 210 rows by month 6 of bench/seasons.py), so each old fact is
+    trained in fewer and fewer cycles; a share of the pool keeps that rate."""
+    return min(pool, max(round(ratio * new), math.ceil(pool_share * pool)))
+
+
 def replay_quotas(sizes: dict[int, int], total: int, decay: float = 1.0) -> dict[int, int]:
     """Rows to replay per drop age: proportional to size x decay^(age-1), capped by the size
     (`decay` 1, the default: every earlier row alike; 0.5 halves a drop's weight with each
@@ -190,9 +198,10 @@ def build_mix(
     made_share: float = 0.0,
     asker_share: float = 0.0,
     age_decay: float = 1.0,
+    pool_share: float = 0.0,
 ) -> TrainingMix:
-    """New train rows + reviewer corrections + replay (round(ratio x new) rows, `made_share`
-    of them made from flags, or all of them in `cumulative` mode) + rehearsal rows
+    """New train rows + reviewer corrections + replay (`replay_size` rows, `made_share` of
+    them made from flags, or all of them in `cumulative` mode) + rehearsal rows
     (tasks.rehearsal): round(rehearsal_ratio x all of those). `asker_share` of the domain
     rows are asked with a customer's introduction (`introduced`)."""
     rows = current_rows([*earlier, new], "train")
@@ -204,7 +213,8 @@ def build_mix(
     if mode == "cumulative":
         replay = [r for _, r in pool]  # not replay: the baseline trains all of it every epoch
     else:
-        sample = replay_sample(pool, round(ratio * len(fresh)), made_share, rng, age_decay)
+        size = replay_size(len(fresh), len(pool), ratio, pool_share)
+        sample = replay_sample(pool, size, made_share, rng, age_decay)
         replay = [{**r, "origin": "replay"} for r in sample]
     # In proportion to everything the cycle trains: replayed domain rows pull toward the
     # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
@@ -413,4 +423,5 @@ def build_training_mix(
         train.made_replay_share,
         train.asker_share,
         train.replay_age_decay,
+        train.replay_pool_share,
     )

@@ -65,6 +65,7 @@ KEYED_ELSEWHERE = (
     "replay_ratio",
     "made_replay_share",  # the made rows replayed are in the mix digest
     "replay_age_decay",
+    "replay_pool_share",
     "rehearsal_ratio",  # the rehearsal rows are in the mix digest
     "continue_rehearsal_ratio",
     "rehearsal_file",

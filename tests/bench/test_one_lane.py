@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bench import one_lane
+from bench.seasons_claims import ages_asked, by_age
 
 TINY = [
     "--set", "train.max_epochs=1", "--set", "train.target_sample=4",
@@ -53,5 +54,34 @@ def test_earlier_facts_are_split_by_how_long_ago_their_drop_landed():
         "questions": {"earlier": ["m04-eval-0001", "m02-eval-0007", "m01-eval-0003"]},
         "outcomes": {"continuous": {"earlier": "101"}},
     }
-    assert one_lane.by_age([month], "continuous", 1, 2) == [True]
-    assert one_lane.by_age([month], "continuous", 3, 99) == [False, True]
+    assert by_age([month], "continuous", 1, 2) == [True]
+    assert by_age([month], "continuous", 3, 99) == [False, True]
+    assert ages_asked([month]) == [1, 3, 4]
+
+
+def _month(n: int, current: str, earlier: dict[str, str]) -> dict:
+    return {
+        "month": n,
+        "seconds": 90.0,
+        "questions": {"current": ["q"] * len(current), "earlier": list(earlier)},
+        "strategies": {"continuous": {"epochs": 2.0, "tokens": 1000, "general": 0.5}},
+        "outcomes": {"continuous": {"current": current, "earlier": "".join(earlier.values())}},
+    }
+
+
+def test_a_run_summary_states_the_bar_and_the_facts_by_age():
+    months = [
+        _month(1, "1111", {}),
+        _month(2, "1110", {"m01-eval-0001": "1", "m01-eval-0002": "1"}),
+        _month(3, "10", {"m02-eval-0001": "1", "m01-eval-0001": "0", "m01-eval-0002": "0"}),
+    ]
+    lines = one_lane.summary({"lane": "continuous", "months": months})
+    assert lines[0].startswith("month 1: facts true 100%") and "1.5 min" in lines[0]
+    # Months 2-3: 5 of 6 and 2 of 5 facts true that month = 7/11; month 3 the lowest (40%).
+    assert lines[3].startswith("facts true that month, months 2-3: 63.6%")
+    assert "lowest month 3: 40%" in lines[3]
+    assert lines[4:6] == [
+        "earlier facts 1 months old: 100% (3/3)",
+        "earlier facts 2 months old: 0% (0/2)",
+    ]
+    assert lines[-1] == "training tokens: 3000"

@@ -203,7 +203,9 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     text = report.read_text()
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
     per_month = 6 + len(seasons.MONTH_TABLES)  # a row per strategy + a row per summary table
-    assert rows.count("| 1") == per_month and rows.count("| 2") == per_month
+    # and the age table's one row: month 2 asks month 1's facts, one month old
+    assert rows.count("| 1") == per_month + 1 and rows.count("| 2") == per_month
+    assert "### Earlier facts by age (months since their drop), every month pooled" in text
     for claim in seasons.CLAIMS.values():
         assert claim in text
     assert "stale or wrong answers among the drops' training rows that reached training" in text

@@ -68,6 +68,31 @@ def test_recent_drops_are_replayed_more_than_old_ones_only_with_a_decay(tiny_con
     assert sum(r["drop"] == "b" * 16 for r in even.rows) == 30
 
 
+def test_the_replay_grows_with_the_pool_only_with_a_pool_share(tiny_config):
+    cfg = tiny_config()
+    old = [
+        _commit(cfg, c * 64, [chat_row(f"{c}{i}", f"{c} question {i}?", "A.") for i in range(60)])
+        for c in "ab"
+    ]
+    new = _commit(cfg, "c" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(10)])
+    assert build_mix(new, old, ratio=2.0, seed=0).replay_rows == 20  # 2 per new row
+    grown = build_mix(new, old, ratio=2.0, seed=0, pool_share=0.25)
+    assert grown.replay_rows == 30  # a quarter of the 120 earlier rows
+    assert sum(r["drop"] == "a" * 16 for r in grown.rows) == 15
+    # Where the ratio asks for more than the share, the ratio stands.
+    assert build_mix(new, old[:1], ratio=2.0, seed=0, pool_share=0.25).replay_rows == 20
+
+
+def test_replay_size_is_the_larger_rule_and_never_more_than_the_pool():
+    from tasks.mix import replay_size
+
+    assert replay_size(new=24, pool=100, ratio=2.0) == 48
+    assert replay_size(new=24, pool=400, ratio=2.0, pool_share=0.25) == 100
+    assert replay_size(new=24, pool=401, ratio=2.0, pool_share=0.25) == 101  # rounded up
+    assert replay_size(new=24, pool=30, ratio=2.0) == 30
+    assert replay_size(new=0, pool=10, ratio=2.0, pool_share=1.0) == 10
+
+
 def test_current_rows_ages_and_supersedes(tiny_config):
     cfg = tiny_config()
     a = _commit(
