@@ -107,8 +107,9 @@ def current_rows(snapshots: list[Snapshot], split: str) -> list[tuple[int, dict[
 def replay_size(new: int, pool: int, ratio: float, pool_share: float = 0.0) -> int:
     """Earlier rows a cycle replays: `ratio` per new row, and at least `pool_share` of the
     still-current earlier rows. By the new rows alone the replay stays the same size while the
-    pool grows (about 50 of 210 rows by month 6 of bench/seasons.py), so each old fact is
-    trained in fewer and fewer cycles; a share of the pool keeps that rate."""
+    pool grows (50 of 172 rows in month 6 of bench/seasons.py's continuous lane), so each old
+    fact is trained in fewer cycles; a share of the pool keeps that rate (0.5 over months 1-12
+    of that lane: bench/README.md "Twelve months of the continuous lane")."""
     return min(pool, max(round(ratio * new), math.ceil(pool_share * pool)))
 
 
