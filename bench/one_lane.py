@@ -142,6 +142,8 @@ def summary(x: dict[str, Any]) -> list[str]:
         )
     bar = must_show(months, lane)
     mean, low = bar["mean"], bar["lowest"]
+    if low is None:  # one month: nothing after the first to judge
+        return [*lines, "facts true that month, months 2..n: none (a one-month run)"]
     lines.append(
         f"facts true that month, months 2-{len(months)}: {mean.estimate:.1%} "
         f"({mean.low:.1%}-{mean.high:.1%}), {bar['mean_verdict']} against 80%; lowest month "

@@ -85,3 +85,5 @@ def test_a_run_summary_states_the_bar_and_the_facts_by_age():
         "earlier facts 2 months old: 0% (0/2)",
     ]
     assert lines[-1] == "training tokens: 3000"
+    alone = one_lane.summary({"lane": "continuous", "months": months[:1]})
+    assert alone[-1] == "facts true that month, months 2..n: none (a one-month run)"
