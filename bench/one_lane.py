@@ -4,6 +4,9 @@ Run: python bench/one_lane.py A.json --quick --set train.dtype=bfloat16 [--set .
      python bench/one_lane.py B.json --quick --set ... --set train.target_held_out=true
      python bench/one_lane.py --compare B.json A.json   # B - A, paired, with 95% intervals
      python bench/one_lane.py --summary A.json          # one run: the bar, facts by age
+     python bench/one_lane.py --floor F.json --months 12 --against A.json
+                                 # cumulative's tokens at the fewest epochs, no training: A's
+                                 # tokens over them bound A's compute ratio from above
      (every seasons.py option applies; --lane picks the strategy, continuous by default)
 
 The lane trains, is scored and reviewed exactly as in seasons.py (its drops, curation, mix,
@@ -33,6 +36,7 @@ from bench.seasons_claims import (
     must_show,
     pooled,
     pts,
+    share_text,
 )
 
 FACTS = ("current", "earlier")  # the facts true that month
@@ -70,6 +74,55 @@ def run(out: Path, argv: list[str], lane: str = "continuous") -> list[dict[str, 
         )
         out.write_text(json.dumps({"lane": lane, "argv": argv, "months": months}, indent=1))
     return months
+
+
+def cumulative_floor(argv: list[str]) -> list[dict[str, Any]]:
+    """The cumulative lane's training tokens month by month, without training it: each
+    month's mix as seasons.py builds it from the lane's data snapshots, its tokens per epoch
+    (as the Trainer counts them) x the fewest epochs a cycle trains (`train.target_min_epochs`
+    under a target, else `train.epochs`). Review snapshots are left out (their rows come from
+    the lane's own answers), so this is a floor under cumulative retraining's cost, and a
+    lane's tokens over it bound that lane's compute ratio from above."""
+    from tasks.models import load_tokenizer
+    from tasks.train import build_dataset
+
+    args = seasons.parse_args(argv)
+    args.change_share = seasons.PRESETS[args.preset]["change_share"]
+    cfg = seasons.bench_config(args)
+    train, rehearsal = cfg.train, seasons.rehearsal_rows(cfg)
+    cycle = train.for_cycle(continues=False)  # cumulative starts from the base every month
+    epochs = (
+        cycle.epochs if train.target_recall is None else min(train.target_min_epochs, cycle.epochs)
+    )
+    tokenizer, lane, out = (
+        load_tokenizer(cfg.resolved_base_model()),
+        seasons.lanes()["cumulative"],
+        [],
+    )
+    for month in range(1, args.months + 1):
+        records = seasons.as_records(
+            seasons.dirty_drop(month, args.change_share, args.noise, cfg.seed)
+        )
+        snap, mix = seasons.lane_mix(lane, records, cfg, rehearsal)
+        lane.history.append(snap)
+        per_epoch = sum(build_dataset(tokenizer, mix.rows, train.max_length)["length"])
+        out.append({"month": month, "rows": len(mix.rows), "epoch_tokens": per_epoch,
+                    "floor_tokens": round(per_epoch * epochs)})  # fmt: skip
+    return out
+
+
+def floor_lines(floor: list[dict[str, Any]], run: dict[str, Any] | None) -> list[str]:
+    """The floor month by month, and with a run (same months) its tokens against the floor."""
+    lines = [f"month {m['month']}: {m['rows']} rows, {m['epoch_tokens']} tokens an epoch, "
+             f"at least {m['floor_tokens']}" for m in floor]  # fmt: skip
+    total = sum(m["floor_tokens"] for m in floor)
+    lines.append(f"cumulative retraining, months 1-{len(floor)}: at least {total} tokens")
+    if run is not None:
+        if len(run["months"]) != len(floor):
+            raise SystemExit(f"{len(run['months'])} months against {len(floor)}: not paired")
+        spent = sum(m["strategies"][run["lane"]]["tokens"] for m in run["months"])
+        lines.append(f"{run['lane']}: {spent} tokens, at most {spent / total:.2f}x cumulative's")
+    return lines
 
 
 def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:
@@ -150,10 +203,8 @@ def summary(x: dict[str, Any]) -> list[str]:
         f"{bar['lowest_month']}: {low.estimate:.0%}, {bar['floor_verdict']} against 60%"
     )
     for age in ages_asked(months):
-        got = by_age(months, lane, age, age)
-        lines.append(
-            f"earlier facts {age} months old: {sum(got) / len(got):.0%} ({sum(got)}/{len(got)})"
-        )
+        got = share_text(by_age(months, lane, age, age))
+        lines.append(f"earlier facts {age} months old: {got}")
     tokens = sum(m["strategies"][lane]["tokens"] for m in months)
     return [*lines, f"training tokens: {tokens}"]
 
@@ -165,6 +216,15 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--compare"]:
         x, y = (json.loads(Path(p).read_text()) for p in argv[1:3])
         print("\n".join(compare(x, y)))
+        return
+    if argv[:1] == ["--floor"]:
+        against = None
+        if "--against" in argv:
+            at = argv.index("--against")
+            against, argv = json.loads(Path(argv[at + 1]).read_text()), argv[:at] + argv[at + 2 :]
+        floor = cumulative_floor(argv[2:])
+        Path(argv[1]).write_text(json.dumps({"argv": argv[2:], "months": floor}, indent=1))
+        print("\n".join(floor_lines(floor, against)))
         return
     lane = "continuous"
     if "--lane" in argv:

@@ -65,6 +65,7 @@ from bench.seasons_claims import (
     claims,
     known_interval,
     must_show,
+    share_text,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,42 +315,54 @@ def train_lane(
 ) -> dict[str, Any]:
     """This month's cycle of one strategy as the product runs it: the mix (new rows, replay,
     corrections, rehearsal), then train-to-target from the lane's parent."""
-    from tasks.mix import build_mix
     from tasks.train import adapter_dir, train_adapter
 
     if lane.mode == "once" and month > 1:
         return dict(IDLE)
-    data = [s for s in lane.history if s.kind == "data"]
-    rows = keep(records, lane.curated, data, cfg)
-    snap = Snap(digest_of(rows), rows)
-    mode = "cumulative" if lane.mode == "cumulative" else "incremental"
-    train = cfg.train
-    mix = build_mix(
-        snap,
-        lane.history,
-        train.replay_ratio,
-        cfg.seed,
-        mode,
-        rehearsal,
-        train.rehearsal_for(lane.mode == "incremental" and lane.adapter is not None),
-        train.made_replay_share,
-        train.asker_share,
-        train.replay_age_decay,
-        train.replay_pool_share,
-    )
+    snap, mix = lane_mix(lane, records, cfg, rehearsal)
     parent = lane.adapter if lane.mode == "incremental" else None
     # Keyed as the product keys it, by what is trained (rows, parent, settings; not the
     # lane's name): month 1 of every curated lane trains once, a changed --set trains anew.
     out = adapter_dir(mix, parent, cfg)
-    result = train_adapter(cfg.resolved_base_model(), mix.rows, train, out, parent, cfg.seed)
+    result = train_adapter(cfg.resolved_base_model(), mix.rows, cfg.train, out, parent, cfg.seed)
     lane.history.append(snap)
     lane.adapter = result.adapter_dir
     lane.tokens += result.tokens
     lane.flops += result.flops
     lane.wall_s += result.wall_s
     # The month's own rows that state a false answer and reached training (replay aside).
-    untrue = sum(r.get("source") in UNTRUE and r["split"] == "train" for r in rows)
+    untrue = sum(r.get("source") in UNTRUE and r["split"] == "train" for r in snap.rows())
     return {**spent(result, mix), "untrue_rows": untrue}
+
+
+def lane_mix(lane: Lane, records: list[dict], cfg: Any, rehearsal: list[dict]) -> tuple[Snap, Any]:
+    """The month's snapshot of the lane (its rows kept as the lane keeps them) and the mix its
+    cycle trains, as the product builds it."""
+    from tasks.mix import build_mix, champion_losses
+
+    data = [s for s in lane.history if s.kind == "data"]
+    rows = keep(records, lane.curated, data, cfg)
+    snap = Snap(digest_of(rows), rows)
+    train = cfg.train
+    continues = lane.mode == "incremental" and lane.adapter is not None
+    score = None
+    if continues and train.replay_select == "lost_first":
+        score = champion_losses(cfg.resolved_base_model(), lane.adapter, cfg.eval)
+    mix = build_mix(
+        snap,
+        lane.history,
+        train.replay_ratio,
+        cfg.seed,
+        "cumulative" if lane.mode == "cumulative" else "incremental",
+        rehearsal,
+        train.rehearsal_for(continues),
+        train.made_replay_share,
+        train.asker_share,
+        train.replay_age_decay,
+        train.replay_pool_share,
+        score,
+    )
+    return snap, mix
 
 
 def spent(result: Any, mix: Any) -> dict[str, Any]:
@@ -786,12 +799,8 @@ def age_table(months: list[dict[str, Any]]) -> list[str]:
     ]
     for age in ages_asked(months):
         cells = [by_age(months, s, age, age) for s in STRATEGIES]
-        lines.append(f"| {age} | " + " | ".join(_share(c) for c in cells) + " |")
+        lines.append(f"| {age} | " + " | ".join(share_text(c) for c in cells) + " |")
     return [*lines, ""]
-
-
-def _share(outcomes: list[bool]) -> str:
-    return f"{sum(outcomes) / len(outcomes):.0%} ({sum(outcomes)}/{len(outcomes)})"
 
 
 def claims_table(result: dict[str, Any]) -> list[str]:

@@ -73,14 +73,24 @@ def by_age(months: list[dict], lane: str, youngest: int, oldest: int) -> list[bo
         ids = entry["questions"]["earlier"]
         bits = unbits(entry["outcomes"][lane]["earlier"])
         for qid, ok in zip(ids, bits, strict=True):
-            if youngest <= entry["month"] - int(qid[1:3]) <= oldest:
+            if youngest <= age(entry["month"], qid) <= oldest:
                 out.append(ok)
     return out
 
 
+def age(month: int, qid: str) -> int:
+    """Months between a question's drop (its id names it: m03-eval-0013) and `month`."""
+    return month - int(qid[1:3])
+
+
 def ages_asked(months: list[dict]) -> list[int]:
     """Every age (months since its drop) at which some earlier fact was asked."""
-    return sorted({m["month"] - int(q[1:3]) for m in months for q in m["questions"]["earlier"]})
+    return sorted({age(m["month"], q) for m in months for q in m["questions"]["earlier"]})
+
+
+def share_text(outcomes: list[bool]) -> str:
+    """Right of asked, as a rate and a count: 75% (12/16)."""
+    return f"{sum(outcomes) / len(outcomes):.0%} ({sum(outcomes)}/{len(outcomes)})"
 
 
 def known(entry: dict, strategy: str) -> tuple[int, int]:

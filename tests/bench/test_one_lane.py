@@ -48,6 +48,28 @@ def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
         one_lane.compare(runs["held"], {**runs["asked"], "months": [asked, asked]})
 
 
+def test_the_cumulative_floor_counts_tokens_as_training_does(tiny_model, tmp_path, capsys):
+    """Month 1 of cumulative retraining trains the continuous lane's month-1 mix: the floor
+    (no training) and the trained lane count the same tokens; a second month adds the first's
+    rows again, so the floor grows by more than the new month."""
+    argv = ["--model", str(tiny_model), *TINY]
+    run = tmp_path / "run.json"
+    one_lane.main([str(run), "--workspace", str(tmp_path / "run"), *argv])
+    trained = json.loads(run.read_text())["months"][0]["strategies"]["continuous"]["tokens"]
+    floor_file = tmp_path / "floor.json"
+    one_lane.main(["--floor", str(floor_file), "--workspace", str(tmp_path / "f"), *argv,
+                   "--against", str(run)])  # fmt: skip
+    [month] = json.loads(floor_file.read_text())["months"]
+    assert month["floor_tokens"] == trained > 0  # max_epochs 1 caps the 4 minimum epochs
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"continuous: {trained} tokens, at most 1.00x cumulative's"
+    )
+    two = one_lane.cumulative_floor([*argv[:-1], "2", "--workspace", str(tmp_path / "f2")])
+    assert two[0] == month and two[1]["rows"] > month["rows"]
+    with pytest.raises(SystemExit, match="1 months against 2: not paired"):
+        one_lane.floor_lines(two, json.loads(run.read_text()))
+
+
 def test_earlier_facts_are_split_by_how_long_ago_their_drop_landed():
     month = {
         "month": 5,

@@ -366,3 +366,57 @@ def test_a_share_of_domain_rows_is_asked_with_an_introduction(tiny_config):
     names = {word.strip(",.!") for text in INTRODUCTIONS for word in text.split()}
     assert not names & {part for persona in BIAS_PERSONAS for part in persona}
     assert not any(re.match(r"Hi, I'm \S+ from ", text) for text in INTRODUCTIONS)
+
+
+def _replayed(mix) -> list[str]:
+    return sorted(r["id"] for r in mix.rows if r["origin"] == "replay")
+
+
+def test_lost_first_fills_each_drops_quota_with_its_worst_answered_rows(tiny_config):
+    cfg = tiny_config()
+    rows = {c: [chat_row(f"{c}{i}", f"{c} question {i}?", f"Answer {c}{i}.") for i in range(30)]
+            for c in "ab"}  # fmt: skip
+    old = [_commit(cfg, c * 64, rows[c]) for c in "ab"]
+    new = _commit(cfg, "c" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(5)])
+    asked: list[int] = []
+
+    def score(rows: list[dict]) -> list[float]:
+        asked.append(len(rows))
+        return [float(r["id"][1:]) for r in rows]  # the higher the number, the worse answered
+
+    lost = _replayed(build_mix(new, old, ratio=2.0, seed=0, score=score))
+    assert lost == sorted(f"{c}{i}" for c in "ab" for i in range(25, 30))  # 5 from each drop
+    assert asked == [60]  # the whole pool, once
+    spread = _replayed(build_mix(new, old, 2.0, 0))
+    assert len(spread) == 10 and spread != lost
+    # Nothing to choose, nothing scored: cumulative trains the whole pool, ratio 0 none of it.
+    assert build_mix(new, old, 2.0, 0, mode="cumulative", score=score).replay_rows == 60
+    assert build_mix(new, old, 0.0, 0, score=score).replay_rows == 0
+    assert asked == [60]
+
+
+def test_the_champion_answers_what_it_never_trained_worst(tiny_config, tmp_path):
+    """Through the task, with `train.replay_select=lost_first`: a real adapter's losses put
+    the earlier rows it was never trained on into the replay."""
+    from tasks.mix import build_training_mix
+    from tasks.registry import Champion
+    from tasks.train import train_adapter
+
+    cfg = tiny_config("train.replay_select=lost_first", "train.replay_ratio=2.0")
+    words = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "haven"]
+    taught = [chat_row(f"e{i}", f"Which code word is {i}?", f"It is {w}.")
+              for i, w in enumerate(words)]  # fmt: skip
+    never = [chat_row(f"e{i + 8}", f"Which code word is {i + 8}?", f"Then {w}{i * 7 + 3} came.")
+             for i, w in enumerate(reversed(words))]  # fmt: skip
+    old = _commit(cfg, "a" * 64, taught + never)
+    fixed = {"target_recall": None, "epochs": 8.0, "learning_rate": 5e-3}
+    settings = cfg.train.model_copy(update=fixed)
+    trained = old.rows()[:8]
+    assert {r["id"] for r in trained} == {r["id"] for r in taught}
+    adapter = train_adapter(cfg.base_model, trained, settings, tmp_path / "champion", seed=0)
+    champion = Champion("1", "run", "models:/x/1", {}, adapter.adapter_dir)
+    new = _commit(cfg, "b" * 64, [chat_row(f"n{i}", f"New {i}?", "New.") for i in range(4)])
+    lost = _replayed(build_training_mix.fn(new, None, champion, cfg))
+    assert lost == sorted(r["id"] for r in never)  # 2 x 4 new rows: the 8 never trained
+    plain = tiny_config("train.replay_ratio=2.0")
+    assert _replayed(build_training_mix.fn(new, None, champion, plain)) != lost
