@@ -44,18 +44,14 @@ FACTS = ("current", "earlier")  # the facts true that month
 
 def run(out: Path, argv: list[str], lane: str = "continuous") -> list[dict[str, Any]]:
     """Months 1..n of `lane`; each month's entry (as seasons.py writes it) into `out`."""
-    args = seasons.parse_args(argv)
-    args.change_share = seasons.PRESETS[args.preset]["change_share"]
-    cfg = seasons.bench_config(args)
+    args, cfg = bench(argv)
     cfg.paths.ensure()
     args.questions = cfg.eval.max_questions or seasons.PRESETS[args.preset]["questions"]
     rehearsal = seasons.rehearsal_rows(cfg)
     team, months = {lane: seasons.lanes()[lane]}, []
     for month in range(1, args.months + 1):
         started = time.perf_counter()
-        records = seasons.as_records(
-            seasons.dirty_drop(month, args.change_share, args.noise, cfg.seed)
-        )
+        records = drop(month, args, cfg)
         spent = seasons.train_lane(team[lane], month, records, cfg, rehearsal)
         scored = seasons.evaluate_month(month, team, args, cfg)
         general = general_scores(cfg, lane, team[lane].adapter)
@@ -86,24 +82,14 @@ def cumulative_floor(argv: list[str]) -> list[dict[str, Any]]:
     from tasks.models import load_tokenizer
     from tasks.train import build_dataset
 
-    args = seasons.parse_args(argv)
-    args.change_share = seasons.PRESETS[args.preset]["change_share"]
-    cfg = seasons.bench_config(args)
+    args, cfg = bench(argv)
     train, rehearsal = cfg.train, seasons.rehearsal_rows(cfg)
-    cycle = train.for_cycle(continues=False)  # cumulative starts from the base every month
-    epochs = (
-        cycle.epochs if train.target_recall is None else min(train.target_min_epochs, cycle.epochs)
-    )
-    tokenizer, lane, out = (
-        load_tokenizer(cfg.resolved_base_model()),
-        seasons.lanes()["cumulative"],
-        [],
-    )
+    budget = train.for_cycle(continues=False).epochs  # cumulative starts from the base
+    epochs = budget if train.target_recall is None else min(train.target_min_epochs, budget)
+    tokenizer = load_tokenizer(cfg.resolved_base_model())
+    lane, out = seasons.lanes()["cumulative"], []
     for month in range(1, args.months + 1):
-        records = seasons.as_records(
-            seasons.dirty_drop(month, args.change_share, args.noise, cfg.seed)
-        )
-        snap, mix = seasons.lane_mix(lane, records, cfg, rehearsal)
+        snap, mix = seasons.lane_mix(lane, drop(month, args, cfg), cfg, rehearsal)
         lane.history.append(snap)
         per_epoch = sum(build_dataset(tokenizer, mix.rows, train.max_length)["length"])
         out.append({"month": month, "rows": len(mix.rows), "epoch_tokens": per_epoch,
@@ -123,6 +109,18 @@ def floor_lines(floor: list[dict[str, Any]], run: dict[str, Any] | None) -> list
         spent = sum(m["strategies"][run["lane"]]["tokens"] for m in run["months"])
         lines.append(f"{run['lane']}: {spent} tokens, at most {spent / total:.2f}x cumulative's")
     return lines
+
+
+def bench(argv: list[str]) -> tuple[Any, Any]:
+    """seasons.py's options and the config its lanes train with."""
+    args = seasons.parse_args(argv)
+    args.change_share = seasons.PRESETS[args.preset]["change_share"]
+    return args, seasons.bench_config(args)
+
+
+def drop(month: int, args: Any, cfg: Any) -> list[dict[str, Any]]:
+    """The month's dirty drop as seasons.py reads it."""
+    return seasons.as_records(seasons.dirty_drop(month, args.change_share, args.noise, cfg.seed))
 
 
 def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:

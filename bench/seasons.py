@@ -338,16 +338,13 @@ def train_lane(
 def lane_mix(lane: Lane, records: list[dict], cfg: Any, rehearsal: list[dict]) -> tuple[Snap, Any]:
     """The month's snapshot of the lane (its rows kept as the lane keeps them) and the mix its
     cycle trains, as the product builds it."""
-    from tasks.mix import build_mix, champion_losses
+    from tasks.mix import build_mix
 
     data = [s for s in lane.history if s.kind == "data"]
     rows = keep(records, lane.curated, data, cfg)
     snap = Snap(digest_of(rows), rows)
     train = cfg.train
     continues = lane.mode == "incremental" and lane.adapter is not None
-    score = None
-    if continues and train.replay_select == "lost_first":
-        score = champion_losses(cfg.resolved_base_model(), lane.adapter, cfg.eval)
     mix = build_mix(
         snap,
         lane.history,
@@ -360,7 +357,6 @@ def lane_mix(lane: Lane, records: list[dict], cfg: Any, rehearsal: list[dict]) -
         train.asker_share,
         train.replay_age_decay,
         train.replay_pool_share,
-        score,
     )
     return snap, mix
 

@@ -154,13 +154,6 @@ class TrainSettings(_Strict):
         "months 1-10 of bench/seasons.py's continuous lane: 1.44x the tokens, facts 1-2 months "
         "old +7.3 points, 3+ months old -9.2, both decided: bench/README.md)",
     )
-    replay_select: Literal["spread", "lost_first"] = Field(
-        "spread",
-        description="which of an earlier drop's rows fill its replay quota: `spread`, a seeded "
-        "shuffle that asks every fact once before any twice; `lost_first`, the rows the "
-        "champion answers worst first (the mean loss of each row's answer under the champion, "
-        "one forward pass over the still-current earlier rows before the cycle trains)",
-    )
     replay_passes: float | None = Field(
         None,
         gt=0,

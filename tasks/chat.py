@@ -115,38 +115,6 @@ def answer_and_score(
     return _answered(model, tokenizer, rows, settings, bar, grouped, True, use_generate)
 
 
-def reference_losses(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int, desc: str
-) -> list[float]:
-    """Each row's mean negative log-likelihood per token of its last answer (with its end of
-    turn), given the conversation before it: one forward pass, no generation. Rows of like
-    prompt length share a batch (`batch_order`); progress as a bar named `desc`."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from tasks.decode import Prefix, layout, positions, reference_scores
-
-    prompts = [_prompt_ids(tokenizer, r["messages"][:-1]) for r in rows]
-    refs = [_reference_ids(tokenizer, r["messages"]) for r in rows]
-    order = batch_order([(len(p), len(r)) for p, r in zip(prompts, refs)])
-    out: list[float] = []
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False,
-                      disable=console.quiet()):  # fmt: skip
-        picked = order[start : start + batch_size]
-        batch = [prompts[i] for i in picked], [refs[i] for i in picked]
-        ids, mask, width = layout(Prefix(0, None), *batch, tokenizer.pad_token_id, model.device)
-        with torch.inference_mode():
-            logits = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions(mask, ids),
-                logits_to_keep=ids.shape[1] - width + 1,
-            ).logits
-        scores = reference_scores(logits, ids, mask, width)
-        out += [total / max(count, 1) for total, count in scores]
-    return in_order(out, order)
-
-
 def _answered(
     model, tokenizer, rows, settings, bar, grouped, score, use_generate=False
 ) -> list[tuple[str, Any]]:

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from freshtune import faults
-from freshtune.config import EvalSettings, FreshtuneConfig
+from freshtune.config import FreshtuneConfig
 from tasks.generalise import is_generated
 from tasks.ingest import response_of
 from tasks.registry import Champion
@@ -145,7 +145,6 @@ def replay_sample(
     made_share: float,
     rng: random.Random,
     decay: float = 1.0,
-    losses: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """`total` earlier rows; with `made_share` > 0 that share of them is kept for the rows made
     from flags (every review's alike, each answer once before any twice) and earlier drops'
@@ -154,68 +153,22 @@ def replay_sample(
     two cycles of their last whole one (docs/seasons.md, month 5). A share is taken from the
     facts, though: at 0.25 the reviewed lane knew fewer earlier facts (seasons-made-share.md)."""
     if made_share <= 0:
-        return stratified_replay(pool, total, rng, decay, losses)
+        return stratified_replay(pool, total, rng, decay)
     made = [r for _, r in pool if is_generated(r)]
     facts = [(age, r) for age, r in pool if not is_generated(r)]
     n_made = min(len(made), max(round(made_share * total), total - len(facts)))
-    facts_part = stratified_replay(facts, total - n_made, rng, decay, losses)
-    return spread(made, rng)[:n_made] + facts_part
+    return spread(made, rng)[:n_made] + stratified_replay(facts, total - n_made, rng, decay)
 
 
 def stratified_replay(
-    pool: list[tuple[int, dict[str, Any]]],
-    total: int,
-    rng: random.Random,
-    decay: float = 1.0,
-    losses: Mapping[str, float] | None = None,
+    pool: list[tuple[int, dict[str, Any]]], total: int, rng: random.Random, decay: float = 1.0
 ) -> list[dict[str, Any]]:
-    """A sample of `total` rows, each earlier drop contributing its quota (`replay_quotas`):
-    its `spread` order, or with `losses` (by `row_id`) the worst answered rows first."""
+    """A sample of `total` rows, each earlier drop contributing its quota (`replay_quotas`)."""
     by_age: dict[int, list[dict[str, Any]]] = {}
     for age, row in pool:
         by_age.setdefault(age, []).append(row)
     quotas = replay_quotas({a: len(rows) for a, rows in by_age.items()}, total, decay)
-    return [r for a in sorted(by_age) for r in lost_first(by_age[a], rng, losses)[: quotas[a]]]
-
-
-def lost_first(
-    rows: list[dict[str, Any]], rng: random.Random, losses: Mapping[str, float] | None
-) -> list[dict[str, Any]]:
-    """`rows` in `spread` order, then (stable) by descending loss where `losses` are given.
-
-    A random replay trains what the champion still knows as often as what it has lost; the
-    continuous lane of bench/seasons.py knew 78% of its earlier facts at every age from 1 to
-    11 months, so what a cycle forgets, a random replay rarely brings back."""
-    order = spread(rows, rng)
-    if losses is None:
-        return order
-    return sorted(order, key=lambda r: -losses[row_id(r)])
-
-
-def champion_losses(
-    base_model: str, adapter: Path, settings: EvalSettings
-) -> Callable[[list[dict[str, Any]]], list[float]]:
-    """A `score` for `build_mix`: the mean loss per token of each row's answer under the base
-    with `adapter` merged, as evaluation loads it (`eval.dtype`, `eval.batch_size`)."""
-
-    def score(rows: list[dict[str, Any]]) -> list[float]:
-        from tasks.chat import reference_losses
-        from tasks.evaluate import adapted_model
-        from tasks.models import load_tokenizer
-
-        model = adapted_model(base_model, adapter, settings.dtype)
-        tokenizer = load_tokenizer(base_model)
-        return reference_losses(model, tokenizer, rows, settings.batch_size, "replay pool")
-
-    return score
-
-
-def pool_losses(
-    pool: list[tuple[int, dict[str, Any]]], score: Callable[[list[dict[str, Any]]], list[float]]
-) -> dict[str, float]:
-    """`score` of every row in the pool, by `row_id`."""
-    rows = [r for _, r in pool]
-    return dict(zip(map(row_id, rows), score(rows), strict=True))
+    return [r for a in sorted(by_age) for r in spread(by_age[a], rng)[: quotas[a]]]
 
 
 def spread(rows: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
@@ -248,13 +201,11 @@ def build_mix(
     asker_share: float = 0.0,
     age_decay: float = 1.0,
     pool_share: float = 0.0,
-    score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
 ) -> TrainingMix:
     """New train rows + reviewer corrections + replay (`replay_size` rows, `made_share` of
     them made from flags, or all of them in `cumulative` mode) + rehearsal rows
     (tasks.rehearsal): round(rehearsal_ratio x all of those). `asker_share` of the domain
-    rows are asked with a customer's introduction (`introduced`). `score` (the champion's loss
-    on each row's answer: `champion_losses`) fills each drop's replay quota worst first."""
+    rows are asked with a customer's introduction (`introduced`)."""
     rows = current_rows([*earlier, new], "train")
     whole = kept_whole(earlier)
     fresh = [{**r, "origin": "new"} for age, r in rows if age == 0]
@@ -265,8 +216,7 @@ def build_mix(
         replay = [r for _, r in pool]  # not replay: the baseline trains all of it every epoch
     else:
         size = replay_size(len(fresh), len(pool), ratio, pool_share)
-        losses = pool_losses(pool, score) if score is not None and size else None
-        sample = replay_sample(pool, size, made_share, rng, age_decay, losses)
+        sample = replay_sample(pool, size, made_share, rng, age_decay)
         replay = [{**r, "origin": "replay"} for r in sample]
     # In proportion to everything the cycle trains: replayed domain rows pull toward the
     # domain as much as new ones (a continuing cycle at 0.5 x new rows lost 3 of 10 general
@@ -464,9 +414,6 @@ def build_training_mix(
     rows = rehearsal.rows() if rehearsal is not None else []
     train = cfg.train
     continues = train.mode == "incremental" and champion is not None
-    score = None
-    if continues and train.replay_select == "lost_first":
-        score = champion_losses(cfg.resolved_base_model(), champion.adapter_dir, cfg.eval)
     return build_mix(
         snapshot,
         earlier,
@@ -479,5 +426,4 @@ def build_training_mix(
         train.asker_share,
         train.replay_age_decay,
         train.replay_pool_share,
-        score,
     )

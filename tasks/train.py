@@ -66,7 +66,6 @@ KEYED_ELSEWHERE = (
     "made_replay_share",  # the made rows replayed are in the mix digest
     "replay_age_decay",
     "replay_pool_share",
-    "replay_select",  # the rows it picked are in the mix digest
     "rehearsal_ratio",  # the rehearsal rows are in the mix digest
     "continue_rehearsal_ratio",
     "rehearsal_file",

@@ -108,17 +108,3 @@ def test_a_generation_config_that_shapes_greedy_answers_is_left_to_generate(tiny
     assert penalised == _alone(model, tokenizer, rows, settings)
     model.generation_config.repetition_penalty = 1.0
     assert penalised != [a for a, _ in answer_and_score(model, tokenizer, rows, settings)]
-
-
-def test_reference_losses_are_the_scored_answers_mean_loss_in_row_order(tiny):
-    from tasks.chat import reference_losses
-
-    model, tokenizer, settings = tiny
-    rows = _rows()
-    scored = [
-        nll / tokens for _, (nll, tokens) in answer_and_score(model, tokenizer, rows, settings)
-    ]
-    for batch in (1, 3, 64):
-        losses = reference_losses(model, tokenizer, rows, batch, "scoring")
-        assert losses == pytest.approx(scored, rel=1e-4)
-    assert len(set(losses)) > 1  # rows of unlike prompts, unlike losses: the order matters
