@@ -216,19 +216,22 @@ def main(argv: list[str]) -> None:
         print("\n".join(compare(x, y)))
         return
     if argv[:1] == ["--floor"]:
-        against = None
-        if "--against" in argv:
-            at = argv.index("--against")
-            against, argv = json.loads(Path(argv[at + 1]).read_text()), argv[:at] + argv[at + 2 :]
+        against, argv = option(argv, "--against")
+        run_file = json.loads(Path(against).read_text()) if against else None
         floor = cumulative_floor(argv[2:])
         Path(argv[1]).write_text(json.dumps({"argv": argv[2:], "months": floor}, indent=1))
-        print("\n".join(floor_lines(floor, against)))
+        print("\n".join(floor_lines(floor, run_file)))
         return
-    lane = "continuous"
-    if "--lane" in argv:
-        at = argv.index("--lane")
-        lane, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
-    run(Path(argv[0]), argv[1:], lane)
+    lane, argv = option(argv, "--lane")
+    run(Path(argv[0]), argv[1:], lane or "continuous")
+
+
+def option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value after `name` in `argv` (None when absent) and `argv` without the two."""
+    if name not in argv:
+        return None, argv
+    at = argv.index(name)
+    return argv[at + 1], argv[:at] + argv[at + 2 :]
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def test_one_lane_trains_as_seasons_and_two_runs_compare_on_the_same_questions(
 
 def test_the_cumulative_floor_counts_tokens_as_training_does(tiny_model, tmp_path, capsys):
     """Month 1 of cumulative retraining trains the continuous lane's month-1 mix: the floor
-    (no training) and the trained lane count the same tokens; a second month adds the first's
-    rows again, so the floor grows by more than the new month."""
+    (no training) and the trained lane count the same tokens; month 2's floor keeps month 1
+    unchanged and holds more rows."""
     argv = ["--model", str(tiny_model), *TINY]
     run = tmp_path / "run.json"
     one_lane.main([str(run), "--workspace", str(tmp_path / "run"), *argv])
