@@ -4,9 +4,10 @@ Run: python bench/one_lane.py A.json --quick --set train.dtype=bfloat16 [--set .
      python bench/one_lane.py B.json --quick --set ... --set train.target_held_out=true
      python bench/one_lane.py --compare B.json A.json   # B - A, paired, with 95% intervals
      python bench/one_lane.py --summary A.json          # one run: the bar, facts by age
-     python bench/one_lane.py --floor F.json --months 12 --against A.json
+     python bench/one_lane.py --floor F.json --months 12 --against A.json [--trained C.json]
                                  # cumulative's tokens at the fewest epochs, no training: A's
-                                 # tokens over them bound A's compute ratio from above
+                                 # tokens over them bound A's compute ratio from above; C, a
+                                 # cumulative run of the first months, counts those as trained
      (every seasons.py option applies; --lane picks the strategy, continuous by default)
 
 The lane trains, is scored and reviewed exactly as in seasons.py (its drops, curation, mix,
@@ -97,18 +98,40 @@ def cumulative_floor(argv: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def floor_lines(floor: list[dict[str, Any]], run: dict[str, Any] | None) -> list[str]:
-    """The floor month by month, and with a run (same months) its tokens against the floor."""
+def floor_lines(
+    floor: list[dict[str, Any]], run: dict[str, Any] | None, trained: dict[str, Any] | None = None
+) -> list[str]:
+    """The floor month by month, and with a run (same months) its tokens against the floor.
+    With `trained` (a cumulative run of the first months), those months count what they
+    trained and only the rest are floored: a tighter bound, still a bound while months remain."""
     lines = [f"month {m['month']}: {m['rows']} rows, {m['epoch_tokens']} tokens an epoch, "
              f"at least {m['floor_tokens']}" for m in floor]  # fmt: skip
     total = sum(m["floor_tokens"] for m in floor)
     lines.append(f"cumulative retraining, months 1-{len(floor)}: at least {total} tokens")
+    if trained is not None:
+        total = with_trained(floor, trained, lines)
     if run is not None:
         if len(run["months"]) != len(floor):
             raise SystemExit(f"{len(run['months'])} months against {len(floor)}: not paired")
         spent = sum(m["strategies"][run["lane"]]["tokens"] for m in run["months"])
         lines.append(f"{run['lane']}: {spent} tokens, at most {spent / total:.2f}x cumulative's")
     return lines
+
+
+def with_trained(floor: list[dict[str, Any]], trained: dict[str, Any], lines: list[str]) -> int:
+    """Cumulative's tokens with its trained months counted as trained (a line added to
+    `lines`): at least this many over all of `floor`'s months."""
+    if trained["lane"] != "cumulative" or not 0 < len(trained["months"]) <= len(floor):
+        got = f"{trained['lane']}'s {len(trained['months'])}"
+        raise SystemExit(f"--trained needs a cumulative run of 1-{len(floor)} months, not {got}")
+    done = len(trained["months"])
+    spent = sum(m["strategies"]["cumulative"]["tokens"] for m in trained["months"])
+    rest = sum(m["floor_tokens"] for m in floor[done:])
+    lines.append(
+        f"with months 1-{done} as trained ({spent} tokens) and {len(floor) - done} floored "
+        f"({rest}): at least {spent + rest} tokens"
+    )
+    return spent + rest
 
 
 def bench(argv: list[str]) -> tuple[Any, Any]:
@@ -216,11 +239,10 @@ def main(argv: list[str]) -> None:
         print("\n".join(compare(x, y)))
         return
     if argv[:1] == ["--floor"]:
-        against, argv = option(argv, "--against")
-        run_file = json.loads(Path(against).read_text()) if against else None
+        (against, trained), argv = options(argv, "--against", "--trained")
         floor = cumulative_floor(argv[2:])
         Path(argv[1]).write_text(json.dumps({"argv": argv[2:], "months": floor}, indent=1))
-        print("\n".join(floor_lines(floor, run_file)))
+        print("\n".join(floor_lines(floor, read(against), read(trained))))
         return
     lane, argv = option(argv, "--lane")
     run(Path(argv[0]), argv[1:], lane or "continuous")
@@ -232,6 +254,20 @@ def option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
         return None, argv
     at = argv.index(name)
     return argv[at + 1], argv[:at] + argv[at + 2 :]
+
+
+def options(argv: list[str], *names: str) -> tuple[list[str | None], list[str]]:
+    """`option` for each of `names`, in order."""
+    values = []
+    for name in names:
+        value, argv = option(argv, name)
+        values.append(value)
+    return values, argv
+
+
+def read(path: str | None) -> dict[str, Any] | None:
+    """A run file's contents; None for no file."""
+    return json.loads(Path(path).read_text()) if path else None
 
 
 if __name__ == "__main__":

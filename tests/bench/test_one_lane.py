@@ -70,6 +70,27 @@ def test_the_cumulative_floor_counts_tokens_as_training_does(tiny_model, tmp_pat
         one_lane.floor_lines(two, json.loads(run.read_text()))
 
 
+def test_trained_cumulative_months_replace_their_floor_and_tighten_the_bound():
+    """Months a cumulative run trained count what they trained; the rest stay floored."""
+    floor = [{"month": m, "rows": 9, "epoch_tokens": 25, "floor_tokens": 100} for m in (1, 2, 3)]
+
+    def lane(name: str, *tokens: int) -> dict:
+        return {"lane": name, "months": [{"strategies": {name: {"tokens": t}}} for t in tokens]}
+
+    continuous = lane("continuous", 40, 40, 40)
+    lines = one_lane.floor_lines(floor, continuous, lane("cumulative", 250, 350))
+    assert lines[-2] == (
+        "with months 1-2 as trained (600 tokens) and 1 floored (100): at least 700 tokens"
+    )
+    assert lines[-1] == "continuous: 120 tokens, at most 0.17x cumulative's"
+    assert one_lane.floor_lines(floor, continuous)[-1].endswith("at most 0.40x cumulative's")
+    every = one_lane.floor_lines(floor, None, lane("cumulative", 200, 200, 200))
+    assert every[-1].endswith("and 0 floored (0): at least 600 tokens")
+    for wrong in (continuous, lane("cumulative"), lane("cumulative", *[1] * 4)):
+        with pytest.raises(SystemExit, match="--trained needs a cumulative run of 1-3 months"):
+            one_lane.floor_lines(floor, None, wrong)
+
+
 def test_earlier_facts_are_split_by_how_long_ago_their_drop_landed():
     month = {
         "month": 5,
