@@ -103,18 +103,22 @@ def floor_lines(
 ) -> list[str]:
     """The floor month by month, and with a run (same months) its tokens against the floor.
     With `trained` (a cumulative run of the first months), those months count what they
-    trained and only the rest are floored: a tighter bound, still a bound while months remain."""
+    trained and only the rest are floored: a tighter bound while months remain, a measurement
+    once none do."""
     lines = [f"month {m['month']}: {m['rows']} rows, {m['epoch_tokens']} tokens an epoch, "
              f"at least {m['floor_tokens']}" for m in floor]  # fmt: skip
     total = sum(m["floor_tokens"] for m in floor)
     lines.append(f"cumulative retraining, months 1-{len(floor)}: at least {total} tokens")
+    bound = True
     if trained is not None:
         total = with_trained(floor, trained, lines)
+        bound = len(trained["months"]) < len(floor)  # every month trained: a measurement
     if run is not None:
         if len(run["months"]) != len(floor):
             raise SystemExit(f"{len(run['months'])} months against {len(floor)}: not paired")
         spent = sum(m["strategies"][run["lane"]]["tokens"] for m in run["months"])
-        lines.append(f"{run['lane']}: {spent} tokens, at most {spent / total:.2f}x cumulative's")
+        ratio = f"{'at most ' if bound else ''}{spent / total:.2f}x"
+        lines.append(f"{run['lane']}: {spent} tokens, {ratio} cumulative's")
     return lines
 
 
@@ -127,10 +131,13 @@ def with_trained(floor: list[dict[str, Any]], trained: dict[str, Any], lines: li
     done = len(trained["months"])
     spent = sum(m["strategies"]["cumulative"]["tokens"] for m in trained["months"])
     rest = sum(m["floor_tokens"] for m in floor[done:])
-    lines.append(
-        f"with months 1-{done} as trained ({spent} tokens) and {len(floor) - done} floored "
-        f"({rest}): at least {spent + rest} tokens"
-    )
+    if done == len(floor):
+        lines.append(f"as trained, months 1-{done}: {spent} tokens")
+    else:
+        lines.append(
+            f"with months 1-{done} as trained ({spent} tokens) and {len(floor) - done} floored "
+            f"({rest}): at least {spent + rest} tokens"
+        )
     return spent + rest
 
 

@@ -71,7 +71,8 @@ def test_the_cumulative_floor_counts_tokens_as_training_does(tiny_model, tmp_pat
 
 
 def test_trained_cumulative_months_replace_their_floor_and_tighten_the_bound():
-    """Months a cumulative run trained count what they trained; the rest stay floored."""
+    """Months a cumulative run trained count what they trained; the rest stay floored, and
+    with none left the ratio is measured."""
     floor = [{"month": m, "rows": 9, "epoch_tokens": 25, "floor_tokens": 100} for m in (1, 2, 3)]
 
     def lane(name: str, *tokens: int) -> dict:
@@ -84,8 +85,11 @@ def test_trained_cumulative_months_replace_their_floor_and_tighten_the_bound():
     )
     assert lines[-1] == "continuous: 120 tokens, at most 0.17x cumulative's"
     assert one_lane.floor_lines(floor, continuous)[-1].endswith("at most 0.40x cumulative's")
-    every = one_lane.floor_lines(floor, None, lane("cumulative", 200, 200, 200))
-    assert every[-1].endswith("and 0 floored (0): at least 600 tokens")
+    every = one_lane.floor_lines(floor, continuous, lane("cumulative", 200, 200, 200))
+    assert every[-2:] == [  # every month trained: measured, not bounded
+        "as trained, months 1-3: 600 tokens",
+        "continuous: 120 tokens, 0.20x cumulative's",
+    ]
     for wrong in (continuous, lane("cumulative"), lane("cumulative", *[1] * 4)):
         with pytest.raises(SystemExit, match="--trained needs a cumulative run of 1-3 months"):
             one_lane.floor_lines(floor, None, wrong)
