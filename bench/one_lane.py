@@ -123,8 +123,8 @@ def floor_lines(
 
 
 def with_trained(floor: list[dict[str, Any]], trained: dict[str, Any], lines: list[str]) -> int:
-    """Cumulative's tokens with its trained months counted as trained (a line added to
-    `lines`): at least this many over all of `floor`'s months."""
+    """Cumulative's tokens over `floor`'s months, its trained months counted as trained (a
+    line added to `lines`): exact when every month trained, else at least this many."""
     if trained["lane"] != "cumulative" or not 0 < len(trained["months"]) <= len(floor):
         got = f"{trained['lane']}'s {len(trained['months'])}"
         raise SystemExit(f"--trained needs a cumulative run of 1-{len(floor)} months, not {got}")
