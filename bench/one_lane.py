@@ -109,36 +109,40 @@ def floor_lines(
              f"at least {m['floor_tokens']}" for m in floor]  # fmt: skip
     total = sum(m["floor_tokens"] for m in floor)
     lines.append(f"cumulative retraining, months 1-{len(floor)}: at least {total} tokens")
-    bound = True
+    measured = False  # every month trained: the ratio is measured, not bounded
     if trained is not None:
-        total = with_trained(floor, trained, lines)
-        bound = len(trained["months"]) < len(floor)  # every month trained: a measurement
+        total, line = with_trained(floor, trained)
+        lines.append(line)
+        measured = len(trained["months"]) == len(floor)
     if run is not None:
         if len(run["months"]) != len(floor):
             raise SystemExit(f"{len(run['months'])} months against {len(floor)}: not paired")
-        spent = sum(m["strategies"][run["lane"]]["tokens"] for m in run["months"])
-        ratio = f"{'at most ' if bound else ''}{spent / total:.2f}x"
+        spent = lane_tokens(run)
+        ratio = f"{'' if measured else 'at most '}{spent / total:.2f}x"
         lines.append(f"{run['lane']}: {spent} tokens, {ratio} cumulative's")
     return lines
 
 
-def with_trained(floor: list[dict[str, Any]], trained: dict[str, Any], lines: list[str]) -> int:
-    """Cumulative's tokens over `floor`'s months, its trained months counted as trained (a
-    line added to `lines`): exact when every month trained, else at least this many."""
+def with_trained(floor: list[dict[str, Any]], trained: dict[str, Any]) -> tuple[int, str]:
+    """Cumulative's tokens over `floor`'s months, its trained months counted as trained
+    (exact when every month trained, else at least this many), and a line that says which."""
     if trained["lane"] != "cumulative" or not 0 < len(trained["months"]) <= len(floor):
         got = f"{trained['lane']}'s {len(trained['months'])}"
         raise SystemExit(f"--trained needs a cumulative run of 1-{len(floor)} months, not {got}")
     done = len(trained["months"])
-    spent = sum(m["strategies"]["cumulative"]["tokens"] for m in trained["months"])
+    spent = lane_tokens(trained)
     rest = sum(m["floor_tokens"] for m in floor[done:])
     if done == len(floor):
-        lines.append(f"as trained, months 1-{done}: {spent} tokens")
-    else:
-        lines.append(
-            f"with months 1-{done} as trained ({spent} tokens) and {len(floor) - done} floored "
-            f"({rest}): at least {spent + rest} tokens"
-        )
-    return spent + rest
+        return spent, f"as trained, months 1-{done}: {spent} tokens"
+    return spent + rest, (
+        f"with months 1-{done} as trained ({spent} tokens) and {len(floor) - done} floored "
+        f"({rest}): at least {spent + rest} tokens"
+    )
+
+
+def lane_tokens(run: dict[str, Any]) -> int:
+    """The training tokens of a run file's lane, every month it holds."""
+    return sum(m["strategies"][run["lane"]]["tokens"] for m in run["months"])
 
 
 def bench(argv: list[str]) -> tuple[Any, Any]:
@@ -195,7 +199,7 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
     for name, ages in (("earlier facts 1-2 months old", (1, 2)), ("3+ months old", (3, 99))):
         xs, ys = by_age(x["months"], la, *ages), by_age(y["months"], lb, *ages)
         lines.append(judged(name, xs, ys, rates=True))
-    tokens = [sum(m["strategies"][n]["tokens"] for m in r["months"]) for r, n in ((x, la), (y, lb))]
+    tokens = [lane_tokens(x), lane_tokens(y)]
     lines.append(f"training tokens: {tokens[0]} vs {tokens[1]} ({tokens[0] / tokens[1]:.2f}x)")
     return lines
 
@@ -233,16 +237,16 @@ def summary(x: dict[str, Any]) -> list[str]:
     for age in ages_asked(months):
         got = share_text(by_age(months, lane, age, age))
         lines.append(f"earlier facts {age} months old: {got}")
-    tokens = sum(m["strategies"][lane]["tokens"] for m in months)
+    tokens = lane_tokens(x)
     return [*lines, f"training tokens: {tokens}"]
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--summary"]:
-        print("\n".join(summary(json.loads(Path(argv[1]).read_text()))))
+        print("\n".join(summary(read(argv[1]))))
         return
     if argv[:1] == ["--compare"]:
-        x, y = (json.loads(Path(p).read_text()) for p in argv[1:3])
+        x, y = (read(p) for p in argv[1:3])
         print("\n".join(compare(x, y)))
         return
     if argv[:1] == ["--floor"]:
