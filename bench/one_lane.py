@@ -60,16 +60,20 @@ def run(out: Path, argv: list[str], lane: str = "continuous") -> list[dict[str, 
         flags = seasons.review_lanes(team, month, args, cfg)
         strategy = {**scored["figures"][lane], **spent, "general": general.accuracy}
         strategy["flags"] = flags.get(lane, 0)
+        base = {**scored["figures"]["base"], **seasons.IDLE, "general": None, "flags": 0}
         months.append(
             {
                 "month": month,
-                "strategies": {lane: strategy},
-                "outcomes": {lane: scored["outcomes"][lane]},
+                # the base, scored anyway, lets seasons.py --merge check that lanes pair up
+                "strategies": {"base": base, lane: strategy},
+                "outcomes": {"base": scored["outcomes"]["base"], lane: scored["outcomes"][lane]},
                 "questions": scored["questions"],
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )
-        out.write_text(json.dumps({"lane": lane, "argv": argv, "months": months}, indent=1))
+        settings = seasons.settings_of(cfg, rehearsal, args.questions)
+        out.write_text(json.dumps({"lane": lane, "argv": argv, "settings": settings,
+                                   "months": months}, indent=1))  # fmt: skip
     return months
 
 

@@ -4,6 +4,8 @@ Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 
      python bench/seasons.py --quick            # 3 months, a smoke run of the same (~40 min)
      python bench/seasons.py --preset gpu --model PATH   # a larger base on a GPU
      python bench/seasons.py --render RUN.json  # the report and plots again, no training
+     python bench/seasons.py --merge A.json B.json ...  # one report from a bench/one_lane.py
+                                # run per strategy (run in turn, or on several machines)
      (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
      resumes where it stopped; the report to docs/seasons.md)
 
@@ -120,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--render", type=Path, help="only rewrite the report from this --json")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="only write the report from one bench/one_lane.py run per strategy (same options)",
+    )
     args = parser.parse_args(argv)
     args.months = args.months or (3 if args.quick else PRESETS[args.preset]["months"])
     if args.quick and args.report == ROOT / "docs" / "seasons.md":
@@ -891,12 +899,24 @@ def _refusals(settings: dict[str, Any]) -> str:
     return f" A flagged invention is also taught as refusals about {names} other names{also}."
 
 
+def _merged_how(result: dict[str, Any]) -> str:
+    lanes = result.get("lane_seconds")
+    if not lanes:
+        return ""
+    each = ", ".join(f"{lane} {s / 60:.0f}" for lane, s in lanes.items())
+    return (
+        f" of lane runs added: assembled by `--merge` from one `bench/one_lane.py` run per "
+        f"strategy with the same options ({each} minutes; the base scored in every run)"
+    )
+
+
 def _seconds(result: dict[str, Any]) -> list[str]:
     seconds = result.get("seconds") or []
     if not seconds:
         return []
     months = ", ".join(f"{i} {s:.0f} s" for i, s in enumerate(seconds, 1))
-    return [f"Wall time by month in this run (a resumed month is quick): {months}.", ""]
+    how = "the lanes' runs added" if result.get("lane_seconds") else "in this run"
+    return [f"Wall time by month, {how} (a resumed month is quick): {months}.", ""]
 
 
 def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
@@ -907,7 +927,8 @@ def report(result: dict[str, Any], images: list[Path], wall_s: float) -> str:
         f"Written by `bench/seasons.py` ({'--quick, ' if cfg['quick'] else ''}preset "
         f"`{cfg['preset']}`, {_done(result)}, base `{Path(cfg['model']).name}`, "
         f"reviewer checks {cfg['review_n']} answers a month, --noise {cfg['noise']}) "
-        f"in {wall_s / 60:.0f} minutes. Rerun it to reproduce; numbers are whatever it measures.",
+        f"in {wall_s / 60:.0f} minutes{_merged_how(result)}. Rerun it to reproduce; numbers "
+        "are whatever it measures.",
         "",
         *([_trained_how(settings), ""] if settings else []),
         *must_show_table(result["months"]),
@@ -976,6 +997,92 @@ def run_metrics(result: dict[str, Any]) -> list[Any]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# One report from lanes run apart (bench/one_lane.py): a lane's months depend on nothing but
+# its own drops, adapters and reviews, so lanes can run in turn or on separate machines.
+
+MERGE_IGNORES = ("--workspace", "--json", "--report")  # where a run wrote, not what it ran
+
+
+def merged(files: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """The result seasons.py would write, from one run file per trained strategy; refuses
+    files that are not the same run's lanes (options, questions, the base's answers)."""
+    runs = {str(f): json.loads(f.read_text()) for f in files}
+    lanes_of = lane_files(runs)
+    first = next(iter(runs.values()))
+    for name, run in runs.items():
+        if same_options(run["argv"]) != same_options(first["argv"]):
+            sys.exit(f"{name} ran with other options than {files[0]}: {run['argv']}")
+    months = [merged_month(i, runs, lanes_of, args.price_per_hour) for i in range(months_of(runs))]
+    lane_args = parse_args(first["argv"])
+    seconds = {name: [m["seconds"] for m in run["months"]] for name, run in runs.items()}
+    return {
+        "config": {**vars_of(lane_args), "merged": sorted(lanes_of.items())},
+        "settings": next((r["settings"] for r in runs.values() if "settings" in r), None),
+        "months": months,
+        "seconds": [sum(each) for each in zip(*seconds.values(), strict=True)],
+        "lane_seconds": {runs[name]["lane"]: sum(each) for name, each in seconds.items()},
+        "claims": claims(months, lane_args.relevance),
+        "elapsed_s": sum(sum(each) for each in seconds.values()),
+    }
+
+
+def lane_files(runs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """strategy -> the file that ran it; every trained strategy once, the base from any."""
+    lanes_of: dict[str, str] = {}
+    for name, run in runs.items():
+        if run["lane"] in lanes_of:
+            sys.exit(f"{run['lane']} twice: {lanes_of[run['lane']]} and {name}")
+        lanes_of[run["lane"]] = name
+    missing = [s for s in TRAINED if s not in lanes_of]
+    with_base = [n for n, r in runs.items() if "base" in r["months"][0]["strategies"]]
+    if missing or not with_base:
+        sys.exit(f"no run of {', '.join(missing or ['the base'])} among {', '.join(runs)}")
+    return {"base": with_base[0], **{s: lanes_of[s] for s in TRAINED}}
+
+
+def same_options(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv[1:] if argv and not argv[0].startswith("-") else argv:
+        if not skip and arg not in MERGE_IGNORES:
+            kept.append(arg)
+        skip = arg in MERGE_IGNORES and not skip
+    return kept
+
+
+def months_of(runs: dict[str, dict[str, Any]]) -> int:
+    counts = {name: len(run["months"]) for name, run in runs.items()}
+    if len(set(counts.values())) != 1:
+        sys.exit(f"the runs hold different months: {counts}")
+    return next(iter(counts.values()))
+
+
+def merged_month(i: int, runs: dict, lanes_of: dict[str, str], price: float) -> dict[str, Any]:
+    """Month i+1 of every strategy, as month_entry writes it; the questions and the base's
+    answers must be the same in every file (the lanes pair up on them)."""
+    entries = {name: run["months"][i] for name, run in runs.items()}
+    base, base_file = entries[lanes_of["base"]], lanes_of["base"]
+    for name, entry in entries.items():
+        if entry["questions"] != base["questions"]:
+            sys.exit(f"month {i + 1}: {name} asks other questions than {base_file}: not paired")
+        theirs = entry["outcomes"].get("base")
+        if theirs is not None and theirs != base["outcomes"]["base"]:
+            sys.exit(f"month {i + 1}: the base answers otherwise in {name} than in {base_file}")
+    out: dict[str, Any] = {"month": i + 1, "strategies": {}, "outcomes": {}}
+    for strategy in STRATEGIES:
+        run = runs[lanes_of[strategy]]["months"]
+        this = run[i]["strategies"][strategy]
+        out["strategies"][strategy] = {
+            **this,
+            "cost": this["wall_s"] / 3600 * price,
+            "total_flops": sum(m["strategies"][strategy]["flops"] for m in run[: i + 1]),
+            "total_wall_s": sum(m["strategies"][strategy]["wall_s"] for m in run[: i + 1]),
+        }
+        out["outcomes"][strategy] = run[i]["outcomes"][strategy]
+    out["questions"] = base["questions"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -996,6 +1103,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["claims"] = claims(result["months"], result["config"]["relevance"])
         write(result)
         return result
+    if args.merge:  # the lanes ran one by one (or on several machines): one report
+        write(merged(args.merge, args))
+        return json.loads(args.json.read_text()) if args.json else {}
     from bench.checkpoints import require_checkpoint
 
     require_checkpoint(args.model)

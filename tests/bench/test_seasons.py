@@ -10,7 +10,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from bench import seasons, seasons_claims
+from bench import one_lane, seasons, seasons_claims
 from bench.seasons_claims import FAILS, HOLDS, NOT_SHOWN, bits, judge, verdict
 from tasks.stats import Interval, Paired, paired_difference
 
@@ -246,3 +246,70 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
         assert f"### {title}" in text
     assert "| month | base | static | continuous |" in text
     assert (rendered.parent / "seasons-accuracy.png").exists()
+
+    # The lanes run apart (bench/one_lane.py, one run per strategy, the same options and
+    # workspace: nothing trains anew) make the same months and claims once merged.
+    monkeypatch.undo()
+    monkeypatch.setattr("tasks.train.fit_adapter", regenerated)
+    files = [tmp_path / f"{lane}.json" for lane in seasons.TRAINED]
+    for lane, out in zip(seasons.TRAINED, files, strict=True):
+        one_lane.main([str(out), *args, "--lane", lane])
+    merged_report = tmp_path / "merged" / "seasons.md"
+    merged = seasons.main(["--merge", *map(str, files), "--report", str(merged_report),
+                           "--json", str(tmp_path / "merged.json")])  # fmt: skip
+    assert_same_months(merged["months"], result["months"])
+    assert json.dumps(merged["claims"]) == json.dumps(result["claims"])
+    assert merged["settings"] == saved["settings"]
+    text = merged_report.read_text()
+    assert "assembled by `--merge` from one `bench/one_lane.py` run per strategy" in text
+    assert "Wall time by month, the lanes' runs added" in text and "Issue #16's bar" in text
+
+
+SAME = ("current", "earlier", "hallucination", "bias", "tokens", "flops", "epochs", "stop",
+        "new_rows", "replay_rows", "review_rows", "rehearsal_rows", "untrue_rows", "flags",
+        "total_flops")  # fmt: skip
+
+
+def assert_same_months(got: list[dict], want: list[dict]) -> None:
+    def text(value: object) -> str:  # NaN-safe equality
+        return json.dumps(value, sort_keys=True)
+
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        # A lane run alone also asks general questions (one_lane.py); seasons.py does not.
+        outcomes = {
+            n: {s: o for s, o in by.items() if s != "general"} for n, by in g["outcomes"].items()
+        }
+        assert g["questions"] == w["questions"] and text(outcomes) == text(w["outcomes"])
+        for name in seasons.STRATEGIES:
+            mine, theirs = g["strategies"][name], w["strategies"][name]
+            assert text({k: mine[k] for k in SAME}) == text({k: theirs[k] for k in SAME}), name
+
+
+def test_merge_refuses_files_that_are_not_lanes_of_one_run(tmp_path):
+    def lane_file(lane: str, argv=("--months", "1"), asked=("q1",), base=(1,)) -> str:
+        month = {"month": 1, "seconds": 1.0, "questions": {"current": list(asked)},
+                 "strategies": {lane: {}, "base": {}},
+                 "outcomes": {lane: {}, "base": {"current": list(base)}}}  # fmt: skip
+        path = tmp_path / f"{lane}-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"lane": lane, "argv": ["out.json", *argv], "months": [month]}))
+        return str(path)
+
+    def refusal(*files: str) -> str:
+        with pytest.raises(SystemExit) as stopped:
+            seasons.main(["--merge", *files, "--report", str(tmp_path / "r.md")])
+        return str(stopped.value)
+
+    lanes = [lane_file(lane) for lane in seasons.TRAINED]
+    assert refusal(*lanes[1:]).startswith("no run of static among ")
+    assert refusal(*lanes, lane_file("static")).startswith("static twice: ")
+    other = lane_file("static", argv=("--months", "1", "--noise", "0.5"))
+    assert "ran with other options than" in refusal(other, *lanes[1:])
+    moved = lane_file("static", argv=("--months", "1", "--workspace", "elsewhere"))
+    asked = lane_file("static", asked=("q2",))
+    assert "asks other questions than" in refusal(*lanes[1:], asked)
+    base = lane_file("static", base=(0,))
+    assert "the base answers otherwise in" in refusal(*lanes[1:], base)
+    # Where a run wrote is not what it ran: a file from another workspace passes the checks.
+    with pytest.raises(KeyError):  # these made-up months hold no figures to merge
+        seasons.main(["--merge", moved, *lanes[1:], "--report", str(tmp_path / "r.md")])
