@@ -56,11 +56,13 @@ def run(out: Path, argv: list[str], lane: str = "continuous") -> list[dict[str, 
         spent = seasons.train_lane(team[lane], month, records, cfg, rehearsal)
         scored = seasons.evaluate_month(month, team, args, cfg)
         general = general_scores(cfg, lane, team[lane].adapter)
-        scored["outcomes"][lane]["general"] = seasons.bits(general.outcomes)
+        for name in ("base", lane):
+            scored["outcomes"][name]["general"] = seasons.bits(general[name].outcomes)
         flags = seasons.review_lanes(team, month, args, cfg)
-        strategy = {**scored["figures"][lane], **spent, "general": general.accuracy}
+        strategy = {**scored["figures"][lane], **spent, "general": general[lane].accuracy}
         strategy["flags"] = flags.get(lane, 0)
-        base = {**scored["figures"]["base"], **seasons.IDLE, "general": None, "flags": 0}
+        base = {**scored["figures"]["base"], **seasons.IDLE, "general": general["base"].accuracy}
+        base["flags"] = 0
         months.append(
             {
                 "month": month,
@@ -161,14 +163,15 @@ def drop(month: int, args: Any, cfg: Any) -> list[dict[str, Any]]:
     return seasons.as_records(seasons.dirty_drop(month, args.change_share, args.noise, cfg.seed))
 
 
-def general_scores(cfg: Any, lane: str, adapter: Path | None) -> Any:
-    """The product's shipped general questions (the gate's general slice), which seasons.py
-    does not ask: what a setting that trains less rehearsal would cost."""
+def general_scores(cfg: Any, lane: str, adapter: Path | None) -> dict[str, Any]:
+    """The lane's and the base's scores on the product's shipped general questions (the
+    gate's general slice), which seasons.py does not ask: what the lane kept of the base."""
     from tasks.evaluate import GENERAL_FILE, load_eval_file
 
     rows = load_eval_file(cfg.eval.general_file or GENERAL_FILE, "general")
     rows = rows[: cfg.eval.max_questions] if cfg.eval.max_questions else rows
-    return seasons.score_models(cfg, {lane: adapter}, {"general": rows})[lane]["general"]
+    scores = seasons.score_models(cfg, {lane: adapter}, {"general": rows})
+    return {name: by["general"] for name, by in scores.items()}
 
 
 def compare(x: dict[str, Any], y: dict[str, Any]) -> list[str]:

@@ -68,6 +68,7 @@ from bench.seasons_claims import (
     known_interval,
     must_show,
     share_text,
+    unbits,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -755,10 +756,25 @@ MONTH_TABLES = (
 )
 
 
+# Asked by lane runs (bench/one_lane.py, merged), not by seasons.py itself.
+GENERAL_TABLE = (
+    "General questions, the gate's general slice (95% Wilson interval)",
+    lambda m, s: _span(general_interval(m, s)),
+)
+
+
+def general_interval(entry: dict[str, Any], strategy: str) -> Any:
+    from tasks.stats import wilson
+
+    answered = unbits(entry["outcomes"][strategy].get("general", ""))
+    return wilson(sum(answered), len(answered))
+
+
 def month_tables(months: list[dict[str, Any]]) -> list[str]:
     """One row per month, one column per strategy, for the figures people compare."""
     lines = []
-    for title, cell in MONTH_TABLES:
+    asked = any("general" in m["outcomes"].get("continuous", {}) for m in months)
+    for title, cell in (*MONTH_TABLES, GENERAL_TABLE) if asked else MONTH_TABLES:
         lines += [f"### {title}", "", "| month | " + " | ".join(STRATEGIES) + " |"]
         lines.append("|---" * (len(STRATEGIES) + 1) + "|")
         lines += [
@@ -1062,11 +1078,12 @@ def merged_month(i: int, runs: dict, lanes_of: dict[str, str], price: float) -> 
     answers must be the same in every file (the lanes pair up on them)."""
     entries = {name: run["months"][i] for name, run in runs.items()}
     base, base_file = entries[lanes_of["base"]], lanes_of["base"]
+    answers = dict(base["outcomes"]["base"])  # every slice some file asked the base
     for name, entry in entries.items():
         if entry["questions"] != base["questions"]:
             sys.exit(f"month {i + 1}: {name} asks other questions than {base_file}: not paired")
-        theirs = entry["outcomes"].get("base")
-        if theirs is not None and theirs != base["outcomes"]["base"]:
+        theirs = entry["outcomes"].get("base", {})
+        if any(answers.setdefault(s, o) != o for s, o in theirs.items()):
             sys.exit(f"month {i + 1}: the base answers otherwise in {name} than in {base_file}")
     out: dict[str, Any] = {"month": i + 1, "strategies": {}, "outcomes": {}}
     for strategy in STRATEGIES:
@@ -1079,6 +1096,13 @@ def merged_month(i: int, runs: dict, lanes_of: dict[str, str], price: float) -> 
             "total_wall_s": sum(m["strategies"][strategy]["wall_s"] for m in run[: i + 1]),
         }
         out["outcomes"][strategy] = run[i]["outcomes"][strategy]
+    out["outcomes"]["base"] = answers
+    general = [
+        e["strategies"]["base"].get("general")
+        for e in entries.values()
+        if "base" in e["strategies"]
+    ]
+    out["strategies"]["base"]["general"] = next((g for g in general if g is not None), None)
     out["questions"] = base["questions"]
     return out
 

@@ -263,6 +263,12 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     text = merged_report.read_text()
     assert "assembled by `--merge` from one `bench/one_lane.py` run per strategy" in text
     assert "Wall time by month, the lanes' runs added" in text and "Issue #16's bar" in text
+    # What each lane kept of the base's general ability, asked by the lane runs, every month.
+    general = "### General questions, the gate's general slice (95% Wilson interval)"
+    assert general in text and general not in report.read_text()
+    for entry in merged["months"]:
+        assert {len(entry["outcomes"][s]["general"]) for s in seasons.STRATEGIES} == {8}
+        assert entry["strategies"]["base"]["general"] is not None
 
 
 SAME = ("current", "earlier", "hallucination", "bias", "tokens", "flops", "epochs", "stop",
