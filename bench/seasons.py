@@ -1023,7 +1023,7 @@ MERGE_IGNORES = ("--workspace", "--json", "--report")  # where a run wrote, not 
 def merged(files: list[Path], args: argparse.Namespace) -> dict[str, Any]:
     """The result seasons.py would write, from one run file per trained strategy; refuses
     files that are not the same run's lanes (options, questions, the base's answers)."""
-    runs = {str(f): json.loads(f.read_text()) for f in files}
+    runs = {str(f): lane_run(f) for f in files}
     lanes_of = lane_files(runs)
     first = next(iter(runs.values()))
     for name, run in runs.items():
@@ -1041,6 +1041,17 @@ def merged(files: list[Path], args: argparse.Namespace) -> dict[str, Any]:
         "claims": claims(months, lane_args.relevance),
         "elapsed_s": sum(sum(each) for each in seconds.values()),
     }
+
+
+def lane_run(path: Path) -> dict[str, Any]:
+    try:
+        run = json.loads(path.read_text())
+        if {"lane", "argv", "months"} <= run.keys() and run["months"]:
+            return run
+        why = "no lane, options or months"
+    except (OSError, ValueError, AttributeError) as error:
+        why = str(error)
+    sys.exit(f"{path}: not a bench/one_lane.py run file ({why})")
 
 
 def lane_files(runs: dict[str, dict[str, Any]]) -> dict[str, str]:

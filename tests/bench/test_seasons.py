@@ -307,6 +307,9 @@ def test_merge_refuses_files_that_are_not_lanes_of_one_run(tmp_path):
         return str(stopped.value)
 
     lanes = [lane_file(lane) for lane in seasons.TRAINED]
+    (tmp_path / "notes.json").write_text("[]")
+    for wrong in ("missing.json", "notes.json"):
+        assert "not a bench/one_lane.py run file" in refusal(str(tmp_path / wrong), *lanes)
     assert refusal(*lanes[1:]).startswith("no run of static among ")
     assert refusal(*lanes, lane_file("static")).startswith("static twice: ")
     other = lane_file("static", argv=("--months", "1", "--noise", "0.5"))
