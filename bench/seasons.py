@@ -1139,12 +1139,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write(result)
         return result
     if args.merge:  # the lanes ran one by one (or on several machines): one report
-        write(merged(args.merge, args))
-        return json.loads(args.json.read_text()) if args.json else {}
-    from bench.checkpoints import require_checkpoint
+        result = merged(args.merge, args)
+    else:
+        from bench.checkpoints import require_checkpoint
 
-    require_checkpoint(args.model)
-    result = run(args, on_month=lambda partial: write({**partial, "elapsed_s": 0}))
+        require_checkpoint(args.model)
+        result = run(args, on_month=lambda partial: write({**partial, "elapsed_s": 0}))
     images = write(result)
     print(f"\nreport: {args.report}")
     for c in result["claims"]:

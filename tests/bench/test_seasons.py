@@ -256,7 +256,7 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
         one_lane.main([str(out), *args, "--lane", lane])
     merged_report = tmp_path / "merged" / "seasons.md"
     merged = seasons.main(["--merge", *map(str, files), "--report", str(merged_report),
-                           "--json", str(tmp_path / "merged.json")])  # fmt: skip
+                           "--workspace", str(tmp_path / "ws")])  # fmt: skip
     assert_same_months(merged["months"], result["months"])
     assert json.dumps(merged["claims"]) == json.dumps(result["claims"])
     assert merged["settings"] == saved["settings"]
@@ -269,6 +269,14 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     for entry in merged["months"]:
         assert {len(entry["outcomes"][s]["general"]) for s in seasons.STRATEGIES} == {8}
         assert entry["strategies"]["base"]["general"] is not None
+    # Logged beside the run it equals, as one more run of the experiment.
+    whole, again = sorted(client.search_runs([experiment.experiment_id]), key=start_time)
+    kept = {k: again.data.metrics[k] for k in whole.data.metrics}  # every figure the run logged
+    assert kept == whole.data.metrics and "continuous.general" in again.data.metrics
+
+
+def start_time(run: object) -> int:
+    return run.info.start_time
 
 
 SAME = ("current", "earlier", "hallucination", "bias", "tokens", "flops", "epochs", "stop",
