@@ -683,11 +683,14 @@ def plots(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     months = result["months"]
-    made = [folder / f"{stem}-accuracy.png", folder / f"{stem}-compute.png"]
-    for path, draw, ylabel in (
-        (made[0], _accuracy_lines, "accuracy on facts true that month (95% CI)"),
-        (made[1], _compute_lines, "cumulative training TFLOP"),
-    ):
+    drawn = [
+        ("accuracy", _interval_lines(known_interval), "accuracy on facts true that month (95% CI)"),
+        ("compute", _compute_lines, "cumulative training TFLOP"),
+    ]
+    if asked_general(months):
+        drawn.append(("general", _interval_lines(general_interval), "general questions (95% CI)"))
+    made = [folder / f"{stem}-{name}.png" for name, _, _ in drawn]
+    for path, (_, draw, ylabel) in zip(made, drawn, strict=True):
         fig, ax = plt.subplots(figsize=(7, 4))
         draw(ax, months)
         ax.set_xlabel("month")
@@ -701,18 +704,23 @@ def plots(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     return made
 
 
-def _accuracy_lines(ax: Any, months: list[dict]) -> None:
-    for i, s in enumerate(STRATEGIES):
-        spans = [known_interval(m, s) for m in months]
-        est = [sp.estimate for sp in spans]
-        errors = [
-            [e - sp.low for e, sp in zip(est, spans)],
-            [sp.high - e for e, sp in zip(est, spans)],
-        ]
-        # Side by side, so one strategy's bars do not hide another's.
-        x = [m["month"] + (i - 2.5) * 0.06 for m in months]
-        ax.errorbar(x, est, yerr=errors, marker="o", ms=3, capsize=2, lw=1, label=s)
-    ax.set_ylim(-0.02, 1.02)
+def _interval_lines(interval: Any) -> Any:
+    """A drawer of `interval(month, strategy)` for every strategy, with its error bars."""
+
+    def draw(ax: Any, months: list[dict]) -> None:
+        for i, s in enumerate(STRATEGIES):
+            spans = [interval(m, s) for m in months]
+            est = [sp.estimate for sp in spans]
+            errors = [
+                [e - sp.low for e, sp in zip(est, spans)],
+                [sp.high - e for e, sp in zip(est, spans)],
+            ]
+            # Side by side, so one strategy's bars do not hide another's.
+            x = [m["month"] + (i - 2.5) * 0.06 for m in months]
+            ax.errorbar(x, est, yerr=errors, marker="o", ms=3, capsize=2, lw=1, label=s)
+        ax.set_ylim(-0.02, 1.02)
+
+    return draw
 
 
 def _compute_lines(ax: Any, months: list[dict]) -> None:
@@ -763,6 +771,10 @@ GENERAL_TABLE = (
 )
 
 
+def asked_general(months: list[dict[str, Any]]) -> bool:
+    return any("general" in m["outcomes"].get("continuous", {}) for m in months)
+
+
 def general_interval(entry: dict[str, Any], strategy: str) -> Any:
     from tasks.stats import wilson
 
@@ -773,8 +785,7 @@ def general_interval(entry: dict[str, Any], strategy: str) -> Any:
 def month_tables(months: list[dict[str, Any]]) -> list[str]:
     """One row per month, one column per strategy, for the figures people compare."""
     lines = []
-    asked = any("general" in m["outcomes"].get("continuous", {}) for m in months)
-    for title, cell in (*MONTH_TABLES, GENERAL_TABLE) if asked else MONTH_TABLES:
+    for title, cell in (*MONTH_TABLES, GENERAL_TABLE) if asked_general(months) else MONTH_TABLES:
         lines += [f"### {title}", "", "| month | " + " | ".join(STRATEGIES) + " |"]
         lines.append("|---" * (len(STRATEGIES) + 1) + "|")
         lines += [

@@ -266,6 +266,8 @@ def test_two_months_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
     # What each lane kept of the base's general ability, asked by the lane runs, every month.
     general = "### General questions, the gate's general slice (95% Wilson interval)"
     assert general in text and general not in report.read_text()
+    assert (merged_report.parent / "seasons-general.png").stat().st_size > 1000
+    assert not (report.parent / "seasons-general.png").exists()
     for entry in merged["months"]:
         assert {len(entry["outcomes"][s]["general"]) for s in seasons.STRATEGIES} == {8}
         assert entry["strategies"]["base"]["general"] is not None
