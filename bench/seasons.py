@@ -1,11 +1,14 @@
 """Twelve months of a changing domain: do the claims made for fine-tuning hold here?
 
-Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months (~3 h)
+Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 months (~4.5 h
+                                                # on 2 cores; one lane per machine: ~2 h, below)
      python bench/seasons.py --quick            # 3 months, a smoke run of the same (~40 min)
      python bench/seasons.py --preset gpu --model PATH   # a larger base on a GPU
      python bench/seasons.py --render RUN.json  # the report and plots again, no training
      python bench/seasons.py --merge A.json B.json ...  # one report from a bench/one_lane.py
-                                # run per strategy (run in turn, or on several machines)
+                                # run per strategy (run in turn, or on several machines: the
+                                # lanes of docs/seasons.md took 122 min for cumulative, 49-61
+                                # for the other trained ones, 1 for static, on 2 cores each)
      (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
      resumes where it stopped; the report to docs/seasons.md)
 
