@@ -7,7 +7,7 @@ Run: python bench/seasons.py                    # CPU default: SmolLM2-135M, 12 
      python bench/seasons.py --render RUN.json  # the report and plots again, no training
      python bench/seasons.py --merge A.json B.json ...  # one report from a bench/one_lane.py
                                 # run per strategy (run in turn, or on several machines: the
-                                # lanes of docs/seasons.md took 122 min for cumulative, 49-61
+                                # lanes of docs/seasons.md took 122 min for cumulative, 49-70
                                 # for the other trained ones, 1 for static, on 2 cores each)
      (adapters, the rehearsal set and the answer cache go to --workspace, so a cut-short run
      resumes where it stopped; the report to docs/seasons.md)
@@ -936,7 +936,8 @@ def _merged_how(result: dict[str, Any]) -> str:
     each = ", ".join(f"{lane} {s / 60:.0f}" for lane, s in lanes.items())
     return (
         f" of lane runs added: assembled by `--merge` from one `bench/one_lane.py` run per "
-        f"strategy with the same options ({each} minutes; the base scored in every run)"
+        f"strategy with the same options ({each} minutes), their questions and the base's "
+        "answers checked alike"
     )
 
 
